@@ -1,0 +1,8 @@
+"""kdtune: knowledge-distillation sweeps over temperature and alpha on CIFAR-10.
+
+Data flows one way: `data` -> `teacher` (store and logit cache) -> `train`
+(one loop for teacher, student and distillation) -> `tune` (Ray Tune sweeps)
+-> `results` -> `report`.
+"""
+
+__version__ = "0.1.0"

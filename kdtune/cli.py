@@ -1,0 +1,57 @@
+"""What every script shares: one-line errors and exit codes instead of tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from kdtune.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (exit 2) rather than usage plus error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be an integer >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a number > 0")
+    return value
+
+
+def unit_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a number in [0, 1]")
+    return value
+
+
+def _number(text: str, kind, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be {what}") from None
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run `main`; a UserError becomes 'error: ...' on stderr and its exit code, Ctrl-C exit 130."""
+    try:
+        code = main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: everything finished so far is saved", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

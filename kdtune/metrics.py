@@ -1,0 +1,41 @@
+"""Classification metrics over whole logit tensors: accuracy, NLL, calibration, agreement."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ECE_BINS = 15
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return F.cross_entropy(logits.float(), labels).item()
+
+
+def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al. 2017): |accuracy - confidence| per equal-width confidence bin, weighted by bin size."""
+    confidence, predicted = F.softmax(logits.float(), dim=1).max(1)
+    correct = (predicted == labels).float()
+    # Bin b holds confidences in (b/bins, (b+1)/bins]; confidence is never below 1/classes > 0.
+    which = (confidence * bins).ceil().long().clamp(1, bins) - 1
+    count = torch.zeros(bins, device=logits.device).index_add_(0, which, torch.ones_like(confidence))
+    conf_sum = torch.zeros(bins, device=logits.device).index_add_(0, which, confidence)
+    correct_sum = torch.zeros(bins, device=logits.device).index_add_(0, which, correct)
+    return ((conf_sum - correct_sum).abs().sum() / len(labels)).item()
+
+
+def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """Top-1 agreement: the share of images where student and teacher predict the same class."""
+    return (student_logits.argmax(1) == teacher_logits.to(student_logits.device).argmax(1)).float().mean().item()
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}_acc": accuracy(logits, labels),
+        f"{prefix}_nll": nll(logits, labels),
+        f"{prefix}_ece": expected_calibration_error(logits, labels),
+    }

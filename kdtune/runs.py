@@ -1,0 +1,81 @@
+"""The three single-run modes of the seed project: teacher, student, distill.
+
+`run_mode` takes plain values (no argparse namespace), trains, writes the run's
+JSON (config, per-epoch history, final metrics), its training-curve figure and
+the trained model, and returns the JSON's content.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from kdtune.atomic import save_json
+from kdtune.checkpoint import save_model
+from kdtune.config import RunConfig
+from kdtune.data import load_dataset, make_splits
+from kdtune.errors import UserError
+from kdtune.models import count_parameters
+from kdtune.plots import plot_training_curves
+from kdtune.teacher import CachedTeacher, obtain_teacher, teacher_logits
+from kdtune.train import LiveTeacher, resolve_device, train
+
+MODES = ("teacher", "student", "distill")
+
+
+def run_mode(
+    mode: str,
+    student: RunConfig,
+    teacher: RunConfig,
+    data_dir: str | os.PathLike,
+    val_size: int = 5000,
+    train_subset: int | None = None,
+    device: str = "auto",
+    teacher_path: str | os.PathLike | None = None,
+    teacher_store: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    output: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    torch_device = resolve_device(device)
+    splits = make_splits(load_dataset(data_dir), val_size=val_size, train_subset=train_subset)
+    output = Path(output or f"results/runs/{mode}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    summary: dict = {"mode": mode, "data": {"dir": str(data_dir), "splits": splits.key, "train": len(splits.train_labels),
+                     "val": len(splits.val_labels), "test": len(splits.test_labels)}, "device": str(torch_device)}
+
+    if mode != "student":
+        found = obtain_teacher(teacher, splits, torch_device, teacher_store, teacher_path, progress)
+        summary["teacher"] = {"path": str(found.path), **{k: v for k, v in found.meta.items() if k != "history"}}
+        print(f"teacher {teacher.model}: val {found.meta['val_acc']:.2%}  test {found.meta['test_acc']:.2%}  ({found.path})")
+        if mode == "teacher":
+            summary.update(history=found.meta["history"], final=found.meta["history"][-1])
+            _write(output, summary, teacher.model, f"teacher {teacher.model}")
+            return summary
+
+    config = replace(student, alpha=0.0) if mode == "student" else student
+    signal = None
+    if config.alpha > 0:
+        if use_cache:
+            cache = teacher_logits(found, splits, config.aug_seed, config.epochs, torch_device, config.precision, progress)
+            signal = CachedTeacher(cache, splits, torch_device)
+        else:
+            signal = LiveTeacher(found.model, splits, torch_device, config.precision)
+    label = f"student {config.model}" + (f" (T={config.temperature:g}, alpha={config.alpha:g})" if config.alpha > 0 else "")
+    result = train(config, splits, torch_device, teacher=signal, progress=progress, desc=label)
+    summary.update(config=config.to_dict(), parameters=count_parameters(result.model), history=result.history,
+                   final=result.final)
+    save_model(output.with_suffix(".pt"), result.model, config.model, {"config": config.to_dict(), "data_key": splits.key,
+               "val_acc": result.final["val_acc"], "test_acc": result.final["test_acc"]})
+    print(f"{label}: val {result.final['val_acc']:.2%}  test {result.final['test_acc']:.2%}")
+    _write(output, summary, config.model, label)
+    return summary
+
+
+def _write(output: Path, summary: dict, model: str, title: str) -> None:
+    save_json(output, summary)
+    figure = plot_training_curves(summary["history"], output.with_suffix(".png"), title)
+    print(f"wrote {output} and {figure}")

@@ -1,0 +1,223 @@
+"""The teacher store and the exact, temperature-free teacher-logit cache.
+
+Store: a teacher is trained once per (architecture, recipe, epochs, data
+splits, seed, ...) and kept under `<store>/<arch>-<key>/` (`model.pt` +
+`meta.json`).  An entry is built in a temporary folder and renamed into place,
+so a crash never leaves half an entry that a later run would load.
+
+Cache: because augmentation is a pure function of (aug_seed, epoch, image),
+every view a student will see is known in advance.  The teacher's raw logits
+(not probabilities: T stays free) for every epoch's views, and for the
+un-augmented validation and test images, are computed once in fp16 and kept
+next to the teacher checkpoint, one file per epoch, each written atomically.
+Every distillation run with any T and alpha then reads logits instead of
+running the teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdtune.atomic import save_json, save_torch
+from kdtune.checkpoint import file_digest, load_model, save_model
+from kdtune.config import RunConfig
+from kdtune.data import Splits, augment, augmentation_params, normalize
+from kdtune.errors import UserError
+from kdtune.models import count_parameters
+from kdtune.train import autocast, predict, prepare, train, uses_bf16
+
+CACHE_BATCH = {"cpu": 1024, "cuda": 8192}
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class Teacher:
+    model: nn.Module  # eval mode, on CPU
+    meta: dict  # config, data, accuracies, training time
+    path: Path  # the checkpoint file
+
+
+def teacher_key(config: RunConfig, splits: Splits) -> str:
+    """Names a teacher by everything that decides its weights."""
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("temperature", "alpha")}
+    return hashlib.sha256(json.dumps([fields, splits.key], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_store() -> Path:
+    return Path(os.environ.get("KDTUNE_TEACHER_STORE") or "results/teachers")
+
+
+def obtain_teacher(
+    config: RunConfig,
+    splits: Splits,
+    device: torch.device,
+    store: str | os.PathLike | None = None,
+    teacher_path: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Teacher:
+    """Load the teacher from `teacher_path` or the store; train and save it first when it is missing."""
+    if teacher_path is not None:
+        path = Path(teacher_path)
+        if not path.exists():
+            return _train_teacher(config, splits, device, path, progress)
+        model, meta = load_model(path, expected_arch=config.model)
+        return Teacher(model, meta, path)
+    entry = Path(store or default_store()) / f"{config.model}-{teacher_key(config, splits)}"
+    if (entry / "model.pt").is_file():
+        model, meta = load_model(entry / "model.pt", expected_arch=config.model)
+        return Teacher(model, meta, entry / "model.pt")
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".building-{entry.name}-"))
+    try:
+        teacher = _train_teacher(config, splits, device, building / "model.pt", progress)
+        save_json(building / "meta.json", teacher.meta)
+        try:
+            building.rename(entry)
+        except OSError:
+            if not (entry / "model.pt").is_file():  # not a concurrent run that got there first
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return Teacher(teacher.model, teacher.meta, entry / "model.pt")
+
+
+def _train_teacher(config: RunConfig, splits: Splits, device, path: Path, progress: bool) -> Teacher:
+    started = time.time()
+    result = train(config, splits, device, progress=progress, desc=f"teacher {config.model}")
+    meta = {
+        "config": config.to_dict(),
+        "data_key": splits.key,
+        "parameters": count_parameters(result.model),
+        "val_acc": result.final["val_acc"],
+        "test_acc": result.final["test_acc"],
+        "train_seconds": time.time() - started,
+        "history": result.history,
+    }
+    model = result.model.cpu().eval()
+    save_model(path, model, config.model, meta)
+    return Teacher(model, meta, path)
+
+
+# ----------------------------------------------------------------------------- the logit cache
+
+
+@dataclass(frozen=True)
+class LogitCache:
+    """Raw teacher logits in fp16: plain tensors, shareable read-only through Ray's object store."""
+
+    train: torch.Tensor  # (epochs, n_train, classes): the view of image i in epoch e is row [e, i]
+    val: torch.Tensor  # (n_val, classes), un-augmented
+    test: torch.Tensor  # (n_test, classes), un-augmented
+    aug_seed: int
+    splits_key: str
+
+
+def cache_folder(teacher_path: Path, splits: Splits, aug_seed: int, precision: str) -> Path:
+    # The checkpoint's digest is in the name, so a teacher file overwritten in place never meets a stale cache.
+    name = f"{file_digest(teacher_path)[:12]}-{splits.key}-aug{aug_seed}-{precision}"
+    return teacher_path.parent / f"{teacher_path.stem}-logits" / name
+
+
+def teacher_logits(
+    teacher: Teacher,
+    splits: Splits,
+    aug_seed: int,
+    epochs: int,
+    device: torch.device,
+    precision: str = "auto",
+    progress: bool = False,
+) -> LogitCache:
+    """The cache for `epochs` epochs of `aug_seed`'s views: loaded where present, computed where missing."""
+    mode = "bf16" if uses_bf16(precision, device) else "fp32"
+    folder = cache_folder(teacher.path, splits, aug_seed, mode)
+    files = {"val": folder / "val.pt", "test": folder / "test.pt"}
+    files.update({e: folder / f"epoch-{e:04d}.pt" for e in range(epochs)})
+    rows = {"val": len(splits.val_labels), "test": len(splits.test_labels)}
+    loaded = {name: _load_logits(path, rows.get(name, len(splits.train_labels))) for name, path in files.items()}
+    missing = [name for name, value in loaded.items() if value is None]
+    if missing:
+        model = prepare(teacher.model, device).eval()
+        bar = _bar(progress, len(missing), f"caching teacher logits ({mode})")
+        for name in missing:
+            if name in ("val", "test"):
+                images = splits.val_images if name == "val" else splits.test_images
+                logits = predict(model, images, device, precision)
+            else:
+                logits = epoch_logits(model, splits.train_images, aug_seed, name, device, precision)
+            loaded[name] = logits.half().cpu()
+            save_torch(files[name], loaded[name])
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        teacher.model.cpu()
+    return LogitCache(
+        train=torch.stack([loaded[e] for e in range(epochs)]) if epochs else torch.empty(0),
+        val=loaded["val"],
+        test=loaded["test"],
+        aug_seed=aug_seed,
+        splits_key=splits.key,
+    )
+
+
+@torch.no_grad()
+def epoch_logits(model, train_images, aug_seed: int, epoch: int, device, precision: str) -> torch.Tensor:
+    """Teacher logits (n_train, classes) for exactly the views `kdtune.train` draws in `epoch`."""
+    n = len(train_images)
+    params = augmentation_params(n, aug_seed, epoch)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    batch = CACHE_BATCH.get(device.type, 1024)
+    out = []
+    with autocast(precision, device):
+        for start in range(0, n, batch):
+            images = train_images[start : start + batch].to(device)
+            views = normalize(augment(images, params[start : start + batch])).contiguous(memory_format=memory_format)
+            out.append(model(views).float())
+    return torch.cat(out)
+
+
+def _load_logits(path: Path, rows: int) -> torch.Tensor | None:
+    """The cached tensor, or None where it is missing or damaged (then it is rebuilt, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        logits = torch.load(path, weights_only=True)
+    except Exception:
+        return None
+    ok = isinstance(logits, torch.Tensor) and logits.dtype == torch.float16 and logits.dim() == 2
+    return logits if ok and len(logits) == rows else None
+
+
+class CachedTeacher:
+    """The teacher signal of `kdtune.train` read from a `LogitCache` instead of a network."""
+
+    def __init__(self, cache: LogitCache, splits: Splits, device: torch.device):
+        if cache.splits_key != splits.key:
+            raise UserError(f"teacher-logit cache is for data splits {cache.splits_key}, not {splits.key}")
+        self.train = cache.train.to(device)
+        self.val_logits = cache.val.to(device).float()
+        self.aug_seed = cache.aug_seed
+
+    def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        assert epoch < len(self.train), f"no cached teacher logits for epoch {epoch}"
+        return self.train[epoch, idx].float()
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="pass", dynamic_ncols=True)

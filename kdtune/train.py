@@ -1,0 +1,262 @@
+"""One training loop for teacher, student and distillation.
+
+`train(config, splits, device, teacher, on_epoch)` trains `config.model` and
+returns its per-epoch metrics.  It knows nothing of Ray: the Tune trainable and
+the CLI pass an `on_epoch(metrics, checkpoint_state)` callback to report,
+checkpoint or print.  With alpha > 0 it needs a teacher signal, live
+(`LiveTeacher`, the teacher network run on every batch) or cached
+(`kdtune.teacher.CachedTeacher`, logits precomputed for exactly these views).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from kdtune.config import RunConfig
+from kdtune.data import Splits, augment, augmentation_params, epoch_order, normalize
+from kdtune.errors import UserError
+from kdtune.losses import kd_loss_terms
+from kdtune.metrics import agreement, classification_metrics
+from kdtune.models import create_model
+
+EVAL_BATCH = 1024
+EpochCallback = Callable[[dict, Callable[[], dict]], None]
+
+
+# ----------------------------------------------------------------------------- devices and precision
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"invalid device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"invalid device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """auto = bf16 on CUDA (fast and accurate there), fp32 on CPU (bf16 is slower on most CPUs)."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def autocast(precision: str, device: torch.device):
+    if uses_bf16(precision, device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    # channels_last lets cuDNN use its fastest NHWC kernels; on CPU it is measured no better.
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return model.to(device=device, memory_format=memory_format)
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    """Logits (N, classes) in float32 for un-augmented uint8 images, in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with autocast(precision, device):
+        for start in range(0, len(images), EVAL_BATCH):
+            out.append(model(normalize(images[start : start + EVAL_BATCH].to(device))).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+class TeacherSignal(Protocol):
+    """What distillation needs from a teacher."""
+
+    val_logits: torch.Tensor  # (n_val, classes): for student-teacher agreement
+
+    def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for training images `idx` as augmented in `epoch` (`views`, normalised)."""
+
+
+class LiveTeacher:
+    """Runs the frozen teacher on every training batch: exact but slow (see kdtune.teacher for the cache)."""
+
+    def __init__(self, model: nn.Module, splits: Splits, device: torch.device, precision: str):
+        self.model = prepare(model, device).eval()
+        self.device, self.precision = device, precision
+        self.val_logits = predict(self.model, splits.val_images, device, precision)
+
+    @torch.no_grad()
+    def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            return self.model(views).float()
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    recipe = config.recipe_spec
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.effective_lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.effective_lr,
+        momentum=recipe.momentum,
+        nesterov=True,
+        weight_decay=recipe.weight_decay,
+    )
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: RunConfig) -> float:
+    """Learning-rate multiplier at optimiser step `step` (all schedules are stepped per batch)."""
+    recipe = config.recipe_spec
+    total = steps_per_epoch * config.epochs
+    if recipe.schedule == "step":
+        return recipe.gamma ** ((step // steps_per_epoch) // recipe.step_size)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    # one-cycle: linear warm-up over the first 20% of steps, then linear decay to zero
+    warmup = max(1, int(0.2 * total))
+    return step / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1]
+
+
+def train(
+    config: RunConfig,
+    splits: Splits,
+    device: torch.device,
+    teacher: TeacherSignal | None = None,
+    on_epoch: EpochCallback | None = None,
+    resume: dict | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `config.model` on `splits`, distilling from `teacher` when config.alpha > 0.
+
+    `resume` is a `checkpoint_state()` dict from an earlier call with the same
+    config: training continues after its last epoch and reproduces the
+    uninterrupted run.  Stops early (metrics["diverged"] = True) when the
+    training loss stops being finite.
+    """
+    if config.alpha > 0 and teacher is None:
+        raise UserError(f"alpha {config.alpha} > 0 needs a teacher; use alpha 0 to train without one")
+    cached_seed = getattr(teacher, "aug_seed", config.aug_seed)
+    if config.alpha > 0 and cached_seed != config.aug_seed:
+        raise UserError(f"teacher logits were cached for aug_seed {cached_seed}, but the run uses {config.aug_seed}")
+    splits = splits.to(device)
+    torch.manual_seed(config.seed)
+    model = prepare(create_model(config.model), device)
+    optimizer = build_optimizer(model, config)
+    n = len(splits.train_labels)
+    batch = min(config.effective_batch_size, n)
+    steps_per_epoch = math.ceil(n / batch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, config))
+    history: list[dict] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"])
+        history = list(resume["history"])
+
+    def checkpoint_state() -> dict:
+        return {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": list(history),
+            "config": config.to_dict(),
+        }
+
+    bar = _progress_bar(progress, total=steps_per_epoch * config.epochs, initial=steps_per_epoch * len(history), desc=desc)
+    for epoch in range(len(history), config.epochs):
+        started = time.perf_counter()
+        losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar)
+        train_seconds = time.perf_counter() - started
+        metrics = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"]}
+        metrics.update(evaluate(model, splits, device, config.precision, teacher))
+        metrics["epoch_s"] = time.perf_counter() - started
+        metrics["images_per_s"] = n / train_seconds
+        metrics["diverged"] = not math.isfinite(losses["train_loss"])
+        history.append(metrics)
+        if bar is not None:
+            bar.set_postfix(loss=f"{losses['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
+        if on_epoch is not None:
+            on_epoch(metrics, checkpoint_state)
+        if metrics["diverged"]:
+            break
+    if bar is not None:
+        bar.close()
+    return TrainResult(model=model, history=history)
+
+
+def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar) -> dict:
+    model.train()
+    n = len(splits.train_labels)
+    views = augmentation_params(n, config.aug_seed, epoch).to(device)
+    order = epoch_order(n, config.seed, epoch).to(device)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    label_smoothing = config.effective_label_smoothing
+    sums = torch.zeros(3, device=device)  # total, ce, kd; summed on device to avoid a sync per step
+    for start in range(0, n, batch):
+        idx = order[start : start + batch]
+        images = normalize(augment(splits.train_images[idx], views[idx])).contiguous(memory_format=memory_format)
+        with autocast(config.precision, device):
+            student_logits = model(images)
+        teacher_logits = teacher.train_logits(epoch, idx, images) if config.alpha > 0 else None
+        loss, ce, kd = kd_loss_terms(
+            student_logits, teacher_logits, splits.train_labels[idx], config.temperature, config.alpha, label_smoothing
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        sums += torch.stack([loss.detach(), ce.detach(), kd.detach()]) * len(idx)
+        if bar is not None:
+            bar.update(1)
+    total, ce, kd = (sums / n).tolist()
+    return {"train_loss": total, "train_ce": ce, "train_kd": kd}
+
+
+def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: str, teacher=None) -> dict:
+    """Validation and test metrics, and top-1 agreement with the teacher on validation when there is one."""
+    val_logits = predict(model, splits.val_images, device, precision)
+    test_logits = predict(model, splits.test_images, device, precision)
+    metrics = classification_metrics(val_logits, splits.val_labels.to(device), "val")
+    metrics.update(classification_metrics(test_logits, splits.test_labels.to(device), "test"))
+    if teacher is not None:
+        metrics["agreement"] = agreement(val_logits, teacher.val_logits)
+    return metrics
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
