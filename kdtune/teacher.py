@@ -59,6 +59,36 @@ def default_store() -> Path:
     return Path(os.environ.get("KDTUNE_TEACHER_STORE") or "results/teachers")
 
 
+def store_entry(config: RunConfig, splits: Splits, store: str | os.PathLike | None = None) -> Path:
+    return Path(store or default_store()) / f"{config.model}-{teacher_key(config, splits)}"
+
+
+def find_teacher(config: RunConfig, splits: Splits, store: str | os.PathLike | None = None) -> Teacher | None:
+    """The stored teacher for this config and data, or None.  Only complete (renamed-into-place) entries count."""
+    path = store_entry(config, splits, store) / "model.pt"
+    if not path.is_file():
+        return None
+    model, meta = load_model(path, expected_arch=config.model)
+    return Teacher(model, meta, path)
+
+
+def add_to_store(entry: Path, model: nn.Module, meta: dict) -> Teacher:
+    """Write model.pt and meta.json into a temporary folder, then rename it to `entry` in one step."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".building-{entry.name}-"))
+    try:
+        save_model(building / "model.pt", model, meta["config"]["model"], meta)
+        save_json(building / "meta.json", meta)
+        try:
+            building.rename(entry)
+        except OSError:
+            if not (entry / "model.pt").is_file():  # not a concurrent run that got there first
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return Teacher(model, meta, entry / "model.pt")
+
+
 def obtain_teacher(
     config: RunConfig,
     splits: Splits,
@@ -70,30 +100,21 @@ def obtain_teacher(
     """Load the teacher from `teacher_path` or the store; train and save it first when it is missing."""
     if teacher_path is not None:
         path = Path(teacher_path)
-        if not path.exists():
-            return _train_teacher(config, splits, device, path, progress)
-        model, meta = load_model(path, expected_arch=config.model)
+        if path.exists():
+            model, meta = load_model(path, expected_arch=config.model)
+            return Teacher(model, meta, path)
+        model, meta = train_teacher(config, splits, device, progress)
+        save_model(path, model, config.model, meta)
         return Teacher(model, meta, path)
-    entry = Path(store or default_store()) / f"{config.model}-{teacher_key(config, splits)}"
-    if (entry / "model.pt").is_file():
-        model, meta = load_model(entry / "model.pt", expected_arch=config.model)
-        return Teacher(model, meta, entry / "model.pt")
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".building-{entry.name}-"))
-    try:
-        teacher = _train_teacher(config, splits, device, building / "model.pt", progress)
-        save_json(building / "meta.json", teacher.meta)
-        try:
-            building.rename(entry)
-        except OSError:
-            if not (entry / "model.pt").is_file():  # not a concurrent run that got there first
-                raise
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    return Teacher(teacher.model, teacher.meta, entry / "model.pt")
+    found = find_teacher(config, splits, store)
+    if found is not None:
+        return found
+    model, meta = train_teacher(config, splits, device, progress)
+    return add_to_store(store_entry(config, splits, store), model, meta)
 
 
-def _train_teacher(config: RunConfig, splits: Splits, device, path: Path, progress: bool) -> Teacher:
+def train_teacher(config: RunConfig, splits: Splits, device, progress: bool = False) -> tuple[nn.Module, dict]:
+    """Train a teacher from scratch; return it (eval mode, CPU) and its metadata."""
     started = time.time()
     result = train(config, splits, device, progress=progress, desc=f"teacher {config.model}")
     meta = {
@@ -105,9 +126,7 @@ def _train_teacher(config: RunConfig, splits: Splits, device, path: Path, progre
         "train_seconds": time.time() - started,
         "history": result.history,
     }
-    model = result.model.cpu().eval()
-    save_model(path, model, config.model, meta)
-    return Teacher(model, meta, path)
+    return result.model.cpu().eval(), meta
 
 
 # ----------------------------------------------------------------------------- the logit cache
@@ -130,6 +149,55 @@ def cache_folder(teacher_path: Path, splits: Splits, aug_seed: int, precision: s
     return teacher_path.parent / f"{teacher_path.stem}-logits" / name
 
 
+def cache_entries(teacher: Teacher, splits: Splits, aug_seed: int, epochs: int, mode: str) -> dict:
+    """{name: file} of a full cache: "val", "test" and each epoch number."""
+    folder = cache_folder(teacher.path, splits, aug_seed, mode)
+    files = {"val": folder / "val.pt", "test": folder / "test.pt"}
+    files.update({e: folder / f"epoch-{e:04d}.pt" for e in range(epochs)})
+    return files
+
+
+def load_cached(files: dict, splits: Splits) -> dict:
+    """{name: logits} for the entries present and sound; damaged or missing ones are left out (and rebuilt)."""
+    rows = {"val": len(splits.val_labels), "test": len(splits.test_labels)}
+    loaded = {name: _load_logits(path, rows.get(name, len(splits.train_labels))) for name, path in files.items()}
+    return {name: value for name, value in loaded.items() if value is not None}
+
+
+def compute_logits(model: nn.Module, splits: Splits, names: list, aug_seed: int, device, precision: str,
+                   progress: bool = False) -> dict:
+    """{name: fp16 CPU logits} for "val", "test" and epoch numbers, computed with `model` in eval mode."""
+    model = prepare(model, device).eval()
+    bar = _bar(progress and bool(names), len(names), "caching teacher logits")
+    out = {}
+    for name in names:
+        if name in ("val", "test"):
+            logits = predict(model, splits.val_images if name == "val" else splits.test_images, device, precision)
+        else:
+            logits = epoch_logits(model, splits.train_images, aug_seed, name, device, precision)
+        out[name] = logits.half().cpu()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    model.cpu()
+    return out
+
+
+def assemble(loaded: dict, epochs: int, aug_seed: int, splits: Splits) -> LogitCache:
+    return LogitCache(
+        train=torch.stack([loaded[e] for e in range(epochs)]),
+        val=loaded["val"],
+        test=loaded["test"],
+        aug_seed=aug_seed,
+        splits_key=splits.key,
+    )
+
+
+def cache_mode(precision: str, device: torch.device) -> str:
+    return "bf16" if uses_bf16(precision, device) else "fp32"
+
+
 def teacher_logits(
     teacher: Teacher,
     splits: Splits,
@@ -140,36 +208,13 @@ def teacher_logits(
     progress: bool = False,
 ) -> LogitCache:
     """The cache for `epochs` epochs of `aug_seed`'s views: loaded where present, computed where missing."""
-    mode = "bf16" if uses_bf16(precision, device) else "fp32"
-    folder = cache_folder(teacher.path, splits, aug_seed, mode)
-    files = {"val": folder / "val.pt", "test": folder / "test.pt"}
-    files.update({e: folder / f"epoch-{e:04d}.pt" for e in range(epochs)})
-    rows = {"val": len(splits.val_labels), "test": len(splits.test_labels)}
-    loaded = {name: _load_logits(path, rows.get(name, len(splits.train_labels))) for name, path in files.items()}
-    missing = [name for name, value in loaded.items() if value is None]
-    if missing:
-        model = prepare(teacher.model, device).eval()
-        bar = _bar(progress, len(missing), f"caching teacher logits ({mode})")
-        for name in missing:
-            if name in ("val", "test"):
-                images = splits.val_images if name == "val" else splits.test_images
-                logits = predict(model, images, device, precision)
-            else:
-                logits = epoch_logits(model, splits.train_images, aug_seed, name, device, precision)
-            loaded[name] = logits.half().cpu()
-            save_torch(files[name], loaded[name])
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        teacher.model.cpu()
-    return LogitCache(
-        train=torch.stack([loaded[e] for e in range(epochs)]) if epochs else torch.empty(0),
-        val=loaded["val"],
-        test=loaded["test"],
-        aug_seed=aug_seed,
-        splits_key=splits.key,
-    )
+    files = cache_entries(teacher, splits, aug_seed, epochs, cache_mode(precision, device))
+    loaded = load_cached(files, splits)
+    missing = [name for name in files if name not in loaded]
+    for name, logits in compute_logits(teacher.model, splits, missing, aug_seed, device, precision, progress).items():
+        save_torch(files[name], logits)
+        loaded[name] = logits
+    return assemble(loaded, epochs, aug_seed, splits)
 
 
 @torch.no_grad()

@@ -1,0 +1,45 @@
+"""Sweep presets: defaults for models, recipes, epochs and data that any flag overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdtune.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    teacher: str
+    student: str
+    recipe: str  # students'
+    teacher_recipe: str
+    teacher_epochs: int
+    epochs: int  # students'
+    train_subset: int | None = None
+    val_size: int = 5000
+    space_overrides: dict = field(default_factory=dict)  # see kdtune.search_spaces.apply_overrides
+    about: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        teacher="resnet18", student="cnn3", recipe="strong", teacher_recipe="strong", teacher_epochs=30, epochs=30,
+        about="resnet18 -> cnn3, SGD + one-cycle, full data: the numbers to publish (a GPU job)",
+    ),
+    "seed": Preset(
+        teacher="resnet18", student="cnn3", recipe="seed", teacher_recipe="seed", teacher_epochs=20, epochs=15,
+        space_overrides={"temperature": [1, 2, 3, 4, 5, 6, 8, 10], "alpha": 0.3},
+        about="the seed project's experiment: Adam + StepLR, teacher 20 epochs, students 15, alpha 0.3",
+    ),
+    "quick": Preset(
+        teacher="resnet20", student="tinycnn", recipe="strong", teacher_recipe="strong", teacher_epochs=10, epochs=8,
+        train_subset=8000, val_size=2000,
+        about="CPU-sized models on a 8,000-image subset: a temperature curve in about 15 minutes on 2 cores",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]

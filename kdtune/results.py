@@ -1,0 +1,102 @@
+"""Reading an experiment's results: one row per trial, and the summary files.
+
+Reads Tune's experiment folders directly with `ray.tune.ExperimentAnalysis`,
+so it works on finished, interrupted and running experiments, local or on
+remote storage, without a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from kdtune.atomic import atomic_write, save_json
+from kdtune.errors import UserError
+
+PHASES = ("baseline", "sweep")
+TRIAL_COLUMNS = [
+    "phase", "trial_id", "temperature", "alpha", "seed", "status", "outcome", "epochs_run", "failures",
+    "final_val_acc", "final_test_acc", "best_val_acc", "best_epoch", "test_acc_at_best_val",
+    "final_agreement", "final_val_ece", "final_val_nll",
+]
+
+
+def read_record(root: Path) -> dict:
+    record = Path(root) / "experiment.json"
+    if not record.is_file():
+        raise UserError(f"{root} is not a kdtune experiment (no experiment.json)")
+    return json.loads(record.read_text())
+
+
+def trial_frames(storage: str, phase: str) -> list[tuple[object, pd.DataFrame]]:
+    """[(Tune trial, per-epoch results)] of one phase; [] when that phase has not started."""
+    from ray.tune import ExperimentAnalysis
+
+    path = storage.rstrip("/") + "/" + phase
+    try:
+        analysis = ExperimentAnalysis(path)
+    except (ValueError, FileNotFoundError, OSError):
+        return []
+    return [(trial, analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())) for trial in analysis.trials]
+
+
+def trial_table(record: dict) -> pd.DataFrame:
+    """One row per trial of both phases: its config, status, epochs run, final and best metrics."""
+    full_epochs = record["settings"]["epochs"]
+    rows = []
+    for phase in PHASES:
+        for trial, frame in trial_frames(record["storage"], phase):
+            config = trial.config
+            row = {
+                "phase": phase, "trial_id": trial.trial_id, "status": trial.status,
+                "temperature": float(config.get("temperature", math.nan)), "alpha": float(config.get("alpha", math.nan)),
+                "seed": int(config.get("__trial_index__", config.get("seed", 0))),
+                "failures": int(getattr(trial, "num_failures", 0)), "epochs_run": 0,
+            }
+            if not frame.empty:
+                frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")  # retries re-report epochs
+                last = frame.iloc[-1]
+                best = frame.loc[frame["val_acc"].idxmax()]
+                row.update(
+                    temperature=float(last["temperature"]), alpha=float(last["alpha"]), seed=int(last["seed"]),
+                    epochs_run=int(last["epoch"]), final_val_acc=last["val_acc"], final_test_acc=last["test_acc"],
+                    best_val_acc=best["val_acc"], best_epoch=int(best["epoch"]), test_acc_at_best_val=best["test_acc"],
+                    final_agreement=last.get("agreement", math.nan), final_val_ece=last["val_ece"],
+                    final_val_nll=last["val_nll"],
+                )
+                diverged = bool(frame["diverged"].astype(bool).any()) if "diverged" in frame else False
+            else:
+                diverged = False
+            row["outcome"] = _outcome(trial.status, row["epochs_run"], full_epochs, diverged)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+
+
+def _outcome(status: str, epochs_run: int, full_epochs: int, diverged: bool) -> str:
+    if diverged:
+        return "diverged"
+    if status == "TERMINATED":
+        return "finished" if epochs_run >= full_epochs else "stopped early"
+    return {"ERROR": "errored", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(status, status.lower())
+
+
+def write_trial_summary(root: Path, record: dict) -> pd.DataFrame:
+    """summary.csv (one row per trial) and temperature_results.json / baselines.json in the seed's format."""
+    table = trial_table(record)
+    atomic_write(Path(root) / "summary.csv", lambda tmp: table.to_csv(tmp, index=False))
+    distilled = table[(table["phase"] == "sweep") & (table["outcome"] == "finished")]
+    curve = distilled.groupby("temperature")["final_test_acc"].mean()
+    save_json(Path(root) / "temperature_results.json", {f"{t:g}": float(v) for t, v in curve.items()})
+    baseline = table[(table["phase"] == "baseline") & (table["outcome"] == "finished")]
+    save_json(Path(root) / "baselines.json", {
+        "teacher": {"val_acc": record["teacher"]["val_acc"], "test_acc": record["teacher"]["test_acc"]},
+        "no_kd_student": {
+            "seeds": int(len(baseline)),
+            "val_acc": float(baseline["final_val_acc"].mean()) if len(baseline) else None,
+            "test_acc": float(baseline["final_test_acc"].mean()) if len(baseline) else None,
+        },
+    })
+    return table

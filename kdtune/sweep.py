@@ -1,0 +1,255 @@
+"""Ray Tune sweeps over temperature and alpha.
+
+    settings -> data -> teacher + logit cache (a Ray task) -> baseline experiment
+    (alpha = 0, every seed) -> sweep experiment (grid or Optuna) -> summaries
+
+Everything of an experiment lives under `results/<name>/`: `experiment.json`
+(the settings and the teacher), Tune's experiment folders `baseline/` and
+`sweep/` (under `--storage-path` when given), and the summaries written at the
+end.  `resume=True` restores both Tune experiments from their state
+(`Tuner.restore`, errored trials resumed), so finished trials never run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdtune.atomic import save_json
+from kdtune.config import RunConfig, check_recipe_name
+from kdtune.data import load_dataset, make_splits
+from kdtune.errors import UserError
+from kdtune.models import check_model_name
+from kdtune.optuna_search import SAMPLERS
+from kdtune.presets import get_preset
+from kdtune.search_spaces import SearchSpace, apply_overrides, load_search_space
+
+METRIC = "val_acc"
+PHASES = ("baseline", "sweep")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What an experiment computes; saved in experiment.json and reused by --resume."""
+
+    name: str
+    search: str  # "grid" or "optuna"
+    space: SearchSpace
+    preset: str
+    teacher: str
+    student: str
+    recipe: str
+    teacher_recipe: str
+    teacher_epochs: int
+    epochs: int
+    data_dir: str
+    val_size: int
+    train_subset: int | None
+    seeds: int
+    num_samples: int  # Optuna points (each run with every seed)
+    sampler: str
+    search_seed: int
+    asha: bool
+    grace_period: int
+    reduction_factor: int
+    max_failures: int
+    precision: str = "auto"
+    aug_seed: int = 0
+
+    def __post_init__(self):
+        check_model_name(self.teacher)
+        check_model_name(self.student)
+        check_recipe_name(self.recipe)
+        check_recipe_name(self.teacher_recipe)
+        for field, low in (("seeds", 1), ("num_samples", 1), ("epochs", 1), ("teacher_epochs", 1),
+                           ("grace_period", 1), ("reduction_factor", 2), ("max_failures", 0)):
+            if getattr(self, field) < low:
+                raise UserError(f"invalid {field.replace('_', '-')} {getattr(self, field)}: must be an integer >= {low}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SweepSettings":
+        return cls(**{**values, "space": SearchSpace(**values["space"])})
+
+    def student_config(self, **varied) -> RunConfig:
+        return RunConfig(model=self.student, epochs=self.epochs, recipe=self.recipe, precision=self.precision,
+                         aug_seed=self.aug_seed, **varied)
+
+    def teacher_config(self) -> RunConfig:
+        return RunConfig(model=self.teacher, epochs=self.teacher_epochs, recipe=self.teacher_recipe,
+                         precision=self.precision)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where and how wide an experiment runs; may differ between a run and its --resume."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    address: str | None = None
+    storage_path: str | None = None  # default: the experiment folder itself
+    teacher_store: str | None = None
+
+    def __post_init__(self):
+        if not self.cpus_per_trial > 0:
+            raise UserError(f"invalid cpus-per-trial {self.cpus_per_trial}: must be > 0")
+        if self.gpus_per_trial < 0:
+            raise UserError(f"invalid gpus-per-trial {self.gpus_per_trial}: must be >= 0")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise UserError(f"invalid max-concurrent {self.max_concurrent}: must be >= 1")
+
+    @property
+    def trial_resources(self) -> dict:
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+def build_settings(name: str, search: str, space_name: str, preset_name: str, **values) -> SweepSettings:
+    """Settings from a preset, with any value given (not None) overriding it."""
+    preset = get_preset(preset_name)
+    space = load_search_space(space_name, search)
+    space = apply_overrides(space, preset.space_overrides)
+    defaults = {k: getattr(preset, k) for k in ("teacher", "student", "recipe", "teacher_recipe", "teacher_epochs",
+                                                 "epochs", "val_size", "train_subset")}
+    chosen = {**defaults, **{k: v for k, v in values.items() if v is not None}}
+    return SweepSettings(name=name, search=search, space=space, preset=preset_name, **chosen)
+
+
+def default_name(search: str, space: str) -> str:
+    return f"{space}-{search}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def sweep_points(settings: SweepSettings) -> list[dict]:
+    """Grid points (each run with every seed); for Optuna, the fixed part of every point."""
+    space = settings.space
+    if settings.search == "optuna":
+        return [dict(space.fixed)]
+    points = [dict(space.fixed)]
+    for param, values in space.axes.items():
+        points = [{**p, param: v} for p in points for v in values]
+    return points
+
+
+def plan(settings: SweepSettings) -> dict:
+    """How many trials of each kind, and how many student epochs in total (ASHA may stop some early)."""
+    seeds = settings.seeds
+    sweep_trials = seeds * (settings.num_samples if settings.search == "optuna" else len(sweep_points(settings)))
+    return {"baseline_trials": seeds, "sweep_trials": sweep_trials, "student_epochs": (seeds + sweep_trials) * settings.epochs}
+
+
+def describe_plan(settings: SweepSettings, student_img_s: float | None, teacher_img_s: float | None,
+                  n_train: int, teacher_stored: bool, parallel: int) -> str:
+    counts = plan(settings)
+    space = settings.space
+    lines = [f"experiment {settings.name}: {settings.search} search over {space.name!r} ({space.description})",
+             f"  teacher {settings.teacher} ({settings.teacher_recipe}, {settings.teacher_epochs} epochs): "
+             + ("in the store, reused" if teacher_stored else "to be trained"),
+             f"  students {settings.student} ({settings.recipe}, {settings.epochs} epochs) on {n_train} training images,"
+             f" seeds 0..{settings.seeds - 1}",
+             f"  baseline (no distillation, alpha 0): {counts['baseline_trials']} trials"]
+    if settings.search == "grid":
+        for point in sweep_points(settings):
+            lines.append("  " + ", ".join(f"{k}={v:g}" for k, v in point.items()) + f" x {settings.seeds} seeds")
+    else:
+        for param, (dist, low, high) in space.distributions.items():
+            lines.append(f"  {param} ~ {dist}[{low:g}, {high:g}]")
+        lines.append(f"  fixed: {space.fixed}; {settings.num_samples} points x {settings.seeds} seeds, sampler {settings.sampler}")
+    if settings.asha:
+        lines.append(f"  ASHA early stopping: grace {settings.grace_period} epochs, reduction factor {settings.reduction_factor}")
+    lines.append(f"  total: {counts['baseline_trials'] + counts['sweep_trials']} trials, up to {counts['student_epochs']} student epochs")
+    if student_img_s:
+        student_s = counts["student_epochs"] * n_train / student_img_s / max(1, parallel)
+        teacher_s = 0.0 if teacher_stored or not teacher_img_s else settings.teacher_epochs * n_train / teacher_img_s
+        # A forward pass costs about a third of a training step.
+        cache_s = 0.0 if not teacher_img_s else settings.epochs * n_train / (3 * teacher_img_s)
+        lines.append(
+            f"  estimated cost on this machine (training steps only, {parallel} trial(s) at a time): teacher "
+            f"{teacher_s / 60:.1f} min, logit cache {cache_s / 60:.1f} min, students {student_s / 60:.1f} min "
+            f"(measured {student_img_s:.0f} student img/s" + (f", {teacher_img_s:.0f} teacher img/s)" if teacher_img_s else ")")
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def experiment_root(name: str, results_dir: str | os.PathLike = "results") -> Path:
+    return Path(results_dir) / name
+
+
+def load_settings(root: Path) -> SweepSettings:
+    record = root / "experiment.json"
+    if not record.is_file():
+        raise UserError(f"{root} is not a kdtune experiment (no experiment.json); nothing to resume")
+    return SweepSettings.from_dict(json.loads(record.read_text())["settings"])
+
+
+def tune_storage(root: Path, resources: Resources) -> str:
+    """Where Tune keeps the experiment: the experiment folder, or <storage-path>/<name> (a URI is fine)."""
+    if resources.storage_path is None:
+        return str(root.resolve())
+    if "://" in resources.storage_path:
+        return resources.storage_path.rstrip("/") + "/" + root.name
+    return str((Path(resources.storage_path) / root.name).resolve())
+
+
+def check_storage_writable(storage: str) -> None:
+    if "://" in storage:
+        return  # remote storage: Ray reports its own errors on first write
+    path = Path(storage)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".kdtune-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"storage path {storage} cannot be written: {error.strerror or error}") from None
+
+
+def estimate_throughput(model_name: str, batch_size: int, device, steps: int = 3) -> float:
+    """Training images/s of `model_name` on `device`, from a few timed steps on random data."""
+    import torch
+
+    from kdtune.models import create_model
+
+    model = create_model(model_name).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    images = torch.randn(batch_size, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+    timings = []
+    for _ in range(steps + 1):  # the first step warms up
+        started = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+    return batch_size / (sum(timings[1:]) / steps)
+
+
+def dry_run(settings: SweepSettings, resources: Resources) -> str:
+    import torch
+
+    from kdtune.teacher import find_teacher
+
+    splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
+    device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+    stored = find_teacher(settings.teacher_config(), splits, resources.teacher_store) is not None
+    student = estimate_throughput(settings.student, settings.student_config().effective_batch_size, device)
+    teacher = estimate_throughput(settings.teacher, settings.teacher_config().effective_batch_size, device)
+    parallel = resources.max_concurrent or max(1, int((os.cpu_count() or 1) // resources.cpus_per_trial))
+    return describe_plan(settings, student, teacher, len(splits.train_labels), stored, parallel)
