@@ -208,7 +208,7 @@ def _image_folder_listing(data_dir: Path) -> dict[str, list[tuple[str, list[Path
 
 
 def _decode_image_folder(data_dir: Path, listing) -> Dataset:
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
     from tqdm import tqdm
 
     total = sum(len(paths) for split in listing.values() for _, paths in split)
@@ -219,15 +219,16 @@ def _decode_image_folder(data_dir: Path, listing) -> Dataset:
             for label, (_, paths) in enumerate(classes):
                 for path in paths:
                     try:
-                        image = decode_image(str(path), mode=ImageReadMode.RGB)
+                        with Image.open(path) as opened:
+                            image = np.asarray(opened.convert("RGB"))
                     except Exception as error:
                         raise UserError(f"cannot read image {path}: {error}") from None
-                    if tuple(image.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
-                        raise UserError(f"image {path} is {image.shape[2]}x{image.shape[1]}; expected 32x32")
-                    images.append(image)
+                    if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+                        raise UserError(f"image {path} is {image.shape[1]}x{image.shape[0]}; expected 32x32")
+                    images.append(image.transpose(2, 0, 1))
                     labels.append(label)
                 bar.update(len(paths))
-            arrays[split] = (torch.stack(images), labels)
+            arrays[split] = (np.stack(images), labels)
     classes = [c for c, _ in listing["train"]]
     return _make_dataset(*arrays["train"], *arrays["test"], classes)
 

@@ -48,8 +48,8 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out)]
+def _conv_bn(c_in: int, c_out: int, stride: int = 1, bias: bool = False) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=bias), nn.BatchNorm2d(c_out)]
 
 
 class BasicBlock(nn.Module):
@@ -86,12 +86,14 @@ class ResNet(nn.Module):
 class ConvNet(nn.Module):
     """Stages of conv3x3-BN-ReLU-maxpool(2), flatten, optional hidden fc with dropout, fc."""
 
-    def __init__(self, widths: tuple[int, ...], hidden: int | None, dropout: float, num_classes: int):
+    def __init__(
+        self, widths: tuple[int, ...], hidden: int | None, dropout: float, num_classes: int, conv_bias: bool = False
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
         for width in widths:
-            layers += [*_conv_bn(c_in, width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [*_conv_bn(c_in, width, bias=conv_bias), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             c_in = width
         self.features = nn.Sequential(*layers)
         flat = c_in * (32 // 2 ** len(widths)) ** 2
@@ -120,8 +122,8 @@ def resnet20(num_classes: int) -> nn.Module:
 
 @register("cnn3")
 def cnn3(num_classes: int) -> nn.Module:
-    """The seed's student: 0.62M parameters."""
-    return ConvNet((32, 64, 128), hidden=256, dropout=0.5, num_classes=num_classes)
+    """The seed's student: 0.62M parameters (620,810: its convs keep their bias before BN, as in the seed)."""
+    return ConvNet((32, 64, 128), hidden=256, dropout=0.5, num_classes=num_classes, conv_bias=True)
 
 
 @register("tinycnn")

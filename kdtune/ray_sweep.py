@@ -7,6 +7,7 @@ and reports never need a Ray cluster.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from kdtune.errors import UserError
 from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, sweep_points, tune_storage)
 from kdtune.teacher import (Teacher, add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
                             load_cached, store_entry, train_teacher)
-from kdtune.trainable import SEED_INDEX, from_shared, kd_trainable, to_shared
+from kdtune.trainable import from_shared, kd_trainable, to_shared, trial_device
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -29,12 +30,26 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "auto":
+        _check_reachable(address)
     try:
         # Workers import kdtune as installed on each node (pip install -e . there too; see README).
         ray.init(address=address, include_dashboard=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot connect to the Ray cluster at {address!r}: {first}") from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes: ray.init retries an unreachable GCS address for a long time."""
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"invalid Ray address {address!r}: use 'auto', host:port or ray://host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise UserError(f"cannot reach the Ray cluster at {address!r}: {error.strerror or error}") from None
 
 
 def check_cluster(resources: Resources, storage: str) -> None:
@@ -65,14 +80,14 @@ def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list
 
     from kdtune.models import create_model
 
-    device = torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+    device = trial_device()
     splits = from_shared(Splits, shared_splits)
     if state is None:
-        model, meta = train_teacher(config, splits, device)
+        model, meta = train_teacher(config, splits, device, progress=True)
     else:
         model, meta = create_model(config.model), None
         model.load_state_dict(state)
-    logits = compute_logits(model, splits, names, aug_seed, device, precision)
+    logits = compute_logits(model, splits, names, aug_seed, device, precision, progress=True)
     return ({k: v.cpu() for k, v in model.state_dict().items()} if meta else None), meta, logits
 
 

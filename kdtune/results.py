@@ -43,12 +43,15 @@ def trial_frames(storage: str, phase: str) -> list[tuple[object, pd.DataFrame]]:
     return [(trial, analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())) for trial in analysis.trials]
 
 
-def trial_table(record: dict) -> pd.DataFrame:
-    """One row per trial of both phases: its config, status, epochs run, final and best metrics."""
+def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
+    """One row per trial of both phases: its config, status, epochs run, final and best metrics.
+
+    `frames` ({phase: trial_frames(...)}) reuses results already read, so a caller reads the experiment once.
+    """
     full_epochs = record["settings"]["epochs"]
     rows = []
     for phase in PHASES:
-        for trial, frame in trial_frames(record["storage"], phase):
+        for trial, frame in (frames[phase] if frames is not None else trial_frames(record["storage"], phase)):
             config = trial.config
             row = {
                 "phase": phase, "trial_id": trial.trial_id, "status": trial.status,
@@ -83,9 +86,9 @@ def _outcome(status: str, epochs_run: int, full_epochs: int, diverged: bool) -> 
     return {"ERROR": "errored", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(status, status.lower())
 
 
-def write_trial_summary(root: Path, record: dict) -> pd.DataFrame:
+def write_trial_summary(root: Path, record: dict, table: pd.DataFrame | None = None) -> pd.DataFrame:
     """summary.csv (one row per trial) and temperature_results.json / baselines.json in the seed's format."""
-    table = trial_table(record)
+    table = trial_table(record) if table is None else table
     atomic_write(Path(root) / "summary.csv", lambda tmp: table.to_csv(tmp, index=False))
     distilled = table[(table["phase"] == "sweep") & (table["outcome"] == "finished")]
     curve = distilled.groupby("temperature")["final_test_acc"].mean()

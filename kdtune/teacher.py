@@ -82,7 +82,12 @@ def add_to_store(entry: Path, model: nn.Module, meta: dict) -> Teacher:
         try:
             building.rename(entry)
         except OSError:
-            if not (entry / "model.pt").is_file():  # not a concurrent run that got there first
+            if (entry / "model.pt").is_file():  # a concurrent run got there first
+                pass
+            elif entry.is_dir():  # an entry without model.pt (deleted by hand) is never loaded: replace it
+                shutil.rmtree(entry)
+                building.rename(entry)
+            else:
                 raise
     finally:
         shutil.rmtree(building, ignore_errors=True)

@@ -11,6 +11,7 @@ checkpoint or print.  With alpha > 0 it needs a teacher signal, live
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -184,9 +185,10 @@ def train(
         history = list(resume["history"])
 
     def checkpoint_state() -> dict:
+        # Copies, not views: on CPU `.cpu()` and `state_dict()` alias the live tensors that later steps update.
         return {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "history": list(history),

@@ -38,9 +38,14 @@ def from_shared(cls, shared: dict):
 
 
 def trial_device() -> torch.device:
+    """The GPU Ray assigned to this trial or task, else the CPU with one thread per assigned CPU."""
     import ray
 
-    return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda")
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    return torch.device("cpu")
 
 
 def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None) -> None:
@@ -71,7 +76,10 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None) 
 
 def _tune_metrics(metrics: dict, run: RunConfig) -> dict:
     """The epoch's metrics with the trial's identity, so every result row says what it measured."""
-    return {**metrics, "temperature": run.temperature, "alpha": run.alpha, "seed": run.seed}
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return {**metrics, "temperature": run.temperature, "alpha": run.alpha, "seed": run.seed, "node_id": node}
 
 
 def _maybe_fail(epoch: int) -> None:

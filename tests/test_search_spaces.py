@@ -1,0 +1,88 @@
+"""Search-space files: the shipped ones load, bad ones are refused with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdtune.errors import UserError
+from kdtune.search_spaces import apply_overrides, available, load_search_space
+
+
+def test_shipped_spaces_load_with_their_issue_values():
+    assert {"temperature", "alpha", "joint"} <= set(available())
+    temperature = load_search_space("temperature", "grid")
+    assert temperature.axes == {"temperature": [1, 2, 3, 4, 5, 6, 8, 10, 15, 20]}
+    assert set(temperature.fixed) == {"alpha"}
+    alpha = load_search_space("alpha", "grid")
+    assert alpha.axes["alpha"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99]
+    joint = load_search_space("joint", "optuna")
+    assert joint.distributions == {"temperature": ("loguniform", 1.0, 20.0), "alpha": ("uniform", 0.0, 1.0)}
+    assert len(load_search_space("joint", "grid").axes) == 2
+
+
+def write(tmp_path, name, text):
+    (tmp_path / f"{name}.yaml").write_text(text)
+    return tmp_path
+
+
+def test_user_space_in_another_folder(tmp_path):
+    folder = write(tmp_path, "mine", "grid:\n  temperature: [2, 3]\n  alpha: 0.7\n")
+    space = load_search_space("mine", "grid", folder)
+    assert space.axes == {"temperature": [2.0, 3.0]} and space.fixed == {"alpha": 0.7}
+
+
+def test_unknown_name_lists_what_exists(tmp_path):
+    folder = write(tmp_path, "mine", "grid:\n  temperature: [2]\n  alpha: 0.5\n")
+    with pytest.raises(UserError, match=r"unknown search space 'nope'.*mine"):
+        load_search_space("nope", "grid", folder)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("grid: [1, 2\n", "not valid YAML"),
+        ("!!python/object/apply:os.system ['touch /tmp/kdtune-pwned']\n", "not valid YAML"),
+        ("optuna:\n  temperature: {uniform: [1, 2]}\n  alpha: 0.5\n", "no 'grid:' section"),
+        ("grid:\n  temperature: [0, 2]\n  alpha: 0.5\n", r"invalid value 0.*> 0"),
+        ("grid:\n  temperature: [2]\n  alpha: 1.5\n", r"invalid value 1.5.*\[0, 1\]"),
+        ("grid:\n  temperature: [2]\n  beta: 0.5\n", "unknown parameter 'beta'"),
+        ("grid:\n  temperature: 2\n  alpha: 0.5\n", "varies nothing"),
+        ("grid:\n  temperature: [2]\n", "does not set 'alpha'"),
+        ("grid:\n  temperature: [abc]\n  alpha: 0.5\n", "invalid value 'abc'"),
+    ],
+)
+def test_bad_grid_files_are_refused(tmp_path, text, message):
+    folder = write(tmp_path, "bad", text)
+    with pytest.raises(UserError, match=message):
+        load_search_space("bad", "grid", folder)
+
+
+def test_hostile_yaml_never_executes(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = write(tmp_path, "evil", f"grid: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(UserError):
+        load_search_space("evil", "grid", folder)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{gaussian: [1, 2]}", "unknown distribution"),
+        ("{loguniform: [5, 2]}", "low < high"),
+        ("{uniform: [1]}", "unknown distribution"),
+    ],
+)
+def test_bad_distributions_are_refused(tmp_path, spec, message):
+    folder = write(tmp_path, "bad", f"optuna:\n  temperature: {spec}\n  alpha: 0.5\n")
+    with pytest.raises(UserError, match=message):
+        load_search_space("bad", "optuna", folder)
+
+
+def test_preset_overrides_replace_only_values_of_the_same_shape():
+    seed_values = {"temperature": [1, 2, 3], "alpha": 0.3}
+    temperature = apply_overrides(load_search_space("temperature", "grid"), seed_values)
+    assert temperature.axes == {"temperature": [1, 2, 3]} and temperature.fixed == {"alpha": 0.3}
+    alpha = apply_overrides(load_search_space("alpha", "grid"), seed_values)
+    assert alpha.axes == load_search_space("alpha", "grid").axes  # the alpha curve keeps its axis
+    assert alpha.fixed == {"temperature": 4.0}

@@ -1,0 +1,170 @@
+"""End-to-end sweeps on real images with local Ray: grid, Optuna + ASHA, resume after a kill, two nodes.
+
+Small on purpose (a few hundred images, tinycnn students, 1-3 epochs): these
+check behaviour, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNE = ROOT / "scripts" / "tune.py"
+pytestmark = pytest.mark.slow
+
+SPACE = """
+grid:
+  temperature: [2, 8]
+  alpha: 0.5
+optuna:
+  temperature: {loguniform: [1, 20]}
+  alpha: {uniform: [0.1, 0.9]}
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweeps")
+    (folder / "spaces").mkdir()
+    (folder / "spaces" / "tiny.yaml").write_text(SPACE)
+    return folder
+
+
+def small_args(workdir: Path, mini_data_dir: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "--preset", "quick", "--teacher", "tinycnn", "--student", "tinycnn", "--teacher-epochs", "1",
+        "--train-subset", "400", "--val-size", "200", "--data-dir", str(mini_data_dir), "--name", name,
+        "--results-dir", str(workdir / "results"), "--teacher-store", str(workdir / "teachers"), *extra,
+    ]
+
+
+def env(workdir: Path) -> dict:
+    return {**os.environ, "KDTUNE_SEARCH_SPACES": str(workdir / "spaces"), "PYTHONPATH": str(ROOT)}
+
+
+def run_tune(workdir: Path, args: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TUNE), *args], env=env(workdir), capture_output=True, text=True,
+                          timeout=timeout, cwd=workdir)
+
+
+def trials(workdir: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(workdir / "results" / name / "summary.csv")
+
+
+def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_data_dir):
+    done = run_tune(workdir, ["--grid", "tiny", "--seeds", "2", "--epochs", "2",
+                              *small_args(workdir, mini_data_dir, "grid")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = trials(workdir, "grid")
+    assert len(table) == 6  # 2 baseline seeds + 2 temperatures x 2 seeds
+    assert (table["outcome"] == "finished").all() and (table["epochs_run"] == 2).all()
+    sweep = table[table["phase"] == "sweep"]
+    assert sorted(zip(sweep["temperature"], sweep["seed"])) == [(2, 0), (2, 1), (8, 0), (8, 1)]
+    assert (sweep["alpha"] == 0.5).all()
+    assert (table[table["phase"] == "baseline"]["alpha"] == 0).all()
+    curve = json.loads((workdir / "results" / "grid" / "temperature_results.json").read_text())
+    assert set(curve) == {"2", "8"}
+    assert curve["2"] == pytest.approx(sweep[sweep["temperature"] == 2]["final_test_acc"].mean())
+    record = json.loads((workdir / "results" / "grid" / "experiment.json").read_text())
+    assert record["teacher"]["val_acc"] > 0 and record["settings"]["seeds"] == 2
+    # The teacher and its cache were made once and stored for reuse.
+    assert len(list((workdir / "teachers").glob("tinycnn-*/model.pt"))) == 1
+
+
+def test_optuna_with_asha_stops_some_trials_early(workdir, mini_data_dir):
+    done = run_tune(workdir, ["--optuna", "tiny", "--num-samples", "6", "--epochs", "3", "--grace-period", "1",
+                              "--reduction-factor", "2", "--max-concurrent", "2",
+                              *small_args(workdir, mini_data_dir, "optuna")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = trials(workdir, "optuna")
+    sweep = table[table["phase"] == "sweep"]
+    assert len(sweep) == 6
+    assert sweep["temperature"].between(1, 20).all() and sweep["alpha"].between(0.1, 0.9).all()
+    assert sweep["temperature"].nunique() == 6  # sampled, not one point repeated
+    assert (sweep["outcome"] == "stopped early").any() and (sweep["outcome"] == "finished").any()
+    assert (sweep.loc[sweep["outcome"] == "stopped early", "epochs_run"] < 3).all()
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return False
+
+
+def test_resume_after_the_driver_is_killed_runs_only_what_was_unfinished(workdir, mini_data_dir):
+    args = ["--grid", "tiny", "--seeds", "1", "--epochs", "3", "--max-concurrent", "1",
+            *small_args(workdir, mini_data_dir, "killed")]
+    proc = subprocess.Popen([sys.executable, str(TUNE), *args], env=env(workdir), cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    results = workdir / "results" / "killed"
+    baseline_rows = lambda: [p for p in results.glob("baseline/*/result.json")]  # noqa: E731
+
+    def sweep_started() -> bool:
+        return any(p.stat().st_size > 0 for p in results.glob("sweep/*/result.json"))
+
+    try:
+        assert wait_for(sweep_started, 300), "the sweep never started"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, with no chance to clean up
+        proc.wait()
+    (baseline,) = baseline_rows()
+    before = baseline.read_text()
+    assert len(before.splitlines()) == 3  # the baseline had finished
+
+    done = run_tune(workdir, ["--resume", "--name", "killed", "--results-dir", str(workdir / "results"),
+                              "--teacher-store", str(workdir / "teachers")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert baseline.read_text() == before  # finished trials are not trained again
+    table = trials(workdir, "killed")
+    assert len(table) == 3 and (table["outcome"] == "finished").all()
+    assert not table.duplicated(["phase", "temperature", "alpha", "seed"]).any()
+    for result in results.glob("sweep/*/result.json"):
+        epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines()]
+        assert sorted(set(epochs)) == [1, 2, 3]
+
+
+def test_two_node_cluster_places_trials_on_the_worker_node(workdir, mini_data_dir, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    worker = cluster.add_node(num_cpus=2)
+    try:
+        cluster.wait_for_nodes()
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import tune as tune_script  # noqa: PLC0415
+
+        # A local path cannot serve trials on another node: refused before any work.
+        ray.init(address=cluster.address)
+        os.environ["KDTUNE_SEARCH_SPACES"] = str(workdir / "spaces")
+        with pytest.raises(SystemExit) as refused:
+            from kdtune.cli import run_cli
+
+            run_cli(tune_script.main, ["--grid", "tiny", "--seeds", "1", "--epochs", "1", "--address", cluster.address,
+                                       *small_args(workdir, mini_data_dir, "refused")])
+        assert refused.value.code == 1
+        storage = f"file://{tmp_path / 'shared-storage'}"
+        code = tune_script.main(["--grid", "tiny", "--seeds", "1", "--epochs", "1", "--address", cluster.address,
+                                 "--storage-path", storage, *small_args(workdir, mini_data_dir, "cluster")])
+        assert code == 0
+        nodes = set()
+        for result in (tmp_path / "shared-storage" / "cluster").glob("*/*/result.json"):
+            nodes |= {json.loads(line)["node_id"] for line in result.read_text().splitlines()}
+        assert nodes == {worker.node_id}
+        assert len(trials(workdir, "cluster")) == 3
+    finally:
+        os.environ.pop("KDTUNE_SEARCH_SPACES", None)
+        ray.shutdown()
+        cluster.shutdown()
