@@ -213,7 +213,8 @@ def _decode_image_folder(data_dir: Path, listing) -> Dataset:
 
     total = sum(len(paths) for split in listing.values() for _, paths in split)
     arrays = {}
-    with tqdm(total=total, desc=f"decoding {data_dir}", unit="img", leave=False) as bar:
+    # disable=None: a bar on a terminal, silence in logs and pipes.
+    with tqdm(total=total, desc=f"decoding {data_dir}", unit="img", leave=False, disable=None) as bar:
         for split, classes in listing.items():
             images, labels = [], []
             for label, (_, paths) in enumerate(classes):

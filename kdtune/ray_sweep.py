@@ -209,9 +209,9 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, resume:
 
     storage = tune_storage(root, resources)
     check_storage_writable(storage)
-    splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
     connect(resources.address)
     check_cluster(resources, storage)
+    splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
     shared_splits = ray.put(to_shared(splits))
     teacher, cache = prepare_teacher(settings, resources, splits, shared_splits)
     record = {

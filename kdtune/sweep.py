@@ -60,6 +60,7 @@ class SweepSettings:
     max_failures: int
     precision: str = "auto"
     aug_seed: int = 0
+    lr: float | None = None  # students'; None: the recipe's
 
     def __post_init__(self):
         check_model_name(self.teacher)
@@ -82,7 +83,7 @@ class SweepSettings:
 
     def student_config(self, **varied) -> RunConfig:
         return RunConfig(model=self.student, epochs=self.epochs, recipe=self.recipe, precision=self.precision,
-                         aug_seed=self.aug_seed, **varied)
+                         aug_seed=self.aug_seed, lr=self.lr, **varied)
 
     def teacher_config(self) -> RunConfig:
         return RunConfig(model=self.teacher, epochs=self.teacher_epochs, recipe=self.teacher_recipe,

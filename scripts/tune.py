@@ -33,6 +33,7 @@ def parse_args(argv):
     g.add_argument("--recipe")
     g.add_argument("--teacher-recipe")
     g.add_argument("--epochs", type=positive_int, help="student epochs")
+    g.add_argument("--lr", type=positive_float, help="student learning rate (default: the recipe's)")
     g.add_argument("--teacher-epochs", type=positive_int)
     g.add_argument("--data-dir", help="CIFAR-10 or an image folder (default: $KDTUNE_DATA_DIR, else ./data)")
     g.add_argument("--train-subset", type=positive_int)
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         settings = build_settings(
             name, search, space, args.preset,
             teacher=args.teacher, student=args.student, recipe=args.recipe, teacher_recipe=args.teacher_recipe,
-            epochs=args.epochs, teacher_epochs=args.teacher_epochs, data_dir=str(resolve_data_dir(args.data_dir)),
+            epochs=args.epochs, lr=args.lr, teacher_epochs=args.teacher_epochs, data_dir=str(resolve_data_dir(args.data_dir)),
             train_subset=args.train_subset, val_size=args.val_size, precision=args.precision,
             seeds=args.seeds or (3 if search == "grid" else 1), num_samples=args.num_samples, sampler=args.sampler,
             search_seed=args.search_seed, asha=search == "optuna" if args.asha is None else args.asha,

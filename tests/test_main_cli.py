@@ -1,0 +1,193 @@
+"""scripts/main.py as a user runs it: one-line errors with the right exit code, and one real end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdtune.checkpoint import save_model
+from kdtune.data import load_dataset
+from kdtune.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = REPO / "scripts" / "main.py"
+QUICK = ["--mode", "distill", "--teacher", "tinycnn", "--student", "tinycnn", "--epochs", "1", "--no-progress"]
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ)  # carries KDTUNE_CACHE_DIR from conftest's isolated cache
+    env.pop("KDTUNE_DATA_DIR", None)
+    env["KDTUNE_TEACHER_STORE"] = str(tmp_path / "teachers")
+    # A download attempt fails at once (connection refused) instead of reaching, or waiting for, the network.
+    for name in ("no_proxy", "NO_PROXY"):
+        env.pop(name, None)
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        env[name] = "http://127.0.0.1:9"
+    # One intra-op thread: on a small shared CPU, two OpenMP threads per process mostly wait for each other.
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run_main(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MAIN), *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- bad flags (no data needed)
+
+
+@pytest.mark.parametrize(
+    "flags, code, needles",
+    [
+        (["--temperature", "0"], 2, ["--temperature", "'0'"]),
+        (["--temperature", "-1"], 2, ["--temperature", "'-1'"]),
+        (["--temperature", "abc"], 2, ["--temperature", "'abc'"]),
+        (["--alpha", "1.5"], 2, ["--alpha", "'1.5'"]),
+        (["--alpha", "-0.1"], 2, ["--alpha", "'-0.1'"]),
+        (["--alpha", "nan"], 2, ["--alpha", "'nan'"]),
+        (["--epochs", "0"], 2, ["--epochs", "'0'"]),
+        (["--epochs", "2.5"], 2, ["--epochs", "'2.5'"]),
+        (["--batch-size", "0"], 2, ["--batch-size", "'0'"]),
+        (["--precision", "fp16"], 2, ["--precision", "fp16"]),
+        (["--teacher", "nosuchnet"], 1, ["nosuchnet", "resnet20"]),
+        (["--student", "nosuchnet"], 1, ["nosuchnet", "tinycnn"]),
+        (["--recipe", "nosuch"], 1, ["nosuch", "strong"]),
+        (["--device", "nonsense"], 1, ["nonsense"]),
+    ],
+)
+def test_bad_flag(tmp_path, flags, code, needles):
+    result = run_main(["--mode", "distill", "--data-dir", str(tmp_path / "unused"), *flags], tmp_path)
+    assert_one_line_error(result, code, *needles)
+    assert not (tmp_path / "unused").exists() and not (tmp_path / "results").exists()
+
+
+def test_missing_mode(tmp_path):
+    assert_one_line_error(run_main(["--epochs", "1"], tmp_path), 2, "--mode")
+
+
+def test_missing_data_dir_offline(tmp_path):
+    missing = tmp_path / "nonexistent"
+    result = run_main([*QUICK, "--data-dir", str(missing)], tmp_path)
+    assert_one_line_error(result, 1, str(missing), "--data-dir")
+
+
+# ----------------------------------------------------------------------------- bad values that need the data
+
+
+@pytest.fixture(scope="module")
+def real_data(real_data_dir) -> Path:
+    """The real folder, decoded once into this session's cache (in-process), so the scripts start from the cache."""
+    load_dataset(real_data_dir)
+    return real_data_dir
+
+
+def test_train_subset_larger_than_data(tmp_path, real_data):
+    result = run_main([*QUICK, "--data-dir", str(real_data), "--train-subset", "100000"], tmp_path)
+    assert_one_line_error(result, 1, "train_subset", "100000")
+
+
+def test_val_size_larger_than_data(tmp_path, real_data):
+    result = run_main([*QUICK, "--data-dir", str(real_data), "--val-size", "60000"], tmp_path)
+    assert_one_line_error(result, 1, "val_size", "60000")
+
+
+def test_teacher_path_to_a_text_file(tmp_path, real_data):
+    text = tmp_path / "teacher.pt"
+    text.write_text("not a model\n")
+    result = run_main([*QUICK, "--data-dir", str(real_data), "--train-subset", "100", "--val-size", "100",
+                       "--teacher-path", str(text)], tmp_path)
+    assert_one_line_error(result, 1, str(text))
+    assert text.read_text() == "not a model\n"
+
+
+def test_teacher_path_to_another_architecture(tmp_path, real_data):
+    other = save_model(tmp_path / "tiny.pt", create_model("tinycnn"), "tinycnn", {})
+    args = [*QUICK, "--teacher", "resnet20", "--data-dir", str(real_data), "--train-subset", "100", "--val-size", "100",
+            "--teacher-path", str(other)]
+    assert_one_line_error(run_main(args, tmp_path), 1, str(other), "tinycnn", "resnet20")
+
+
+# ----------------------------------------------------------------------------- end to end on real images
+
+
+@pytest.fixture(scope="module")
+def real_subset(real_data_dir, tmp_path_factory) -> Path:
+    """Real CIFAR-10 JPEGs, 300 train and 100 test per class (symlinks).
+
+    The whole folder's 10,000-image test set would be evaluated by the teacher every epoch and cached:
+    more than a minute on two CPU cores, whatever --train-subset is.
+    """
+    root = tmp_path_factory.mktemp("cifar10-subset")
+    for split, per_class in (("train", 300), ("test", 100)):
+        for class_dir in sorted((real_data_dir / split).iterdir()):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:per_class]:
+                (target / image.name).symlink_to(image)
+    return root
+
+
+@pytest.mark.slow
+def test_distill_end_to_end_on_real_images(tmp_path, real_subset):
+    store = tmp_path / "store"
+    output = tmp_path / "run.json"
+    args = ["--mode", "distill", "--teacher", "resnet20", "--student", "tinycnn", "--epochs", "2",
+            "--train-subset", "2000", "--val-size", "1000", "--data-dir", str(real_subset),
+            "--teacher-store", str(store), "--output", str(output), "--no-progress"]
+    first = run_main(args, tmp_path, timeout=1200)  # a guard against hangs only
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+
+    summary = json.loads(output.read_text())
+    assert summary["mode"] == "distill"
+    assert summary["data"]["train"] == 2000 and summary["data"]["val"] == 1000 and summary["data"]["test"] == 1000
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert all(h["train_kd"] > 0 and 0 <= h["agreement"] <= 1 for h in summary["history"])
+    assert summary["config"]["alpha"] == 0.3 and summary["config"]["temperature"] == 4.0
+    assert summary["teacher"]["config"]["model"] == "resnet20" and summary["teacher"]["config"]["epochs"] == 2
+    # Chance is 0.1.
+    assert summary["teacher"]["val_acc"] > 0.2 and summary["teacher"]["test_acc"] > 0.2, summary["teacher"]
+    assert summary["final"]["val_acc"] > 0.2 and summary["final"]["test_acc"] > 0.2, summary["final"]
+    assert output.with_suffix(".png").stat().st_size > 0
+    student = torch.load(output.with_suffix(".pt"), weights_only=True)
+    assert student["arch"] == "tinycnn"
+    teacher_path = Path(summary["teacher"]["path"])
+    assert teacher_path.is_file() and teacher_path.is_relative_to(store)
+    entries = [p for p in store.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and [p.name for p in store.iterdir()] == [entries[0].name]  # no leftover temp folders
+    teacher_line = next(line for line in first.stdout.splitlines() if line.startswith("teacher resnet20"))
+
+    # A second run reuses the stored teacher (and its logit cache) instead of training another.
+    files = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
+    assert len([p for p in files if p.name.startswith("epoch-")]) == 2  # the logit cache: one file per epoch
+    second_args = [*args]
+    second_args[second_args.index("--output") + 1] = str(tmp_path / "run2.json")
+    second = run_main(second_args, tmp_path, timeout=1200)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert teacher_line in second.stdout.splitlines()  # same accuracies, same path
+    assert [p.name for p in store.iterdir()] == [entries[0].name]
+    assert {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()} == files  # nothing rewritten
+    again = json.loads((tmp_path / "run2.json").read_text())
+    assert len(again["history"]) == 2
+    if summary["device"] != "cpu":
+        return  # CUDA kernels need not be bitwise reproducible; on CPU the student is, from the cached logits
+    assert again["history"] == [
+        {**h, "epoch_s": again["history"][i]["epoch_s"], "images_per_s": again["history"][i]["images_per_s"]}
+        for i, h in enumerate(summary["history"])
+    ]

@@ -1,0 +1,474 @@
+"""The report: tables checked number by number against the trials they came from, figures, partial
+experiments, remote storage, and the one-line errors.
+
+The synthetic experiment is a real (tiny) Ray Tune experiment whose function trainable reports
+the trainable's metric keys from `fake_metrics`, so every expected number is known exactly.  Its
+sweep is interrupted like a Ctrl-C after six trials, leaving one finished-early, one errored and
+two pending trials.  A real sweep (`scripts/tune.py` on a 160-image folder) checks the report
+against the result.json files Tune wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from kdtune.cli import run_cli
+from kdtune.report import Experiment, config_table, headline, summary_columns, write_report
+from kdtune.search_spaces import SearchSpace
+from kdtune.sweep import SweepSettings, sweep_points
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import report as report_script  # noqa: E402  (scripts/report.py)
+
+EPOCHS = 3
+TEMPERATURES = [2.0, 4.0, 8.0, 16.0]
+SEEDS = [0, 1]
+ALPHA = 0.5
+TEACHER = {"val_acc": 0.9, "test_acc": 0.88}
+STOPS_EARLY = (2.0, 1)  # (T, seed): returns after epoch 1, as if ASHA had stopped it
+ERRORS = (8.0, 1)  # raises in epoch 2, after reporting epoch 1
+INTERRUPT_AFTER = 6  # trials ended when "Ctrl-C" is pressed: T = 16 stays pending
+
+
+# ----------------------------------------------------------------------------- the synthetic experiment
+
+
+def fake_metrics(temperature: float, alpha: float, seed: int, epoch: int) -> dict:
+    """Every metric kdtune.trainable reports, as made-up deterministic numbers.  KD helps most at T = 4 and
+    alpha = 0.5; T = 2 dips in its last epoch, so its best epoch is not its last."""
+    val = 0.40 + 0.05 * epoch + 0.01 * seed
+    if alpha > 0:
+        val += 0.08 - 0.03 * abs(math.log2(temperature) - 2) - 0.01 * (temperature > 4) - 0.05 * abs(alpha - 0.5)
+        if temperature == 2.0 and epoch == EPOCHS:
+            val -= 0.1
+    ece = 0.02 + 0.005 * temperature + 0.01 * alpha + 0.001 * seed + 0.01 / epoch
+    metrics = {
+        "epoch": epoch, "train_loss": 2.0 / epoch, "train_ce": 1.5 / epoch, "train_kd": 0.5 / epoch if alpha else 0.0,
+        "lr": 0.1 / epoch, "val_acc": val, "val_nll": 1.0 / epoch, "val_ece": ece,
+        "test_acc": val - 0.02 + 0.005 * seed, "test_nll": 1.1 / epoch, "test_ece": 0.03, "epoch_s": 1.0, "images_per_s": 1000.0, "diverged": False,
+        "temperature": temperature, "alpha": alpha, "seed": seed,
+    }
+    if alpha > 0:
+        metrics["agreement"] = 0.5 + 0.05 * epoch - 0.01 * temperature + 0.2 * alpha + 0.002 * seed
+    return metrics
+
+
+def fake_trainable(config: dict) -> None:
+    from ray import tune
+
+    temperature, alpha, seed = config["temperature"], config["alpha"], config["seed"]
+    for epoch in range(1, EPOCHS + 1):
+        if (temperature, seed) == ERRORS and epoch == 2:
+            raise RuntimeError("injected failure")
+        tune.report(fake_metrics(temperature, alpha, seed, epoch))
+        if (temperature, seed) == STOPS_EARLY:
+            return
+
+
+def settings(search: str = "grid", seeds: int = len(SEEDS), **space) -> SweepSettings:
+    space = {"fixed": {"alpha": ALPHA}, "axes": {"temperature": TEMPERATURES}, "distributions": {}, **space}
+    return SweepSettings(
+        name="synthetic", search=search, space=SearchSpace("synthetic", search, **space), preset="quick",
+        teacher="resnet20", student="tinycnn", recipe="strong", teacher_recipe="strong", teacher_epochs=1,
+        epochs=EPOCHS, data_dir="unused", val_size=10, train_subset=None, seeds=seeds, num_samples=4, sampler="tpe",
+        search_seed=0, asha=False, grace_period=1, reduction_factor=2, max_failures=0,
+    )
+
+
+def write_record(root: Path, storage: str, sweep: SweepSettings | None = None) -> None:
+    sweep = sweep or settings()
+    record = {"settings": sweep.to_dict(), "teacher": TEACHER, "data": {"train": 100, "val": 10, "test": 10},
+              "storage": storage, "points": sweep_points(sweep)}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.json").write_text(json.dumps(record))
+
+
+def run_phase(storage: Path, phase: str, param_space: dict, callbacks=(), cpus: int = 1) -> None:
+    from ray import tune
+
+    tune.Tuner(
+        tune.with_resources(fake_trainable, {"cpu": cpus}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric="val_acc", mode="max"),
+        run_config=tune.RunConfig(name=phase, storage_path=str(storage), verbose=0, callbacks=list(callbacks),
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    ).fit()
+
+
+def interrupt_after(n: int):
+    """A Tune callback that presses Ctrl-C once `n` trials have ended, as a user stopping a sweep would."""
+    from ray import tune
+
+    class Interrupt(tune.Callback):
+        ended = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.ended += 1
+            if self.ended == n:
+                os.kill(os.getpid(), signal.SIGINT)  # Tune's handler saves the state and stops
+
+        on_trial_error = on_trial_complete
+
+    return Interrupt()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def synthetic(ray_local, tmp_path_factory):
+    """{'before_sweep': experiment with only its baseline run, 'partial': the interrupted sweep as well}."""
+    from ray import tune
+
+    base = tmp_path_factory.mktemp("synthetic")
+    root = base / "partial"
+    write_record(root, str(root))
+    run_phase(root, "baseline", {"alpha": 0.0, "temperature": 1.0, "seed": tune.grid_search(SEEDS)})
+    before = base / "before_sweep"
+    shutil.copytree(root, before)
+    write_record(before, str(before))
+    # 2 CPUs a trial on a 2-CPU cluster: one trial at a time in grid order, so the interrupt is deterministic.
+    space = {"alpha": ALPHA, "temperature": tune.grid_search(TEMPERATURES), "seed": tune.grid_search(SEEDS)}
+    run_phase(root, "sweep", space, callbacks=[interrupt_after(INTERRUPT_AFTER)], cpus=2)
+    return {"before_sweep": before, "partial": root}
+
+
+def copy_experiment(source: Path, target: Path, storage: str | None = None) -> Path:
+    shutil.copytree(source, target)
+    write_record(target, storage or str(target))
+    return target
+
+
+# ----------------------------------------------------------------------------- what the numbers must be
+
+
+def expected_trials() -> list[dict]:
+    """What each trial of the synthetic experiment ran: phase, T, alpha, seed, outcome, epochs."""
+    trials = [dict(phase="baseline", temperature=1.0, alpha=0.0, seed=s, outcome="finished", epochs=EPOCHS)
+              for s in SEEDS]
+    for i, (t, s) in enumerate((t, s) for t in TEMPERATURES for s in SEEDS):
+        outcome, epochs = "finished", EPOCHS
+        if (t, s) == STOPS_EARLY:
+            outcome, epochs = "stopped early", 1
+        elif (t, s) == ERRORS:
+            outcome, epochs = "errored", 1
+        elif i >= INTERRUPT_AFTER:
+            outcome, epochs = "pending", 0
+        trials.append(dict(phase="sweep", temperature=t, alpha=ALPHA, seed=s, outcome=outcome, epochs=epochs))
+    return trials
+
+
+def trial_numbers(trial: dict) -> dict:
+    """Final and best-epoch metrics of one finished trial, straight from fake_metrics."""
+    history = [fake_metrics(trial["temperature"], trial["alpha"], trial["seed"], epoch)
+               for epoch in range(1, trial["epochs"] + 1)]
+    best = max(history, key=lambda m: m["val_acc"])
+    last = history[-1]
+    return {"val_acc": last["val_acc"], "test_acc": last["test_acc"], "best_epoch_val_acc": best["val_acc"],
+            "best_epoch_test_acc": best["test_acc"], "agreement": last.get("agreement", math.nan),
+            "val_ece": last["val_ece"]}
+
+
+def expected_row(trials: list[dict]) -> dict:
+    """One summary.csv row computed by hand (numpy, not pandas group-bys) from its trials."""
+    finished = [trial_numbers(t) for t in trials if t["outcome"] == "finished"]
+    n = len(finished)
+    row = {"phase": trials[0]["phase"], "temperature": trials[0]["temperature"], "alpha": trials[0]["alpha"],
+           "trials": len(trials), "seeds_finished": n,
+           "epochs_run_min": min(t["epochs"] for t in trials), "epochs_run_max": max(t["epochs"] for t in trials)}
+    for name in ("val_acc", "test_acc", "best_epoch_val_acc", "best_epoch_test_acc", "agreement", "val_ece"):
+        values = np.array([f[name] for f in finished])
+        row[f"{name}_mean"] = values.mean() if n else math.nan
+        row[f"{name}_std"] = values.std(ddof=1) if n > 1 else math.nan
+        if name in ("val_acc", "test_acc"):
+            row[f"{name}_ci95"] = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    for outcome in ("finished", "stopped early", "diverged", "errored", "running", "pending", "paused"):
+        row[outcome.replace(" ", "_")] = sum(t["outcome"] == outcome for t in trials)
+    return row
+
+
+def expected_summary(trials: list[dict]) -> pd.DataFrame:
+    def key(trial):  # the report's order: the baseline first, then T, then alpha
+        return trial["phase"] != "baseline", trial["temperature"], trial["alpha"]
+
+    rows = [expected_row([t for t in trials if key(t) == k]) for k in sorted({key(t) for t in trials})]
+    return pd.DataFrame(rows, columns=summary_columns())
+
+
+def assert_same_table(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert list(actual.columns) == list(expected.columns)
+    assert len(actual) == len(expected)
+    for column in expected.columns:
+        got, want = actual[column].to_numpy(), expected[column].to_numpy()
+        if column == "phase":
+            assert list(got) == list(want)
+        else:
+            np.testing.assert_allclose(got.astype(float), want.astype(float), rtol=1e-9, atol=1e-12, equal_nan=True,
+                                       err_msg=column)
+
+
+def assert_images(folder: Path, names: list[str]) -> None:
+    """Each figure opens, is README-sized and is not blank."""
+    import matplotlib.image
+
+    for name in names:
+        pixels = matplotlib.image.imread(folder / name)
+        assert pixels.shape[0] >= 400 and pixels.shape[1] >= 600, name
+        assert pixels[..., :3].std() > 0.05, f"{name} is blank"
+
+
+# ----------------------------------------------------------------------------- synthetic experiments
+
+
+@pytest.mark.slow
+def test_partial_experiment_report_numbers(synthetic, tmp_path):
+    root = copy_experiment(synthetic["partial"], tmp_path / "exp")
+    report = write_report(root)
+    out = root / "report"
+    figures = ["temperature_analysis.png", "learning_curves.png", "fidelity_calibration.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(figures + ["summary.csv", "summary.md"])
+    assert_images(out, figures)
+
+    trials = expected_trials()
+    assert_same_table(pd.read_csv(out / "summary.csv"), expected_summary(trials))
+
+    # The headline: best T by validation (4), its test accuracy, and Welch's test against the no-KD student.
+    best = [trial_numbers(t)["test_acc"] for t in trials if t["temperature"] == 4.0]
+    base = [trial_numbers(t)["test_acc"] for t in trials if t["phase"] == "baseline"]
+    p = stats.ttest_ind(best, base, equal_var=False).pvalue
+    markdown = (out / "summary.md").read_text()
+    assert report["markdown"] == markdown
+    assert "**T = 4, α = 0.5** (2 seeds)" in markdown
+    assert f"**test {100 * np.mean(best):.2f} ± {100 * np.std(best, ddof=1):.2f}%**" in markdown
+    assert f"{100 * (np.mean(best) - np.mean(base)):+.2f} points" in markdown and f"p = {p:.3g})" in markdown
+    assert "larger than the seed-to-seed spread" in markdown
+    assert "Trials: 6 finished, 1 stopped early, 1 errored, 2 pending (of 10 planned)." in markdown
+    assert "best-epoch val †" in markdown and "optimistic" in markdown
+
+    # The experiment's own per-trial files are refreshed from the same results.
+    per_trial = pd.read_csv(root / "summary.csv")
+    assert sorted(per_trial["outcome"]) == sorted(t["outcome"] for t in trials)
+    curve = json.loads((root / "temperature_results.json").read_text())
+    finished = [t for t in trials if t["phase"] == "sweep" and t["outcome"] == "finished"]
+    assert curve.keys() == {f"{t:g}" for t in {t["temperature"] for t in finished}}
+    for key, value in curve.items():
+        want = np.mean([trial_numbers(t)["test_acc"] for t in finished if f"{t['temperature']:g}" == key])
+        assert value == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_experiment_before_its_sweep_started(synthetic, tmp_path):
+    root = copy_experiment(synthetic["before_sweep"], tmp_path / "exp")
+    report = write_report(root, out=tmp_path / "out")
+    assert_same_table(report["configs"], expected_summary([t for t in expected_trials() if t["phase"] == "baseline"]))
+    assert [p.name for p in report["figures"]] == ["learning_curves.png"]
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "Trials: 2 finished, 8 not started yet (of 10 planned)." in markdown
+    assert "Best configuration: none has a finished seed yet" in markdown
+    assert "temperature_analysis.png: no distilled configuration has a finished seed yet" in markdown
+
+
+@pytest.mark.slow
+def test_remote_storage_and_formats_without_ray(synthetic, tmp_path):
+    """Storage given as a URI away from the experiment folder (as with --storage-path); a fresh process
+    with no Ray cluster; --out and --format."""
+    storage = tmp_path / "bucket" / "synthetic"
+    shutil.copytree(synthetic["partial"], storage)
+    root = tmp_path / "results" / "synthetic"
+    write_record(root, storage.as_uri())
+    out = tmp_path / "out-pdf"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(root), "--out", str(out),
+                           "--format", "pdf"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Trials: 6 finished, 1 stopped early, 1 errored, 2 pending" in done.stdout
+    figures = [f"{name}.pdf" for name in ("temperature_analysis", "learning_curves", "fidelity_calibration")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["summary.csv", "summary.md", *figures])
+    assert all((out / name).read_bytes().startswith(b"%PDF") for name in figures)
+    assert_same_table(pd.read_csv(out / "summary.csv"), expected_summary(expected_trials()))
+    report = write_report(root, out=tmp_path / "out-svg", fmt="svg")
+    assert [p.suffix for p in report["figures"]] == [".svg"] * 3
+    assert all(p.read_bytes().startswith(b"<?xml") for p in report["figures"])
+
+
+# ----------------------------------------------------------------------------- a real sweep
+
+
+@pytest.fixture(scope="module")
+def real_sweep(ray_local, real_data_dir, tmp_path_factory):
+    """scripts/tune.py on a 160-image folder of real CIFAR-10 images: 1 seed, T in {2, 8}, 2 epochs."""
+    base = tmp_path_factory.mktemp("real")
+    data = base / "data"
+    for split, per_class in (("train", 12), ("test", 4)):
+        for folder in sorted((real_data_dir / split).iterdir()):
+            (data / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:per_class]:
+                shutil.copy(image, data / split / folder.name / image.name)
+    (base / "spaces").mkdir()
+    (base / "spaces" / "tiny.yaml").write_text("grid:\n  temperature: [2, 8]\n  alpha: 0.5\n")
+    import tune as tune_script  # scripts/tune.py
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KDTUNE_SEARCH_SPACES", str(base / "spaces"))
+    try:
+        code = tune_script.main(["--grid", "tiny", "--preset", "quick", "--seeds", "1", "--epochs", "2",
+                                 "--teacher-epochs", "1", "--train-subset", "100", "--val-size", "20",
+                                 "--data-dir", str(data), "--name", "real", "--results-dir", str(base / "results"),
+                                 "--teacher-store", str(base / "teachers")])
+    finally:
+        mp.undo()
+    assert code == 0
+    return base / "results" / "real"
+
+
+def tune_results(storage: Path) -> list[dict]:
+    """Each trial's reported epochs, read straight from the result.json Tune wrote (no ExperimentAnalysis)."""
+    trials = []
+    for phase in ("baseline", "sweep"):
+        for result in sorted((storage / phase).glob("*/result.json")):
+            epochs = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+            trials.append({"phase": phase, "epochs": epochs})
+    return trials
+
+
+@pytest.mark.slow
+def test_real_sweep_report(real_sweep):
+    report = write_report(real_sweep)
+    out = real_sweep / "report"
+    figures = ["temperature_analysis.png", "learning_curves.png", "fidelity_calibration.png"]
+    assert_images(out, figures)
+    table = pd.read_csv(out / "summary.csv").set_index(["phase", "temperature"])
+    results = tune_results(real_sweep)
+    assert len(results) == len(table) == 3
+    for trial in results:
+        last = trial["epochs"][-1]
+        best = max(trial["epochs"], key=lambda e: e["val_acc"])
+        row = table.loc[(trial["phase"], last["temperature"])]
+        assert last["epoch"] == 2 and row["seeds_finished"] == 1 and row["finished"] == 1
+        assert row["alpha"] == last["alpha"]
+        for column, value in (("val_acc_mean", last["val_acc"]), ("test_acc_mean", last["test_acc"]),
+                              ("best_epoch_val_acc_mean", best["val_acc"]),
+                              ("best_epoch_test_acc_mean", best["test_acc"]), ("val_ece_mean", last["val_ece"])):
+            assert row[column] == pytest.approx(value, rel=1e-6), column
+        if trial["phase"] == "sweep":
+            assert row["agreement_mean"] == pytest.approx(last["agreement"], rel=1e-6)
+        assert math.isnan(row["val_acc_std"]) and math.isnan(row["val_acc_ci95"])  # one seed: no spread
+    markdown = report["markdown"]
+    assert "One seed per configuration: no standard deviations, confidence bands or significance tests." in markdown
+    assert "cannot be told from seed-to-seed noise" in markdown
+
+
+# ----------------------------------------------------------------------------- figures of other searches (no Ray)
+
+
+def made_up_experiment(tmp_path: Path, sweep: SweepSettings, points: list[tuple[float, float]], outcomes: list[str]):
+    """An Experiment built in memory: one seed per point, metrics from fake_metrics."""
+    rows, epochs = [], []
+    for number, ((temperature, alpha), outcome) in enumerate(zip([(1.0, 0.0), *points], ["finished", *outcomes])):
+        phase = "baseline" if number == 0 else "sweep"
+        run = EPOCHS if outcome == "finished" else 1
+        history = [fake_metrics(temperature, alpha, 0, e) for e in range(1, run + 1)]
+        numbers = trial_numbers(dict(temperature=temperature, alpha=alpha, seed=0, epochs=run))
+        rows.append(dict(phase=phase, trial_id=f"t{number}", temperature=temperature, alpha=alpha, seed=0,
+                         status="TERMINATED", outcome=outcome, epochs_run=run, failures=0,
+                         final_val_acc=numbers["val_acc"], final_test_acc=numbers["test_acc"],
+                         best_val_acc=numbers["best_epoch_val_acc"], best_epoch=1,
+                         test_acc_at_best_val=numbers["best_epoch_test_acc"], final_agreement=numbers["agreement"],
+                         final_val_ece=numbers["val_ece"], final_val_nll=1.0, trial_number=number))
+        columns = ("epoch", "val_acc", "test_acc", "val_ece", "agreement")
+        epochs += [dict(phase=phase, trial_id=f"t{number}", **{k: h.get(k, math.nan) for k in columns})
+                   for h in history]
+    record = {"settings": sweep.to_dict(), "teacher": TEACHER, "storage": str(tmp_path)}
+    return Experiment(tmp_path, record, pd.DataFrame(rows), pd.DataFrame(epochs))
+
+
+def draw(exp: Experiment, out: Path) -> list[str]:
+    from kdtune import report_plots
+
+    configs = config_table(exp.trials)
+    figures, skipped = report_plots.draw_all(exp, configs, headline(exp.trials, configs, TEACHER), out, "png")
+    assert not skipped
+    return [p.name for p in figures]
+
+
+def test_joint_grid_figures(tmp_path):
+    grid = [(t, a) for t in (2.0, 4.0, 8.0) for a in (0.3, 0.9)]
+    sweep = settings(seeds=1, fixed={}, axes={"temperature": [2.0, 4.0, 8.0], "alpha": [0.3, 0.9]})
+    exp = made_up_experiment(tmp_path, sweep, grid, ["finished"] * len(grid))
+    names = draw(exp, tmp_path / "out")
+    assert names == ["temperature_analysis.png", "alpha_analysis.png", "heatmap.png", "learning_curves.png",
+                     "fidelity_calibration.png"]
+    assert_images(tmp_path / "out", names)
+
+
+def test_optuna_figures(tmp_path):
+    points = [(1.5, 0.2), (3.0, 0.7), (6.0, 0.4), (12.0, 0.9), (4.5, 0.5)]
+    sweep = settings(search="optuna", seeds=1, fixed={}, axes={},
+                     distributions={"temperature": ("loguniform", 1.0, 20.0), "alpha": ("uniform", 0.0, 1.0)})
+    outcomes = ["finished", "stopped early", "finished", "stopped early", "finished"]
+    exp = made_up_experiment(tmp_path, sweep, points, outcomes)
+    names = draw(exp, tmp_path / "out")
+    assert names == ["temperature_analysis.png", "alpha_analysis.png", "optuna_trials.png", "learning_curves.png",
+                     "fidelity_calibration.png"]
+    assert_images(tmp_path / "out", names)
+
+
+# ----------------------------------------------------------------------------- statistics and errors (no Ray)
+
+
+def test_config_table_counts_every_outcome_but_averages_finished_seeds_only(tmp_path):
+    sweep = settings(seeds=1)
+    points, outcomes = [(2.0, 0.5), (2.0, 0.5), (4.0, 0.5)], ["finished", "stopped early", "errored"]
+    exp = made_up_experiment(tmp_path, sweep, points, outcomes)
+    configs = config_table(exp.trials).set_index("temperature")
+    assert configs.loc[2.0, "trials"] == 2 and configs.loc[2.0, "seeds_finished"] == 1
+    assert configs.loc[2.0, "stopped_early"] == 1 and configs.loc[4.0, "errored"] == 1
+    assert configs.loc[2.0, "val_acc_mean"] == pytest.approx(trial_numbers(
+        dict(temperature=2.0, alpha=0.5, seed=0, epochs=EPOCHS))["val_acc"])
+    assert math.isnan(configs.loc[4.0, "val_acc_mean"])
+    assert (configs.loc[2.0, "epochs_run_min"], configs.loc[2.0, "epochs_run_max"]) == (1, EPOCHS)
+
+
+def one_line_error(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(report_script.main, argv)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return exit_info.value.code, err
+
+
+def test_not_an_experiment_is_one_line(tmp_path, capsys):
+    code, err = one_line_error([str(tmp_path)], capsys)
+    assert code == 1 and "is not a kdtune experiment (no experiment.json)" in err
+    (tmp_path / "experiment.json").write_text("{not json")
+    code, err = one_line_error([str(tmp_path)], capsys)
+    assert code == 1 and "is not valid JSON" in err
+
+
+def test_experiment_without_a_finished_epoch_is_one_line(tmp_path, capsys):
+    write_record(tmp_path / "exp", str(tmp_path / "exp"))
+    code, err = one_line_error([str(tmp_path / "exp")], capsys)
+    assert code == 1 and "no finished epoch in" in err and "no trial has finished one yet" in err
+
+
+def test_bad_format_is_a_usage_error(tmp_path, capsys):
+    code, err = one_line_error([str(tmp_path), "--format", "bmp"], capsys)
+    assert code == 2 and "invalid choice: 'bmp'" in err

@@ -1,0 +1,278 @@
+"""The teacher store and the teacher-logit cache: exactness against a live teacher, reuse, damage, increments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import kdtune.teacher as teacher_mod
+from kdtune.checkpoint import save_model
+from kdtune.config import RunConfig
+from kdtune.data import Splits, augment, augmentation_params, normalize
+from kdtune.errors import UserError
+from kdtune.models import create_model
+from kdtune.teacher import CachedTeacher, obtain_teacher, teacher_key, teacher_logits
+from kdtune.train import LiveTeacher, predict, train
+
+CPU = torch.device("cpu")
+CLASSES = 10
+TEACHER = RunConfig(model="tinycnn", epochs=1, batch_size=64)
+STUDENT = RunConfig(model="tinycnn", epochs=2, alpha=0.5, temperature=4.0, seed=1, batch_size=64)
+
+
+def _learnable(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise images with one bright 8x8 square whose place on a 3x3 grid (or its absence) is the label."""
+    labels = (torch.arange(n) % CLASSES)[torch.randperm(n, generator=g)]
+    images = torch.randint(0, 100, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    for i, label in enumerate(labels.tolist()):
+        if label < 9:
+            r, c = 2 + 10 * (label // 3), 2 + 10 * (label % 3)
+            images[i, :, r : r + 8, c : c + 8] = 255
+    return images, labels
+
+
+def synthetic_splits(n_train: int = 256, n_val: int = 64, n_test: int = 64, seed: int = 0) -> Splits:
+    g = torch.Generator().manual_seed(seed)
+    parts = [_learnable(n, g) for n in (n_train, n_val, n_test)]
+    return Splits(*parts[0], *parts[1], *parts[2], tuple(f"c{i}" for i in range(CLASSES)), key=f"synthetic-{seed}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two OpenMP threads per process mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def splits() -> Splits:
+    return synthetic_splits()
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Record the epochs that kdtune.teacher computes with the teacher network, and its predict() calls."""
+    calls = {"epochs": [], "predict": 0}
+    real_epoch_logits, real_predict = teacher_mod.epoch_logits, teacher_mod.predict
+
+    def epoch_logits(model, images, aug_seed, epoch, device, precision):
+        calls["epochs"].append(epoch)
+        return real_epoch_logits(model, images, aug_seed, epoch, device, precision)
+
+    def predict_(*args, **kwargs):
+        calls["predict"] += 1
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_mod, "epoch_logits", epoch_logits)
+    monkeypatch.setattr(teacher_mod, "predict", predict_)
+    return calls
+
+
+def _entries(store: Path) -> list[str]:
+    return sorted(p.name for p in store.iterdir() if not p.name.startswith("."))
+
+
+def _live_views_logits(model, splits: Splits, aug_seed: int, epoch: int) -> torch.Tensor:
+    """The teacher run directly on the views kdtune.train draws in `epoch` (one image at a time, no batching)."""
+    params = augmentation_params(len(splits.train_labels), aug_seed, epoch)
+    model = model.eval()
+    with torch.no_grad():
+        return torch.cat([model(normalize(augment(splits.train_images[i : i + 1], params[i : i + 1])))
+                          for i in range(len(splits.train_labels))])
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+def test_cached_teacher_reproduces_live_teacher(splits, store):
+    teacher = obtain_teacher(TEACHER, splits, CPU, store=store)
+    assert teacher.path == store / f"tinycnn-{teacher_key(TEACHER, splits)}" / "model.pt"
+    assert teacher.path.is_file() and (teacher.path.parent / "meta.json").is_file()
+
+    cache = teacher_logits(teacher, splits, aug_seed=0, epochs=2, device=CPU)
+    assert cache.train.shape == (2, 256, 10) and cache.train.dtype == torch.float16
+    assert cache.val.shape == (64, 10) and cache.test.shape == (64, 10)
+
+    # Each epoch's row is the teacher on that epoch's views, and the epochs' views differ.
+    for epoch in range(2):
+        live = _live_views_logits(teacher.model, splits, aug_seed=0, epoch=epoch)
+        torch.testing.assert_close(cache.train[epoch].float(), live, rtol=2e-3, atol=2e-3)
+    assert (cache.train[0].float() - cache.train[1].float()).abs().max() > 0.05
+    torch.testing.assert_close(cache.val.float(), predict(teacher.model, splits.val_images, CPU, "fp32"),
+                               rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(cache.test.float(), predict(teacher.model, splits.test_images, CPU, "fp32"),
+                               rtol=2e-3, atol=2e-3)
+
+    # A distilled student trains the same with the live teacher and with the cache.
+    live_run = train(STUDENT, splits, CPU, teacher=LiveTeacher(teacher.model, splits, CPU, "auto"))
+    cached_run = train(STUDENT, splits, CPU, teacher=CachedTeacher(cache, splits, CPU))
+    assert len(live_run.history) == len(cached_run.history) == 2
+    for live, cached in zip(live_run.history, cached_run.history):
+        assert cached["train_kd"] > 0
+        assert cached["train_loss"] == pytest.approx(live["train_loss"], rel=1e-3)
+        assert cached["train_kd"] == pytest.approx(live["train_kd"], rel=1e-3)
+        assert cached["train_ce"] == pytest.approx(live["train_ce"], rel=1e-3)
+        assert cached["agreement"] == pytest.approx(live["agreement"], abs=0.02)
+    assert cached_run.final["val_acc"] == pytest.approx(live_run.final["val_acc"], abs=0.02)
+
+
+def test_cache_for_another_aug_seed_differs(splits, store):
+    teacher = obtain_teacher(TEACHER, splits, CPU, store=store)
+    a = teacher_logits(teacher, splits, aug_seed=0, epochs=1, device=CPU)
+    b = teacher_logits(teacher, splits, aug_seed=1, epochs=1, device=CPU)
+    assert not torch.equal(a.train, b.train)
+    assert torch.equal(a.val, b.val)  # un-augmented
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+def test_store_reuses_a_trained_teacher(splits, store, monkeypatch):
+    first = obtain_teacher(TEACHER, splits, CPU, store=store)
+    monkeypatch.setattr(teacher_mod, "train", lambda *a, **k: pytest.fail("trained a teacher that is in the store"))
+    second = obtain_teacher(TEACHER, splits, CPU, store=store)
+    assert second.path == first.path
+    assert second.meta["val_acc"] == first.meta["val_acc"] and second.meta["config"] == TEACHER.to_dict()
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    # T and alpha do not decide a teacher's weights: the same entry serves any of them.
+    other_kd = RunConfig(model="tinycnn", epochs=1, batch_size=64, temperature=9.0, alpha=0.7)
+    assert obtain_teacher(other_kd, splits, CPU, store=store).path == first.path
+    assert _entries(store) == [first.path.parent.name]
+
+
+@pytest.mark.parametrize("change", [{"epochs": 2}, {"seed": 1}, {"recipe": "strong"}, {"lr": 0.01}])
+def test_other_config_gets_another_entry(splits, store, change):
+    other = RunConfig(**{**TEACHER.to_dict(), **change})
+    assert teacher_key(other, splits) != teacher_key(TEACHER, splits)
+    a = obtain_teacher(TEACHER, splits, CPU, store=store)
+    b = obtain_teacher(other, splits, CPU, store=store)
+    assert a.path != b.path and len(_entries(store)) == 2
+    assert b.meta["config"] == other.to_dict()
+
+
+def test_other_splits_get_another_key(splits):
+    assert teacher_key(TEACHER, splits) != teacher_key(TEACHER, synthetic_splits(seed=1))
+
+
+def _count_trainings(monkeypatch) -> list:
+    trained = []
+    real_train = teacher_mod.train
+
+    def counting(*args, **kwargs):
+        trained.append(args[0])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_mod, "train", counting)
+    return trained
+
+
+def test_leftover_building_folder_is_not_a_teacher(splits, store, monkeypatch):
+    key = teacher_key(TEACHER, splits)
+    leftover = store / f".building-tinycnn-{key}-crashed"
+    leftover.mkdir(parents=True)
+    save_model(leftover / "model.pt", create_model("tinycnn"), "tinycnn", {"val_acc": 0.0, "test_acc": 0.0})
+    trained = _count_trainings(monkeypatch)
+    teacher = obtain_teacher(TEACHER, splits, CPU, store=store)
+    assert trained == [TEACHER]
+    assert teacher.path == store / f"tinycnn-{key}" / "model.pt" and teacher.path.is_file()
+
+
+def test_entry_without_model_is_not_a_teacher(splits, store, monkeypatch):
+    entry = store / f"tinycnn-{teacher_key(TEACHER, splits)}"
+    entry.mkdir(parents=True)
+    (entry / "meta.json").write_text('{"val_acc": 0.99}\n')  # e.g. model.pt deleted to force a retrain
+    trained = _count_trainings(monkeypatch)
+    teacher = obtain_teacher(TEACHER, splits, CPU, store=store)
+    assert trained == [TEACHER]
+    assert teacher.path == entry / "model.pt" and teacher.path.is_file()
+    assert teacher.meta["val_acc"] != 0.99
+
+
+def test_teacher_path_is_trained_once_then_loaded(splits, tmp_path, monkeypatch):
+    path = tmp_path / "mine" / "teacher.pt"
+    first = obtain_teacher(TEACHER, splits, CPU, teacher_path=path)
+    assert first.path == path and path.is_file()
+    monkeypatch.setattr(teacher_mod, "train", lambda *a, **k: pytest.fail("retrained an existing --teacher-path"))
+    second = obtain_teacher(TEACHER, splits, CPU, teacher_path=path)
+    assert second.meta["val_acc"] == first.meta["val_acc"]
+    with pytest.raises(UserError, match="resnet20"):
+        obtain_teacher(RunConfig(model="resnet20", epochs=1), splits, CPU, teacher_path=path)
+
+
+# ----------------------------------------------------------------------------- the logit cache
+
+
+def test_cache_is_reused_and_extended_one_epoch_at_a_time(splits, store, counted):
+    teacher = obtain_teacher(TEACHER, splits, CPU, store=store)
+    two = teacher_logits(teacher, splits, aug_seed=0, epochs=2, device=CPU)
+    assert counted["epochs"] == [0, 1] and counted["predict"] == 2  # val and test
+    counted["epochs"].clear()
+    counted["predict"] = 0
+    three = teacher_logits(teacher, splits, aug_seed=0, epochs=3, device=CPU)
+    assert counted["epochs"] == [2] and counted["predict"] == 0
+    assert torch.equal(three.train[:2], two.train) and torch.equal(three.val, two.val)
+    counted["epochs"].clear()
+    again = teacher_logits(teacher, splits, aug_seed=0, epochs=3, device=CPU)
+    assert counted["epochs"] == [] and counted["predict"] == 0
+    assert torch.equal(again.train, three.train)
+
+
+def test_damaged_epoch_file_is_rebuilt(splits, store, counted):
+    teacher = obtain_teacher(TEACHER, splits, CPU, store=store)
+    good = teacher_logits(teacher, splits, aug_seed=0, epochs=2, device=CPU)
+    (damaged,) = teacher.path.parent.rglob("epoch-0001.pt")
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    counted["epochs"].clear()
+    rebuilt = teacher_logits(teacher, splits, aug_seed=0, epochs=2, device=CPU)
+    assert counted["epochs"] == [1]
+    torch.testing.assert_close(rebuilt.train, good.train, rtol=1e-3, atol=1e-3)
+    assert torch.load(damaged, weights_only=True).shape == (256, 10)  # rewritten whole
+
+
+def test_wrong_shape_epoch_file_is_rebuilt(splits, store, counted):
+    teacher = obtain_teacher(TEACHER, splits, CPU, store=store)
+    teacher_logits(teacher, splits, aug_seed=0, epochs=1, device=CPU)
+    (cached,) = teacher.path.parent.rglob("epoch-0000.pt")
+    torch.save(torch.zeros(5, 10, dtype=torch.float16), cached)
+    counted["epochs"].clear()
+    assert teacher_logits(teacher, splits, aug_seed=0, epochs=1, device=CPU).train.shape == (1, 256, 10)
+    assert counted["epochs"] == [0]
+
+
+def test_overwritten_teacher_file_gets_a_fresh_cache(splits, tmp_path, counted):
+    path = tmp_path / "teacher.pt"
+    teacher = obtain_teacher(TEACHER, splits, CPU, teacher_path=path)
+    old = teacher_logits(teacher, splits, aug_seed=0, epochs=1, device=CPU)
+    torch.manual_seed(123)
+    save_model(path, create_model("tinycnn"), "tinycnn", {"val_acc": 0.0, "test_acc": 0.0})
+    replaced = obtain_teacher(TEACHER, splits, CPU, teacher_path=path)
+    counted["epochs"].clear()
+    new = teacher_logits(replaced, splits, aug_seed=0, epochs=1, device=CPU)
+    assert counted["epochs"] == [0]
+    assert not torch.equal(new.train, old.train)
+
+
+def test_cache_aug_seed_must_match_the_run(splits, store):
+    teacher = obtain_teacher(TEACHER, splits, CPU, store=store)
+    cache = teacher_logits(teacher, splits, aug_seed=0, epochs=2, device=CPU)
+    wrong = RunConfig(**{**STUDENT.to_dict(), "aug_seed": 1})
+    with pytest.raises(UserError, match="aug_seed"):
+        train(wrong, splits, CPU, teacher=CachedTeacher(cache, splits, CPU))
+
+
+def test_cache_for_other_splits_is_refused(splits, store):
+    teacher = obtain_teacher(TEACHER, splits, CPU, store=store)
+    cache = teacher_logits(teacher, splits, aug_seed=0, epochs=1, device=CPU)
+    other = synthetic_splits(seed=1)
+    with pytest.raises(UserError, match="splits"):
+        CachedTeacher(cache, other, CPU)

@@ -1,0 +1,206 @@
+"""The training loop on tiny synthetic data, on CPU: determinism, callbacks, resume, divergence, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdtune.config import RunConfig
+from kdtune.data import Splits
+from kdtune.errors import UserError
+from kdtune.models import create_model
+from kdtune.train import LiveTeacher, lr_factor, resolve_device, train
+
+CPU = torch.device("cpu")
+CLASSES = 10
+TIMING_KEYS = ("epoch_s", "images_per_s")  # wall-clock measurements: never compared between runs
+EPOCH_KEYS = {"epoch", "train_loss", "train_ce", "train_kd", "lr", "val_acc", "val_nll", "val_ece",
+              "test_acc", "test_nll", "test_ece", "epoch_s", "images_per_s", "diverged"}
+
+
+def _learnable(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise images with one bright 8x8 square whose place on a 3x3 grid (or its absence) is the label."""
+    labels = (torch.arange(n) % CLASSES)[torch.randperm(n, generator=g)]
+    images = torch.randint(0, 100, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    for i, label in enumerate(labels.tolist()):
+        if label < 9:
+            r, c = 2 + 10 * (label // 3), 2 + 10 * (label % 3)
+            images[i, :, r : r + 8, c : c + 8] = 255
+    return images, labels
+
+
+def synthetic_splits(n_train: int = 256, n_val: int = 64, n_test: int = 64, seed: int = 0) -> Splits:
+    g = torch.Generator().manual_seed(seed)
+    parts = [_learnable(n, g) for n in (n_train, n_val, n_test)]
+    return Splits(*parts[0], *parts[1], *parts[2], tuple(f"c{i}" for i in range(CLASSES)), key=f"synthetic-{seed}")
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two OpenMP threads per process mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def splits() -> Splits:
+    return synthetic_splits()
+
+
+def _config(**overrides) -> RunConfig:
+    return RunConfig(**{"model": "tinycnn", "epochs": 2, "batch_size": 64, **overrides})
+
+
+def test_same_config_gives_identical_history(splits):
+    a = train(_config(), splits, CPU)
+    b = train(_config(), splits, CPU)
+    assert len(a.history) == 2
+    assert without_timing(a.history) == without_timing(b.history)
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_different_seed_gives_different_history(splits):
+    a = train(_config(epochs=1), splits, CPU)
+    b = train(_config(epochs=1, seed=1), splits, CPU)
+    assert a.history[0]["train_loss"] != b.history[0]["train_loss"]
+
+
+def test_it_learns_the_synthetic_task(splits):
+    result = train(_config(epochs=4, lr=3e-3), splits, CPU)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.final["val_acc"] > 0.3  # chance is 0.1
+
+
+def test_on_epoch_called_once_per_epoch_with_every_metric(splits):
+    calls = []
+    teacher_model = create_model("tinycnn")  # random init is enough to be a teacher signal
+    teacher = LiveTeacher(teacher_model, splits, CPU, "fp32")
+    config = _config(epochs=3, alpha=0.5, temperature=4.0)
+    result = train(config, splits, CPU, teacher=teacher, on_epoch=lambda m, state: calls.append((dict(m), state)))
+    assert [m["epoch"] for m, _ in calls] == [1, 2, 3]
+    for metrics, state in calls:
+        assert EPOCH_KEYS | {"agreement"} <= set(metrics)
+        assert metrics["diverged"] is False
+        assert 0.0 <= metrics["agreement"] <= 1.0
+        assert metrics["train_loss"] == pytest.approx(0.5 * metrics["train_kd"] + 0.5 * metrics["train_ce"], rel=1e-5)
+        assert metrics["images_per_s"] > 0 and metrics["epoch_s"] > 0
+    assert [m for m, _ in calls] == result.history
+    saved = calls[-1][1]()  # the checkpoint_state callable
+    assert {"model", "optimizer", "scheduler", "rng", "history", "config"} <= set(saved)
+    assert saved["config"] == config.to_dict() and len(saved["history"]) == 3
+
+
+def test_no_agreement_without_teacher(splits):
+    seen = []
+    train(_config(epochs=1), splits, CPU, on_epoch=lambda m, state: seen.append(m))
+    assert len(seen) == 1
+    assert EPOCH_KEYS <= set(seen[0]) and "agreement" not in seen[0]
+    assert seen[0]["train_kd"] == 0.0 and seen[0]["train_loss"] == seen[0]["train_ce"]
+
+
+def test_reported_lr_follows_the_schedule(splits):
+    config = _config(epochs=3, recipe="strong", lr=0.05)
+    result = train(config, splits, CPU)
+    steps = math.ceil(256 / 64)
+    for h in result.history:
+        assert h["lr"] == pytest.approx(0.05 * lr_factor(h["epoch"] * steps, steps, config), abs=1e-12)
+    assert result.history[-1]["lr"] == 0.0  # one-cycle ends at zero
+
+
+@pytest.mark.parametrize("model, recipe", [("tinycnn", "seed"), ("cnn3", "strong")])
+def test_resume_reproduces_uninterrupted_run(splits, model, recipe):
+    """cnn3 has dropout (the global RNG must be restored); strong is SGD + one-cycle (scheduler state)."""
+    small = Splits(splits.train_images[:128], splits.train_labels[:128], splits.val_images, splits.val_labels,
+                   splits.test_images[:16], splits.test_labels[:16], splits.classes, splits.key)
+    config = _config(model=model, recipe=recipe, epochs=3, batch_size=32)
+    states = {}
+
+    def keep(metrics, checkpoint_state):
+        states[metrics["epoch"]] = checkpoint_state()
+
+    full = train(config, small, CPU, on_epoch=keep)
+    assert len(full.history) == 3
+    # Training the model further must not change a state taken earlier.
+    resumed = train(config, small, CPU, resume=states[1])
+    assert len(resumed.history) == 3
+    assert without_timing(resumed.history) == without_timing(full.history)
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_of_a_finished_run_trains_nothing(splits):
+    states = []
+    config = _config(epochs=1)
+    full = train(config, splits, CPU, on_epoch=lambda m, s: states.append(s()))
+    again = train(config, splits, CPU, resume=states[-1], on_epoch=lambda m, s: pytest.fail("trained again"))
+    assert again.history == full.history
+
+
+def test_alpha_without_teacher_is_a_user_error(splits):
+    with pytest.raises(UserError, match="teacher"):
+        train(_config(alpha=0.5), splits, CPU)
+
+
+def test_huge_learning_rate_diverges_and_stops(splits):
+    seen = []
+    result = train(_config(epochs=4, lr=1e30), splits, CPU, on_epoch=lambda m, s: seen.append(m))
+    assert result.final["diverged"] is True
+    assert not math.isfinite(result.final["train_loss"])
+    assert len(result.history) < 4 and len(seen) == len(result.history)
+    assert all(h["diverged"] is False for h in result.history[:-1])
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == CPU
+    with pytest.raises(UserError, match="nonsense"):
+        resolve_device("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA"):
+            resolve_device("cuda")
+        assert resolve_device("auto") == CPU
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_step_schedule():
+    config = RunConfig(model="tinycnn", epochs=30)  # seed recipe: step_size 10, gamma 0.1
+    spe = 5
+    assert [lr_factor(e * spe, spe, config) for e in (0, 9)] == [1.0, 1.0]
+    assert lr_factor(10 * spe - 1, spe, config) == 1.0
+    assert lr_factor(10 * spe, spe, config) == pytest.approx(0.1)
+    assert lr_factor(19 * spe + 4, spe, config) == pytest.approx(0.1)
+    assert lr_factor(20 * spe, spe, config) == pytest.approx(0.01)
+
+
+def test_cosine_schedule():
+    config = RunConfig(model="tinycnn", epochs=10, recipe="cosine")
+    spe = 7
+    total = spe * 10
+    assert lr_factor(0, spe, config) == 1.0
+    assert lr_factor(total // 2, spe, config) == pytest.approx(0.5)
+    assert lr_factor(total, spe, config) == pytest.approx(0.0, abs=1e-12)
+    values = [lr_factor(s, spe, config) for s in range(total + 1)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_onecycle_schedule():
+    config = RunConfig(model="tinycnn", epochs=10, recipe="strong")
+    spe = 10
+    total = 100
+    values = [lr_factor(s, spe, config) for s in range(total + 1)]
+    peak = values.index(max(values))
+    assert values[0] == 0.0 and max(values) == pytest.approx(1.0)
+    assert peak == 20  # 20% warm-up
+    assert all(a < b for a, b in zip(values[:peak], values[1 : peak + 1]))
+    assert all(a > b for a, b in zip(values[peak:-1], values[peak + 1 :]))
+    assert values[-1] == 0.0
