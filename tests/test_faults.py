@@ -1,0 +1,110 @@
+"""Faults a long sweep must survive: a crashing trial, a diverging trial, a worker node that dies.
+
+(A killed driver is in test_sweep.py; damaged files in test_teacher.py and test_data.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kdtune.trainable import FAIL_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SPACE = "grid:\n  temperature: [2, 8]\n  alpha: 0.5\n"
+
+
+@pytest.fixture()
+def workdir(tmp_path):
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "tiny.yaml").write_text(SPACE)
+    return tmp_path
+
+
+def args(workdir: Path, data: Path, name: str, *extra: str) -> list[str]:
+    return ["--grid", "tiny", "--seeds", "1", "--preset", "quick", "--teacher", "tinycnn", "--student", "tinycnn",
+            "--teacher-epochs", "1", "--train-subset", "300", "--val-size", "100", "--data-dir", str(data),
+            "--name", name, "--results-dir", str(workdir / "results"), "--teacher-store", str(workdir / "teachers"),
+            *extra]
+
+
+def run(workdir: Path, argv: list[str], **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "KDTUNE_SEARCH_SPACES": str(workdir / "spaces"), "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "tune.py"), *argv], env=full_env,
+                          capture_output=True, text=True, timeout=400, cwd=workdir)
+
+
+def test_a_crashing_trial_is_retried_from_its_checkpoint(workdir, mini_data_dir):
+    marker = workdir / "crashed-once"
+    done = run(workdir, args(workdir, mini_data_dir, "crash", "--epochs", "3", "--max-failures", "2"),
+               **{FAIL_ENV: f"2:{marker}"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert marker.exists()  # the failure really was injected
+    table = pd.read_csv(workdir / "results" / "crash" / "summary.csv")
+    assert (table["outcome"] == "finished").all() and (table["epochs_run"] == 3).all()
+    assert table["failures"].sum() == 1  # one trial crashed once; the summary shows its retry
+    crashed = table.loc[table["failures"] == 1].iloc[0]
+    folder = workdir / "results" / "crash" / crashed["phase"]
+    (result,) = [p for p in folder.glob(f"*{crashed['trial_id']}*/result.json")]
+    epochs = [json.loads(line)["epoch"] for line in result.read_text().splitlines()]
+    assert epochs == [1, 2, 3]  # resumed after epoch 1's checkpoint, not restarted from scratch
+
+
+def test_a_diverging_trial_stops_itself_and_the_sweep_goes_on(workdir, mini_data_dir):
+    done = run(workdir, args(workdir, mini_data_dir, "diverge", "--epochs", "3", "--lr", "1e30"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(workdir / "results" / "diverge" / "summary.csv")
+    assert len(table) == 3
+    assert (table["outcome"] == "diverged").all()
+    assert (table["epochs_run"] < 3).all()  # stopped itself rather than training on NaN
+
+
+def test_a_dying_worker_node_reschedules_its_trials(workdir, mini_data_dir, tmp_path_factory):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import tune as tune_script  # noqa: PLC0415
+
+    storage = tmp_path_factory.mktemp("shared-storage")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    doomed = cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    os.environ["KDTUNE_SEARCH_SPACES"] = str(workdir / "spaces")
+
+    def kill_doomed_once_a_trial_runs_there() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            for result in storage.glob("cluster/sweep/*/result.json"):
+                rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+                if any(row["node_id"] == doomed.node_id for row in rows):
+                    cluster.remove_node(doomed)
+                    return
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=kill_doomed_once_a_trial_runs_there, daemon=True)
+    killer.start()
+    try:
+        code = tune_script.main(args(workdir, mini_data_dir, "cluster", "--epochs", "4", "--max-failures", "3",
+                                     "--address", cluster.address, "--storage-path", f"file://{storage}"))
+        killer.join(timeout=5)
+        assert code == 0
+        assert doomed.node_id not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}  # the node really died
+        table = pd.read_csv(workdir / "results" / "cluster" / "summary.csv")
+        assert (table["outcome"] == "finished").all() and (table["epochs_run"] == 4).all()
+        assert table["failures"].sum() >= 1  # a trial on the dead node was rescheduled
+    finally:
+        os.environ.pop("KDTUNE_SEARCH_SPACES", None)
+        ray.shutdown()
+        cluster.shutdown()
