@@ -22,9 +22,9 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins:
     correct = (predicted == labels).float()
     # Bin b holds confidences in (b/bins, (b+1)/bins]; confidence is never below 1/classes > 0.
     which = (confidence * bins).ceil().long().clamp(1, bins) - 1
-    count = torch.zeros(bins, device=logits.device).index_add_(0, which, torch.ones_like(confidence))
     conf_sum = torch.zeros(bins, device=logits.device).index_add_(0, which, confidence)
     correct_sum = torch.zeros(bins, device=logits.device).index_add_(0, which, correct)
+    # sum over bins of (n_b / N) * |mean confidence_b - accuracy_b|
     return ((conf_sum - correct_sum).abs().sum() / len(labels)).item()
 
 

@@ -16,7 +16,7 @@ from kdtune.atomic import save_json, save_torch
 from kdtune.data import Splits, load_dataset, make_splits
 from kdtune.errors import UserError
 from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, sweep_points, tune_storage)
-from kdtune.teacher import (Teacher, add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
+from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
                             load_cached, store_entry, train_teacher)
 from kdtune.trainable import from_shared, kd_trainable, to_shared, trial_device
 
@@ -76,8 +76,6 @@ def check_cluster(resources: Resources, storage: str) -> None:
 
 def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list, aug_seed: int, precision: str):
     """Ray task: train the teacher when `state` is None, then compute the missing logits."""
-    import ray
-
     from kdtune.models import create_model
 
     device = trial_device()
@@ -105,7 +103,7 @@ def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Split
         missing = [name for name in files if name not in loaded]
         if not missing:
             return teacher, assemble(loaded, settings.epochs, settings.aug_seed, splits)
-        state = {k: v for k, v in teacher.model.state_dict().items()}
+        state = teacher.model.state_dict()
         print(f"computing {len(missing)} missing teacher-logit cache entries as a Ray task")
     else:
         loaded, state = {}, None

@@ -1,4 +1,4 @@
-"""The report of an experiment: per-configuration tables, the headline comparison, and its figures.
+"""The report of an experiment: the per-configuration table, the headline comparison, the files.
 
     python scripts/report.py results/<name>   ->   results/<name>/report/summary.{md,csv} and figures
 
@@ -6,7 +6,13 @@ Reads Tune's experiment folders through `kdtune.results` (no Ray cluster needed)
 finished, interrupted and running experiments, local or on remote storage.  A configuration is one
 (phase, T, alpha); its statistics are over the seeds that *finished* (ran every epoch): trials ASHA
 stopped early, errored, diverged or still running are counted, never averaged in.  Accuracies are
-fractions in summary.csv and percentages in summary.md and the figures.
+fractions in summary.csv and percentages in summary.md and the figures (drawn by kdtune.report_plots).
+
+summary.csv, one row per configuration: phase, temperature, alpha, trials, seeds_finished; mean, std
+(and for val_acc / test_acc the 95% CI half-width, t distribution, NaN below 2 seeds) of the final
+val_acc, test_acc, agreement and val_ece and of the best-epoch best_epoch_val_acc /
+best_epoch_test_acc (the epoch of highest validation accuracy: optimistic); epochs_run_min/max; and
+one count column per outcome.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from kdtune.errors import UserError
 from kdtune.results import PHASES, read_record, trial_frames, trial_table, write_trial_summary
 
 FORMATS = ("png", "pdf", "svg")
-OUTCOMES = ("finished", "stopped early", "diverged", "errored", "running", "pending", "paused")
+OUTCOMES = ("finished", "stopped early", "diverged", "errored", "in progress", "running", "pending", "paused")
 CONFIG_KEYS = ["phase", "temperature", "alpha"]
 EPOCH_COLUMNS = ["epoch", "val_acc", "test_acc", "val_ece", "agreement"]
 # Statistics over finished seeds: summary.csv column -> trial_table column.
@@ -44,6 +50,7 @@ class Experiment:
     record: dict
     trials: pd.DataFrame  # kdtune.results.trial_table, plus trial_number (Tune's creation order)
     epochs: pd.DataFrame  # phase, trial_id and EPOCH_COLUMNS, one row per epoch reported
+    tune_trials: pd.DataFrame | None = None  # kdtune.results.trial_table exactly, for the experiment's summary.csv
 
     @property
     def settings(self) -> dict:
@@ -76,11 +83,12 @@ def load_experiment(root: str | Path) -> Experiment:
     if epochs.empty:
         raise UserError(f"experiment {root}: no finished epoch in {record['storage'].rstrip('/')}/"
                         f"{{{','.join(PHASES)}}} (no trial has finished one yet, or that storage cannot be read)")
-    trials = trial_table(record, frames)
+    tune_trials = trial_table(record, frames)
+    trials = tune_trials.copy()
     numbers = {trial.trial_id: trial_number(trial, i)
                for pairs in frames.values() for i, (trial, _) in enumerate(pairs)}
     trials["trial_number"] = [numbers[t] for t in trials["trial_id"]]
-    return Experiment(root, record, trials, epochs)
+    return Experiment(root, record, trials, epochs, tune_trials)
 
 
 def trial_number(trial, position: int) -> int:
@@ -277,11 +285,13 @@ def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figure
         lines.append("- One seed per configuration: no standard deviations, confidence bands or significance tests.")
     lines += ["", markdown_table(configs), "",
               "Accuracies in %, mean ± std over finished seeds (final epoch); ECE in % on validation; agreement: "
-              "top-1 agreement with the teacher on validation.",
+              "top-1 agreement with the teacher on validation.", "",
               "† Best epoch: the epoch with the highest validation accuracy, picked after training — optimistic, "
               "not a result to report as the model's accuracy (picking the epoch on the test set would inflate it "
               "further).",
               ""]
+    if (configs["in_progress"] > 0).any():
+        lines += ["In progress: started but not finished — running now, or interrupted mid-run.", ""]
     if figures:
         lines += ["Figures: " + ", ".join(figures), ""]
     if skipped:
@@ -296,7 +306,7 @@ def _accuracies(row: dict, bold_test: bool = False) -> str:
 
 def markdown_table(configs: pd.DataFrame) -> str:
     header = ["configuration", "seeds finished", "val acc", "test acc", "best-epoch val †",
-              "test at best-val epoch †", "agreement", "ECE", "epochs", "trials"]
+              "test at best-val epoch †", "agreement", "ECE", "epochs", "status"]
     rows = [header, ["---"] * len(header)]
     for row in configs.to_dict("records"):
         epochs = f"{row['epochs_run_min']}" if row["epochs_run_min"] == row["epochs_run_max"] else \
@@ -323,7 +333,7 @@ def write_report(root: str | Path, out: str | Path | None = None, fmt: str = "pn
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     exp = load_experiment(root)
     out = Path(out) if out is not None else exp.root / "report"
-    write_trial_summary(exp.root, exp.record, exp.trials.drop(columns="trial_number"))
+    write_trial_summary(exp.root, exp.record, exp.tune_trials)
     configs = config_table(exp.trials)
     h = headline(exp.trials, configs, exp.record["teacher"])
     figures, skipped = report_plots.draw_all(exp, configs, h, out, fmt)

@@ -28,7 +28,7 @@ AXIS_LABEL = {"temperature": "temperature T (log scale)", "alpha": "α (weight o
 SYMBOL = {"temperature": "T", "alpha": "α"}
 # Learning-curve line style and end marker of each trial outcome.
 OUTCOME_STYLE = {"finished": ("-", None), "stopped early": ("--", "X"), "errored": (":", "x"), "diverged": (":", "x"),
-                 "running": ("-.", ">"), "paused": ("-.", ">"), "pending": ("-.", ">")}
+                 "in progress": ("-.", ">"), "running": ("-.", ">"), "paused": ("-.", ">"), "pending": ("-.", ">")}
 DPI = 150
 RC = {"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8.5}  # readable at README width
 

@@ -83,6 +83,9 @@ def _outcome(status: str, epochs_run: int, full_epochs: int, diverged: bool) -> 
         return "diverged"
     if status == "TERMINATED":
         return "finished" if epochs_run >= full_epochs else "stopped early"
+    if status == "PENDING" and epochs_run > 0:
+        # Tune saves a running trial as PENDING (so that a restore restarts it): it has started.
+        return "in progress"
     return {"ERROR": "errored", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(status, status.lower())
 
 

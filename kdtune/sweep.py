@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdtune.atomic import save_json
 from kdtune.config import RunConfig, check_recipe_name
 from kdtune.data import load_dataset, make_splits
 from kdtune.errors import UserError

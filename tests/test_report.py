@@ -3,13 +3,14 @@ experiments, remote storage, and the one-line errors.
 
 The synthetic experiment is a real (tiny) Ray Tune experiment whose function trainable reports
 the trainable's metric keys from `fake_metrics`, so every expected number is known exactly.  Its
-sweep is interrupted like a Ctrl-C after six trials, leaving one finished-early, one errored and
-two pending trials.  A real sweep (`scripts/tune.py` on a 160-image folder) checks the report
-against the result.json files Tune wrote.
+sweep is interrupted like a Ctrl-C in its seventh trial, leaving trials finished, stopped early,
+errored, in progress (interrupted mid-run) and pending.  A real sweep (`scripts/tune.py` on the mini
+CIFAR-10 folder) checks the report against the result.json files Tune wrote.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +27,11 @@ import pytest
 from scipy import stats
 
 from kdtune.cli import run_cli
-from kdtune.report import Experiment, config_table, headline, summary_columns, write_report
+from kdtune.report import OUTCOMES, Experiment, config_table, headline, summary_columns, write_report
 from kdtune.search_spaces import SearchSpace
 from kdtune.sweep import SweepSettings, sweep_points
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import report as report_script  # noqa: E402  (scripts/report.py)
 
 EPOCHS = 3
 TEMPERATURES = [2.0, 4.0, 8.0, 16.0]
@@ -40,7 +40,15 @@ ALPHA = 0.5
 TEACHER = {"val_acc": 0.9, "test_acc": 0.88}
 STOPS_EARLY = (2.0, 1)  # (T, seed): returns after epoch 1, as if ASHA had stopped it
 ERRORS = (8.0, 1)  # raises in epoch 2, after reporting epoch 1
-INTERRUPT_AFTER = 6  # trials ended when "Ctrl-C" is pressed: T = 16 stays pending
+INTERRUPTED = (16.0, 0, 2)  # (T, seed, epoch) at which "Ctrl-C" is pressed: T = 16, seed 1 never starts
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # ----------------------------------------------------------------------------- the synthetic experiment
@@ -58,8 +66,8 @@ def fake_metrics(temperature: float, alpha: float, seed: int, epoch: int) -> dic
     metrics = {
         "epoch": epoch, "train_loss": 2.0 / epoch, "train_ce": 1.5 / epoch, "train_kd": 0.5 / epoch if alpha else 0.0,
         "lr": 0.1 / epoch, "val_acc": val, "val_nll": 1.0 / epoch, "val_ece": ece,
-        "test_acc": val - 0.02 + 0.005 * seed, "test_nll": 1.1 / epoch, "test_ece": 0.03, "epoch_s": 1.0, "images_per_s": 1000.0, "diverged": False,
-        "temperature": temperature, "alpha": alpha, "seed": seed,
+        "test_acc": val - 0.02 + 0.005 * seed, "test_nll": 1.1 / epoch, "test_ece": 0.03, "epoch_s": 1.0,
+        "images_per_s": 1000.0, "diverged": False, "temperature": temperature, "alpha": alpha, "seed": seed,
     }
     if alpha > 0:
         metrics["agreement"] = 0.5 + 0.05 * epoch - 0.01 * temperature + 0.2 * alpha + 0.002 * seed
@@ -76,6 +84,8 @@ def fake_trainable(config: dict) -> None:
         tune.report(fake_metrics(temperature, alpha, seed, epoch))
         if (temperature, seed) == STOPS_EARLY:
             return
+        if (temperature, seed, epoch) == INTERRUPTED:
+            time.sleep(120)  # reports nothing more: the interrupt stops it here
 
 
 def settings(search: str = "grid", seeds: int = len(SEEDS), **space) -> SweepSettings:
@@ -102,25 +112,20 @@ def run_phase(storage: Path, phase: str, param_space: dict, callbacks=(), cpus: 
     tune.Tuner(
         tune.with_resources(fake_trainable, {"cpu": cpus}),
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric="val_acc", mode="max"),
+        tune_config=tune.TuneConfig(metric="val_acc", mode="max", reuse_actors=True),  # no process per trial
         run_config=tune.RunConfig(name=phase, storage_path=str(storage), verbose=0, callbacks=list(callbacks),
                                   failure_config=tune.FailureConfig(max_failures=0)),
     ).fit()
 
 
-def interrupt_after(n: int):
-    """A Tune callback that presses Ctrl-C once `n` trials have ended, as a user stopping a sweep would."""
+def interrupt_at(temperature: float, seed: int, epoch: int):
+    """A Tune callback that presses Ctrl-C when that trial reports that epoch, as a user stopping a sweep would."""
     from ray import tune
 
     class Interrupt(tune.Callback):
-        ended = 0
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.ended += 1
-            if self.ended == n:
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if (trial.config["temperature"], trial.config["seed"], result["epoch"]) == (temperature, seed, epoch):
                 os.kill(os.getpid(), signal.SIGINT)  # Tune's handler saves the state and stops
-
-        on_trial_error = on_trial_complete
 
     return Interrupt()
 
@@ -129,6 +134,8 @@ def interrupt_after(n: int):
 def ray_local():
     ray = pytest.importorskip("ray")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    if ray.is_initialized():
+        ray.shutdown()  # left by an earlier test module
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
@@ -148,7 +155,7 @@ def synthetic(ray_local, tmp_path_factory):
     write_record(before, str(before))
     # 2 CPUs a trial on a 2-CPU cluster: one trial at a time in grid order, so the interrupt is deterministic.
     space = {"alpha": ALPHA, "temperature": tune.grid_search(TEMPERATURES), "seed": tune.grid_search(SEEDS)}
-    run_phase(root, "sweep", space, callbacks=[interrupt_after(INTERRUPT_AFTER)], cpus=2)
+    run_phase(root, "sweep", space, callbacks=[interrupt_at(*INTERRUPTED)], cpus=2)
     return {"before_sweep": before, "partial": root}
 
 
@@ -165,13 +172,15 @@ def expected_trials() -> list[dict]:
     """What each trial of the synthetic experiment ran: phase, T, alpha, seed, outcome, epochs."""
     trials = [dict(phase="baseline", temperature=1.0, alpha=0.0, seed=s, outcome="finished", epochs=EPOCHS)
               for s in SEEDS]
-    for i, (t, s) in enumerate((t, s) for t in TEMPERATURES for s in SEEDS):
+    for t, s in ((t, s) for t in TEMPERATURES for s in SEEDS):
         outcome, epochs = "finished", EPOCHS
         if (t, s) == STOPS_EARLY:
             outcome, epochs = "stopped early", 1
         elif (t, s) == ERRORS:
             outcome, epochs = "errored", 1
-        elif i >= INTERRUPT_AFTER:
+        elif (t, s) == INTERRUPTED[:2]:
+            outcome, epochs = "in progress", INTERRUPTED[2]
+        elif t == INTERRUPTED[0]:
             outcome, epochs = "pending", 0
         trials.append(dict(phase="sweep", temperature=t, alpha=ALPHA, seed=s, outcome=outcome, epochs=epochs))
     return trials
@@ -201,7 +210,7 @@ def expected_row(trials: list[dict]) -> dict:
         row[f"{name}_std"] = values.std(ddof=1) if n > 1 else math.nan
         if name in ("val_acc", "test_acc"):
             row[f"{name}_ci95"] = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
-    for outcome in ("finished", "stopped early", "diverged", "errored", "running", "pending", "paused"):
+    for outcome in OUTCOMES:
         row[outcome.replace(" ", "_")] = sum(t["outcome"] == outcome for t in trials)
     return row
 
@@ -261,12 +270,14 @@ def test_partial_experiment_report_numbers(synthetic, tmp_path):
     assert f"**test {100 * np.mean(best):.2f} ± {100 * np.std(best, ddof=1):.2f}%**" in markdown
     assert f"{100 * (np.mean(best) - np.mean(base)):+.2f} points" in markdown and f"p = {p:.3g})" in markdown
     assert "larger than the seed-to-seed spread" in markdown
-    assert "Trials: 6 finished, 1 stopped early, 1 errored, 2 pending (of 10 planned)." in markdown
+    assert "Trials: 6 finished, 1 stopped early, 1 errored, 1 in progress, 1 pending (of 10 planned)." in markdown
     assert "best-epoch val †" in markdown and "optimistic" in markdown
 
     # The experiment's own per-trial files are refreshed from the same results.
     per_trial = pd.read_csv(root / "summary.csv")
+    # The per-trial summary and the report agree: a started trial Tune saved as PENDING is "in progress".
     assert sorted(per_trial["outcome"]) == sorted(t["outcome"] for t in trials)
+    assert "In progress: started but not finished" in markdown
     curve = json.loads((root / "temperature_results.json").read_text())
     finished = [t for t in trials if t["phase"] == "sweep" and t["outcome"] == "finished"]
     assert curve.keys() == {f"{t:g}" for t in {t["temperature"] for t in finished}}
@@ -296,10 +307,11 @@ def test_remote_storage_and_formats_without_ray(synthetic, tmp_path):
     root = tmp_path / "results" / "synthetic"
     write_record(root, storage.as_uri())
     out = tmp_path / "out-pdf"
+    no_cluster = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}  # connecting to Ray would fail
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(root), "--out", str(out),
-                           "--format", "pdf"], capture_output=True, text=True, cwd=tmp_path)
+                           "--format", "pdf"], capture_output=True, text=True, cwd=tmp_path, env=no_cluster)
     assert done.returncode == 0, done.stderr
-    assert "Trials: 6 finished, 1 stopped early, 1 errored, 2 pending" in done.stdout
+    assert "Trials: 6 finished, 1 stopped early, 1 errored, 1 in progress, 1 pending" in done.stdout
     figures = [f"{name}.pdf" for name in ("temperature_analysis", "learning_curves", "fidelity_calibration")]
     assert sorted(p.name for p in out.iterdir()) == sorted(["summary.csv", "summary.md", *figures])
     assert all((out / name).read_bytes().startswith(b"%PDF") for name in figures)
@@ -313,26 +325,19 @@ def test_remote_storage_and_formats_without_ray(synthetic, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_sweep(ray_local, real_data_dir, tmp_path_factory):
-    """scripts/tune.py on a 160-image folder of real CIFAR-10 images: 1 seed, T in {2, 8}, 2 epochs."""
+def real_sweep(ray_local, mini_data_dir, tmp_path_factory):
+    """scripts/tune.py on real CIFAR-10 images (100 training images): 1 seed, T in {2, 8}, 2 epochs."""
     base = tmp_path_factory.mktemp("real")
-    data = base / "data"
-    for split, per_class in (("train", 12), ("test", 4)):
-        for folder in sorted((real_data_dir / split).iterdir()):
-            (data / split / folder.name).mkdir(parents=True)
-            for image in sorted(folder.iterdir())[:per_class]:
-                shutil.copy(image, data / split / folder.name / image.name)
     (base / "spaces").mkdir()
     (base / "spaces" / "tiny.yaml").write_text("grid:\n  temperature: [2, 8]\n  alpha: 0.5\n")
-    import tune as tune_script  # scripts/tune.py
-
+    tune_script = load_script("tune")
     mp = pytest.MonkeyPatch()
     mp.setenv("KDTUNE_SEARCH_SPACES", str(base / "spaces"))
     try:
-        code = tune_script.main(["--grid", "tiny", "--preset", "quick", "--seeds", "1", "--epochs", "2",
-                                 "--teacher-epochs", "1", "--train-subset", "100", "--val-size", "20",
-                                 "--data-dir", str(data), "--name", "real", "--results-dir", str(base / "results"),
-                                 "--teacher-store", str(base / "teachers")])
+        code = tune_script.main(["--grid", "tiny", "--preset", "quick", "--teacher", "tinycnn", "--seeds", "1",
+                                 "--epochs", "2", "--teacher-epochs", "1", "--train-subset", "100", "--val-size", "20",
+                                 "--data-dir", str(mini_data_dir), "--name", "real",
+                                 "--results-dir", str(base / "results"), "--teacher-store", str(base / "teachers")])
     finally:
         mp.undo()
     assert code == 0
@@ -449,7 +454,7 @@ def test_config_table_counts_every_outcome_but_averages_finished_seeds_only(tmp_
 
 def one_line_error(argv: list[str], capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(report_script.main, argv)
+        run_cli(load_script("report").main, argv)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     return exit_info.value.code, err
