@@ -111,6 +111,6 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, mini_data_dir):
     out = done.stdout
     assert "baseline (no distillation, alpha 0): 2 trials" in out
     assert "alpha=0.5, temperature=20 x 2 seeds" in out
-    assert "total: 22 trials, up to 176 student epochs" in out
+    assert "total: 22 trials, up to 132 student epochs" in out
     assert "estimated cost on this machine" in out and "student img/s" in out
     assert_nothing_trained(tmp_path)
