@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import link_image_subset
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg"
 
@@ -33,11 +35,13 @@ def mini_data_dir(real_data_dir, tmp_path_factory) -> Path:
     Sweeps and end-to-end runs evaluate the whole test split every epoch; a small
     one keeps them to seconds while still reading real JPEGs.
     """
-    root = tmp_path_factory.mktemp("cifar10-mini")
-    for split, per_class in (("train", 100), ("test", 30)):
-        for class_dir in sorted((real_data_dir / split).iterdir()):
-            target = root / split / class_dir.name
-            target.mkdir(parents=True)
-            for image in sorted(class_dir.iterdir())[:per_class]:
-                (target / image.name).symlink_to(image)
-    return root
+    return link_image_subset(real_data_dir, tmp_path_factory.mktemp("cifar10-mini"), 100, 30)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a small shared CPU, two OpenMP threads per process mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

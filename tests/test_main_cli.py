@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import link_image_subset
 import torch
 
 from kdtune.checkpoint import save_model
@@ -133,14 +134,7 @@ def real_subset(real_data_dir, tmp_path_factory) -> Path:
     The whole folder's 10,000-image test set would be evaluated by the teacher every epoch and cached:
     more than a minute on two CPU cores, whatever --train-subset is.
     """
-    root = tmp_path_factory.mktemp("cifar10-subset")
-    for split, per_class in (("train", 300), ("test", 100)):
-        for class_dir in sorted((real_data_dir / split).iterdir()):
-            target = root / split / class_dir.name
-            target.mkdir(parents=True)
-            for image in sorted(class_dir.iterdir())[:per_class]:
-                (target / image.name).symlink_to(image)
-    return root
+    return link_image_subset(real_data_dir, tmp_path_factory.mktemp("cifar10-subset"), 300, 100)
 
 
 @pytest.mark.slow

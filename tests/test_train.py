@@ -11,43 +11,20 @@ from kdtune.config import RunConfig
 from kdtune.data import Splits
 from kdtune.errors import UserError
 from kdtune.models import create_model
+from helpers import synthetic_splits
 from kdtune.train import LiveTeacher, lr_factor, resolve_device, train
 
 CPU = torch.device("cpu")
-CLASSES = 10
 TIMING_KEYS = ("epoch_s", "images_per_s")  # wall-clock measurements: never compared between runs
 EPOCH_KEYS = {"epoch", "train_loss", "train_ce", "train_kd", "lr", "val_acc", "val_nll", "val_ece",
               "test_acc", "test_nll", "test_ece", "epoch_s", "images_per_s", "diverged"}
-
-
-def _learnable(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise images with one bright 8x8 square whose place on a 3x3 grid (or its absence) is the label."""
-    labels = (torch.arange(n) % CLASSES)[torch.randperm(n, generator=g)]
-    images = torch.randint(0, 100, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    for i, label in enumerate(labels.tolist()):
-        if label < 9:
-            r, c = 2 + 10 * (label // 3), 2 + 10 * (label % 3)
-            images[i, :, r : r + 8, c : c + 8] = 255
-    return images, labels
-
-
-def synthetic_splits(n_train: int = 256, n_val: int = 64, n_test: int = 64, seed: int = 0) -> Splits:
-    g = torch.Generator().manual_seed(seed)
-    parts = [_learnable(n, g) for n in (n_train, n_val, n_test)]
-    return Splits(*parts[0], *parts[1], *parts[2], tuple(f"c{i}" for i in range(CLASSES)), key=f"synthetic-{seed}")
 
 
 def without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, two OpenMP threads per process mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
