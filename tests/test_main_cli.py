@@ -98,6 +98,31 @@ def real_data(real_data_dir) -> Path:
     return real_data_dir
 
 
+def _image_folder(root: Path, classes: dict[str, list[str]]) -> Path:
+    """{split/class: [file names]}; .png names get a real 32x32 image, anything else garbage bytes."""
+    import numpy as np
+    from PIL import Image
+
+    for folder, names in classes.items():
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            if name.endswith(".png"):
+                Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(root / folder / name)
+            else:
+                (root / folder / name).write_bytes(b"not an image")
+    return root
+
+
+def test_data_folder_with_a_missing_class(tmp_path):
+    data = _image_folder(tmp_path / "data", {"train/cat": ["0.png"], "train/dog": ["0.png"], "test/cat": ["0.png"]})
+    assert_one_line_error(run_main([*QUICK, "--data-dir", str(data)], tmp_path), 1, "dog", "train and test classes")
+
+
+def test_data_folder_with_an_unreadable_image(tmp_path):
+    data = _image_folder(tmp_path / "data", {"train/cat": ["0.png", "1.jpg"], "test/cat": ["0.png"]})
+    assert_one_line_error(run_main([*QUICK, "--data-dir", str(data)], tmp_path), 1, "cannot read image", "1.jpg")
+
+
 def test_train_subset_larger_than_data(tmp_path, real_data):
     result = run_main([*QUICK, "--data-dir", str(real_data), "--train-subset", "100000"], tmp_path)
     assert_one_line_error(result, 1, "train_subset", "100000")
