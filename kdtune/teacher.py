@@ -31,10 +31,10 @@ from torch import nn
 from kdtune.atomic import save_json, save_torch
 from kdtune.checkpoint import file_digest, load_model, save_model
 from kdtune.config import RunConfig
-from kdtune.data import Splits, augment, augmentation_params, normalize
+from kdtune.data import Splits, augmentation_params
 from kdtune.errors import UserError
 from kdtune.models import count_parameters
-from kdtune.train import autocast, predict, prepare, train, uses_bf16
+from kdtune.train import autocast, predict, prepare, progress_bar, train, training_views, uses_bf16
 
 # Teacher inference batch: large on a GPU; on the CPU small batches stay in cache and run ~1.5x faster.
 CACHE_BATCH = {"cpu": 64, "cuda": 8192}
@@ -174,7 +174,7 @@ def compute_logits(model: nn.Module, splits: Splits, names: list, aug_seed: int,
                    progress: bool = False) -> dict:
     """{name: fp16 CPU logits} for "val", "test" and epoch numbers, computed with `model` in eval mode."""
     model = prepare(model, device).eval()
-    bar = _bar(progress and bool(names), len(names), "caching teacher logits")
+    bar = progress_bar(progress and bool(names), len(names), "caching teacher logits", unit="pass")
     out = {}
     for name in names:
         if name in ("val", "test"):
@@ -233,7 +233,7 @@ def epoch_logits(model, train_images, aug_seed: int, epoch: int, device, precisi
     with autocast(precision, device):
         for start in range(0, n, batch):
             images = train_images[start : start + batch].to(device)
-            views = normalize(augment(images, params[start : start + batch])).contiguous(memory_format=torch.channels_last)
+            views = training_views(images, params[start : start + batch])
             out.append(model(views).float())
     return torch.cat(out)
 
@@ -264,10 +264,3 @@ class CachedTeacher:
         assert epoch < len(self.train), f"no cached teacher logits for epoch {epoch}"
         return self.train[epoch, idx].float()
 
-
-def _bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="pass", dynamic_ncols=True)

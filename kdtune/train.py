@@ -65,6 +65,12 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last)
 
 
+def training_views(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The network input for uint8 training images augmented by `params`: the loop and the logit cache
+    both build their views here, so cached teacher logits are those of exactly the student's inputs."""
+    return normalize(augment(images, params)).contiguous(memory_format=torch.channels_last)
+
+
 # ----------------------------------------------------------------------------- inference
 
 
@@ -195,7 +201,7 @@ def train(
             "config": config.to_dict(),
         }
 
-    bar = _progress_bar(progress, total=steps_per_epoch * config.epochs, initial=steps_per_epoch * len(history), desc=desc)
+    bar = progress_bar(progress, steps_per_epoch * config.epochs, desc, initial=steps_per_epoch * len(history))
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
         losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar)
@@ -226,7 +232,7 @@ def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, e
     sums = torch.zeros(3, device=device)  # total, ce, kd; summed on device to avoid a sync per step
     for start in range(0, n, batch):
         idx = order[start : start + batch]
-        images = normalize(augment(splits.train_images[idx], views[idx])).contiguous(memory_format=torch.channels_last)
+        images = training_views(splits.train_images[idx], views[idx])
         with autocast(config.precision, device):
             student_logits = model(images)
         teacher_logits = teacher.train_logits(epoch, idx, images) if config.alpha > 0 else None
@@ -255,9 +261,10 @@ def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: 
     return metrics
 
 
-def _progress_bar(enabled: bool, total: int, initial: int, desc: str):
+def progress_bar(enabled: bool, total: int, desc: str, initial: int = 0, unit: str = "step"):
+    """A tqdm bar, or None when progress is not wanted."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
