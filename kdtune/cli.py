@@ -23,6 +23,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = _number(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be an integer >= 0")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = _number(text, float, "a number")
     if not value > 0 or value == float("inf"):
@@ -34,6 +41,14 @@ def unit_float(text: str) -> float:
     value = _number(text, float, "a number")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a number in [0, 1]")
+    return value
+
+
+def smoothing(text: str) -> float:
+    """A label-smoothing amount: in [0, 1)."""
+    value = _number(text, float, "a number")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a number in [0, 1)")
     return value
 
 

@@ -6,6 +6,7 @@ and reports never need a Ray cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -15,9 +16,10 @@ import torch
 from kdtune.atomic import save_json, save_torch
 from kdtune.data import Splits, load_dataset, make_splits
 from kdtune.errors import UserError
-from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, sweep_points, tune_storage)
+from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, grid_axes, planned_seeds,
+                          sweep_points, tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
-                            load_cached, store_entry, train_teacher)
+                            load_cached, load_teacher_file, store_entry, train_teacher)
 from kdtune.trainable import from_shared, kd_trainable, to_shared, trial_device
 
 
@@ -96,7 +98,10 @@ def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Split
     config = settings.teacher_config()
     trial_device = torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu")
     mode = cache_mode(settings.precision, trial_device)
-    teacher = find_teacher(config, splits, resources.teacher_store)
+    if settings.teacher_path is not None:
+        teacher = load_teacher_file(settings.teacher_path, config, splits, settings.allow_foreign_teacher)
+    else:
+        teacher = find_teacher(config, splits, resources.teacher_store)
     if teacher is not None:
         files = cache_entries(teacher, splits, settings.aug_seed, settings.epochs, mode)
         loaded = load_cached(files, splits)
@@ -132,13 +137,19 @@ def _base(settings: SweepSettings) -> dict:
     return {k: v for k, v in settings.student_config().to_dict().items() if k not in ("temperature", "alpha", "seed")}
 
 
-def _tuner_parts(settings: SweepSettings, phase: str):
-    """(param_space, search_alg, scheduler, num_samples) of the baseline or sweep experiment."""
+def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None):
+    """(param_space, search_alg, scheduler, num_samples) of the baseline, sweep or confirm experiment."""
     from ray import tune
 
     seeds = list(range(settings.seeds))
     if phase == "baseline":
         return {"alpha": 0.0, "temperature": 1.0, "seed": tune.grid_search(seeds)}, None, None, 1
+    if phase == "confirm":
+        # The chosen configuration and the baseline, paired on fresh seeds; no early stopping.
+        chosen_t = float(chosen["temperature"])
+        return {"alpha": tune.grid_search([0.0, float(chosen["alpha"])]),
+                "temperature": tune.sample_from(lambda spec: chosen_t if spec.config.alpha > 0 else 1.0),
+                "seed": tune.grid_search(list(chosen["seeds"]))}, None, None, 1
     scheduler = None
     if settings.asha:
         scheduler = tune.schedulers.ASHAScheduler(
@@ -146,7 +157,7 @@ def _tuner_parts(settings: SweepSettings, phase: str):
             reduction_factor=settings.reduction_factor,
         )
     if settings.search == "grid":
-        space = {k: tune.grid_search(v) for k, v in settings.space.axes.items()}
+        space = {k: tune.grid_search(v) for k, v in grid_axes(settings).items()}
         return {**settings.space.fixed, **space, "seed": tune.grid_search(seeds)}, None, scheduler, 1
     from kdtune.optuna_search import PruningAwareOptunaSearch, make_sampler
 
@@ -170,7 +181,7 @@ def _tuner_parts(settings: SweepSettings, phase: str):
 
 
 def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage: str, splits_ref, cache_ref,
-              resume: bool):
+              resume: bool, chosen: dict | None = None):
     from ray import tune
 
     trainable = tune.with_resources(
@@ -183,7 +194,7 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
     else:
         if tune.Tuner.can_restore(path):
             raise UserError(f"experiment {path} already exists; add --resume to finish it, or choose another --name")
-        param_space, searcher, scheduler, num_samples = _tuner_parts(settings, phase)
+        param_space, searcher, scheduler, num_samples = _tuner_parts(settings, phase, chosen)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -201,6 +212,18 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
     return tuner.fit()
 
 
+def choose_for_confirmation(settings: SweepSettings, record: dict) -> dict | None:
+    """The search's chosen configuration (complete, best mean validation accuracy), by the report's own rule."""
+    from kdtune.results import trial_table
+    from kdtune.stats import choose_best, config_table
+
+    best = choose_best(config_table(trial_table(record), planned_seeds(settings)))
+    if best is None:
+        return None
+    return {"temperature": float(best["temperature"]), "alpha": float(best["alpha"]), "seeds": settings.confirm_seeds,
+            "search_val_acc": float(best["val_acc_mean"])}
+
+
 def run_sweep(settings: SweepSettings, resources: Resources, root: Path, resume: bool = False) -> dict:
     """Run (or finish) the experiment; return what experiment.json records."""
     import ray
@@ -212,17 +235,35 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, resume:
     splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
     shared_splits = ray.put(to_shared(splits))
     teacher, cache = prepare_teacher(settings, resources, splits, shared_splits)
+    earlier = root / "experiment.json"
+    chosen = json.loads(earlier.read_text()).get("confirm") if resume and earlier.is_file() else None
     record = {
         "settings": settings.to_dict(),
+        "students": settings.students_record(),
         "teacher": {"path": str(teacher.path.resolve()), **{k: v for k, v in teacher.meta.items() if k != "history"}},
         "data": {"splits": splits.key, "train": len(splits.train_labels), "val": len(splits.val_labels),
                  "test": len(splits.test_labels)},
         "storage": storage,
         "points": sweep_points(settings),
+        "confirm": chosen,
     }
     save_json(root / "experiment.json", record)
+    if "foreign_data" in teacher.meta:
+        print(f"warning: teacher {teacher.path} was not trained on this experiment's data splits "
+              f"(--allow-foreign-teacher): it may have seen validation or test images")
     print(f"teacher {settings.teacher}: val {teacher.meta['val_acc']:.2%}  test {teacher.meta['test_acc']:.2%}")
     shared_cache = ray.put(to_shared(cache))
     for phase in ("baseline", "sweep"):
         run_phase(phase, settings, resources, storage, shared_splits, shared_cache, resume)
+    if settings.confirm:
+        if record["confirm"] is None:  # chosen once; a resumed confirmation keeps its choice
+            record["confirm"] = choose_for_confirmation(settings, record)
+            save_json(root / "experiment.json", record)
+        if record["confirm"] is None:
+            print("confirmation skipped: no search configuration finished all its seeds")
+        else:
+            c = record["confirm"]
+            print(f"confirming T = {c['temperature']:g}, alpha = {c['alpha']:g} against the baseline on fresh seeds "
+                  f"{c['seeds']}")
+            run_phase("confirm", settings, resources, storage, shared_splits, shared_cache, resume, c)
     return record

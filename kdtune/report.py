@@ -3,16 +3,18 @@
     python scripts/report.py results/<name>   ->   results/<name>/report/summary.{md,csv} and figures
 
 Reads Tune's experiment folders through `kdtune.results` (no Ray cluster needed), so it works on
-finished, interrupted and running experiments, local or on remote storage.  A configuration is one
-(phase, T, alpha); its statistics are over the seeds that *finished* (ran every epoch): trials ASHA
-stopped early, errored, diverged or still running are counted, never averaged in.  Accuracies are
-fractions in summary.csv and percentages in summary.md and the figures (drawn by kdtune.report_plots).
+finished, interrupted and running experiments, local or on remote storage.  The statistics (finished
+seeds only, paired gains over the no-KD baseline, Holm's correction, which configuration may be
+chosen) are `kdtune.stats`'s; the figures are drawn by `kdtune.report_plots`.  Accuracies are
+fractions in summary.csv and percentages in summary.md and the figures.
 
-summary.csv, one row per configuration: phase, temperature, alpha, trials, seeds_finished; mean, std
-(and for val_acc / test_acc the 95% CI half-width, t distribution, NaN below 2 seeds) of the final
-val_acc, test_acc, agreement and val_ece and of the best-epoch best_epoch_val_acc /
-best_epoch_test_acc (the epoch of highest validation accuracy: optimistic); epochs_run_min/max; and
-one count column per outcome.
+summary.csv, one row per configuration: phase, temperature, alpha, trials, seeds_finished, complete
+(every planned seed finished: only complete configurations can be chosen); mean, std (and for
+val_acc / test_acc the 95% CI half-width, t distribution, NaN below 2 seeds) of the final val_acc,
+test_acc, agreement and val_ece and of the best-epoch best_epoch_val_acc / best_epoch_test_acc (the
+epoch of highest validation accuracy: optimistic); the paired gain in final test accuracy over the
+no-KD students of the same seeds (gain_pairs, gain_mean, gain_ci95, p_paired) and its Holm-adjusted
+p-value over the search's configurations (p_holm); epochs_run_min/max; one count column per outcome.
 """
 
 from __future__ import annotations
@@ -22,24 +24,17 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from kdtune.atomic import atomic_write
 from kdtune.errors import UserError
-from kdtune.results import PHASES, read_record, trial_frames, trial_table, write_trial_summary
+from kdtune.results import read_record, trial_frames, trial_table, write_trial_summary
+from kdtune.stats import (OUTCOMES, PHASES, SIGNIFICANCE, baseline_row_of, choose_best, config_table,
+                          incomplete_reasons, planned_seeds, summary_columns)
 
 FORMATS = ("png", "pdf", "svg")
-OUTCOMES = ("finished", "stopped early", "diverged", "errored", "in progress", "running", "pending", "paused")
-CONFIG_KEYS = ["phase", "temperature", "alpha"]
 EPOCH_COLUMNS = ["epoch", "val_acc", "test_acc", "val_ece", "agreement"]
-# Statistics over finished seeds: summary.csv column -> trial_table column.
-STATISTICS = {
-    "val_acc": "final_val_acc", "test_acc": "final_test_acc",
-    "best_epoch_val_acc": "best_val_acc", "best_epoch_test_acc": "test_acc_at_best_val",
-    "agreement": "final_agreement", "val_ece": "final_val_ece",
-}
-SIGNIFICANCE = 0.05  # Welch's t-test level for "larger than the seed-to-seed spread"
+__all__ = ["OUTCOMES", "config_table", "summary_columns", "write_report", "load_experiment", "headline"]
 
 
 @dataclass
@@ -55,6 +50,11 @@ class Experiment:
     @property
     def settings(self) -> dict:
         return self.record["settings"]
+
+    @property
+    def planned_seeds(self) -> dict:
+        """Seeds per configuration of each phase (what makes a configuration complete)."""
+        return planned_seeds(self.settings["seeds"], self.settings.get("confirm", 0))
 
     @property
     def varied(self) -> list[str]:
@@ -112,93 +112,51 @@ def epoch_table(frames: dict) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[["phase", "trial_id", *EPOCH_COLUMNS]]
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def ci95(std: float, n: int) -> float:
-    """Half-width of the 95% confidence interval of a mean of n seeds (t distribution); NaN below 2 seeds."""
-    from scipy import stats
-
-    if n < 2 or not math.isfinite(std):
-        return math.nan
-    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-
-
-def config_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: trials, finished seeds, mean/std/CI of the statistics, epochs, outcome counts."""
-    keys = CONFIG_KEYS
-    finished = trials[trials["outcome"] == "finished"]
-    aggregations = {"seeds_finished": ("trial_id", "size")}
-    for name, column in STATISTICS.items():
-        aggregations[f"{name}_mean"] = (column, "mean")
-        aggregations[f"{name}_std"] = (column, "std")
-    stats = finished.groupby(keys, dropna=False).agg(**aggregations)
-    for name in ("val_acc", "test_acc"):
-        stats[f"{name}_ci95"] = [ci95(s, n) for s, n in zip(stats[f"{name}_std"], stats["seeds_finished"])]
-    everything = trials.groupby(keys, dropna=False).agg(
-        trials=("trial_id", "size"), epochs_run_min=("epochs_run", "min"), epochs_run_max=("epochs_run", "max"),
-    )
-    counts = trials.groupby([*keys, "outcome"], dropna=False).size().unstack(fill_value=0)
-    counts = counts.reindex(columns=list(OUTCOMES), fill_value=0)
-    counts.columns = [c.replace(" ", "_") for c in counts.columns]
-    table = everything.join(stats).join(counts)
-    table["seeds_finished"] = table["seeds_finished"].fillna(0).astype(int)
-    table = table.reset_index()
-    table["phase"] = pd.Categorical(table["phase"], categories=list(PHASES), ordered=True)
-    table = table.sort_values(keys).reset_index(drop=True)
-    table["phase"] = table["phase"].astype(str)
-    return table[summary_columns()]
-
-
-def summary_columns() -> list[str]:
-    stats = []
-    for name in STATISTICS:
-        stats += [f"{name}_mean", f"{name}_std"] + ([f"{name}_ci95"] if name in ("val_acc", "test_acc") else [])
-    return [*CONFIG_KEYS, "trials", "seeds_finished", *stats, "epochs_run_min", "epochs_run_max",
-            *[o.replace(" ", "_") for o in OUTCOMES]]
-
-
-def welch_p(a, b) -> float | None:
-    """Welch's t-test p-value of two samples of seeds; None with fewer than 2 in either or no spread at all."""
-    from scipy import stats
-
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        return None
-    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return p if math.isfinite(p) else None
+# ----------------------------------------------------------------------------- the headline
 
 
 @dataclass
 class Headline:
-    """The numbers above the table: teacher, no-KD student, best configuration and whether its gain is real."""
+    """The numbers above the table: teacher, no-KD student, the chosen configuration and its paired gain."""
 
     teacher: dict  # val_acc, test_acc
     baseline: dict | None  # the baseline row of the config table; None before a baseline seed finished
-    best: dict | None  # the sweep row with the best mean validation accuracy; None before any finished
-    gain: float | None  # best test_acc_mean - baseline test_acc_mean
-    p_value: float | None  # Welch's t-test on the finished seeds' final test accuracies
+    best: dict | None  # the complete search row with the best mean validation accuracy; None before any
+    competed: int  # search configurations that competed (started), complete or not
+    complete: int  # of which every seed finished: those that could be chosen
+    confirm: dict | None = None  # the confirmation's distilled row (fresh seeds), when it has run
+    confirm_baseline: dict | None = None
+
+    @property
+    def gain(self) -> float | None:
+        """The search's own estimate of the chosen configuration's gain: optimistic, since it was selected."""
+        return _finite(self.best, "gain_mean")
+
+    @property
+    def quoted(self) -> dict | None:
+        """The row whose gain a paper should quote: the confirmation's when it ran, else the search's."""
+        return self.confirm if _finite(self.confirm, "gain_mean") is not None else self.best
 
 
-def headline(trials: pd.DataFrame, configs: pd.DataFrame, teacher: dict) -> Headline:
-    rows = configs[configs["seeds_finished"] > 0]
-    baseline = rows[rows["phase"] == "baseline"]
-    sweep = rows[rows["phase"] == "sweep"]
-    base = baseline.iloc[0].to_dict() if len(baseline) else None
-    best = sweep.loc[sweep["val_acc_mean"].idxmax()].to_dict() if len(sweep) else None
-    gain = p = None
-    if base is not None and best is not None:
-        gain = best["test_acc_mean"] - base["test_acc_mean"]
-        p = welch_p(seed_values(trials, best, "final_test_acc"), seed_values(trials, base, "final_test_acc"))
-    return Headline({k: teacher[k] for k in ("val_acc", "test_acc")}, base, best, gain, p)
+def _finite(row: dict | None, key: str) -> float | None:
+    if row is None or row.get(key) is None or not math.isfinite(row[key]):
+        return None
+    return float(row[key])
 
 
-def seed_values(trials: pd.DataFrame, config: dict, column: str) -> np.ndarray:
-    """The finished seeds' values of `column` for one configuration (a row of the config table)."""
-    mask = (trials["outcome"] == "finished") & (trials["phase"] == config["phase"])
-    for key in ("temperature", "alpha"):
-        mask &= trials[key] == config[key]
-    return trials.loc[mask, column].to_numpy(dtype=float)
+def headline(configs: pd.DataFrame, teacher: dict) -> Headline:
+    baseline = configs[(configs["phase"] == "baseline") & (configs["seeds_finished"] > 0)]
+    sweep = configs[configs["phase"] == "sweep"]
+    confirm = configs[(configs["phase"] == "confirm") & (configs["alpha"] > 0) & (configs["seeds_finished"] > 0)]
+    confirm_base = baseline_row_of(configs, "confirm")
+    return Headline(
+        {k: teacher[k] for k in ("val_acc", "test_acc")},
+        baseline.iloc[0].to_dict() if len(baseline) else None,
+        choose_best(configs),
+        competed=len(sweep), complete=int(sweep["complete"].sum()),
+        confirm=confirm.iloc[0].to_dict() if len(confirm) else None,
+        confirm_baseline=confirm_base if confirm_base and confirm_base["seeds_finished"] > 0 else None,
+    )
 
 
 # ----------------------------------------------------------------------------- summary.md
@@ -215,7 +173,8 @@ def pct(value, std=None, digits: int = 2) -> str:
 def config_label(row: dict) -> str:
     if row["phase"] == "baseline":
         return "no KD (α = 0)"
-    return f"T = {row['temperature']:.3g}, α = {row['alpha']:.3g}"
+    label = "no KD (α = 0)" if row["alpha"] == 0 else f"T = {row['temperature']:.3g}, α = {row['alpha']:.3g}"
+    return f"confirmation: {label}, fresh seeds" if row["phase"] == "confirm" else label
 
 
 def describe_experiment(exp: Experiment) -> str:
@@ -226,9 +185,15 @@ def describe_experiment(exp: Experiment) -> str:
     fixed = [f"{k} = {v:g}" for k, v in space["fixed"].items()]
     search = "grid search" if s["search"] == "grid" else f"Optuna search ({s['num_samples']} points, {s['sampler']})"
     asha = f", ASHA early stopping (grace {_count(s['grace_period'], 'epoch')})" if s["asha"] else ""
-    return (f"{search} over {'; '.join(varied + fixed)}{asha}. Students {s['student']} ({s['recipe']}, "
+    text = (f"{search} over {'; '.join(varied + fixed)}{asha}. Students {s['student']} ({s['recipe']}, "
             f"{_count(s['epochs'], 'epoch')}), teacher {s['teacher']} ({_count(s['teacher_epochs'], 'epoch')}), "
             f"{_count(s['seeds'], 'seed')} per configuration.")
+    students = exp.record.get("students")
+    if students:
+        text += (f" Every student, distilled or not, is trained alike (lr {students['lr']:g}, batch "
+                 f"{students['batch_size']}, label smoothing {students['label_smoothing']:g}, augmentation seed "
+                 f"{students['aug_seed']}): only α, T and the seed differ.")
+    return text
 
 
 def _count(n: int, noun: str) -> str:
@@ -245,47 +210,103 @@ def progress_line(exp: Experiment) -> str:
         planned = plan(SweepSettings.from_dict(exp.settings))
     except (TypeError, KeyError, UserError):  # settings of another kdtune version: no plan to compare with
         return f"Trials: {', '.join(parts)}."
-    total = planned["baseline_trials"] + planned["sweep_trials"]
+    total = planned["baseline_trials"] + planned["sweep_trials"] + planned["confirm_trials"]
     if total > len(exp.trials):
         parts.append(f"{total - len(exp.trials)} not started yet")
     return f"Trials: {', '.join(parts)} (of {total} planned)."
 
 
-def verdict(h: Headline, one_seed: bool) -> str:
-    """Whether the best configuration's test gain over the no-KD student is larger than seed-to-seed noise."""
+def gain_text(row: dict) -> str:
+    """'+1.50 points (95% CI -0.20 to +3.20, 3 paired seeds)': the paired gain in test accuracy."""
+    gain = f"{100 * row['gain_mean']:+.2f} points"
+    if not math.isfinite(row["gain_ci95"]):
+        return f"{gain} ({_count(int(row['gain_pairs']), 'paired seed')}, no interval)"
+    low, high = 100 * (row["gain_mean"] - row["gain_ci95"]), 100 * (row["gain_mean"] + row["gain_ci95"])
+    return f"{gain} (95% CI {low:+.2f} to {high:+.2f}, {_count(int(row['gain_pairs']), 'paired seed')})"
+
+
+def _within_noise(p: float) -> str:
+    return "larger than the seed-to-seed spread" if p < SIGNIFICANCE else f"within noise (≥ {SIGNIFICANCE:g})"
+
+
+def search_verdict(h: Headline, one_seed: bool) -> str:
+    """The chosen configuration's gain as the search measured it: paired, and corrected for the choice."""
+    if h.best is None or h.baseline is None:
+        return ("Gain over the no-KD student: not known yet (needs a finished no-KD seed and a search configuration "
+                "whose seeds all finished).")
     if h.gain is None:
-        return "Gain over the no-KD student: not known yet (needs a finished no-KD seed and a finished distilled seed)."
-    gain = f"Gain over the no-KD student: {100 * h.gain:+.2f} points of test accuracy"
-    if h.p_value is None:
-        why = "one seed per configuration" if one_seed else "fewer than 2 finished seeds on a side, or no spread"
-        return f"{gain}; cannot be told from seed-to-seed noise ({why}: no Welch's t-test)."
-    welch = f"Welch's t-test p = {h.p_value:.3g}"
-    if h.p_value < SIGNIFICANCE:
-        return f"{gain}, {'larger than' if h.gain > 0 else 'a loss larger than'} the seed-to-seed spread ({welch})."
-    return f"{gain}, within noise ({welch} ≥ {SIGNIFICANCE:g})."
+        return "Gain over the no-KD student: not known (no seed finished both with and without distillation)."
+    text = f"Gain over the no-KD student of the same seeds (test accuracy): {gain_text(h.best)}"
+    if h.confirm is not None:
+        text = f"Search's own estimate — optimistic (selected as the best of {h.competed}): {gain_text(h.best)}"
+    if not math.isfinite(h.best["p_paired"]):
+        why = "one seed per configuration" if one_seed else "fewer than 2 paired seeds, or no spread in the gains"
+        return f"{text}; cannot be told from seed-to-seed noise ({why}: no paired t-test)."
+    p, p_holm = h.best["p_paired"], h.best["p_holm"]
+    return (f"{text}; paired t-test p = {p:.3g}, Holm-adjusted for the {h.competed} configurations compared "
+            f"p = {p_holm:.3g}: {_within_noise(p_holm)}.")
+
+
+def confirm_verdict(h: Headline, settings: dict) -> str | None:
+    """The confirmation's gain, measured on seeds the choice never saw: the number to quote."""
+    if not settings.get("confirm"):
+        return None
+    if h.confirm is None or h.confirm_baseline is None or not math.isfinite(h.confirm.get("gain_mean", math.nan)):
+        return (f"**Confirmation on {_count(settings['confirm'], 'fresh seed')}**: not run or not finished yet "
+                f"(until it is, the only gain is the search's optimistic one).")
+    text = (f"**Confirmed on {_count(int(h.confirm['gain_pairs']), 'fresh seed')}** (never used in the search) — the "
+            f"gain to quote: **{gain_text(h.confirm)}**")
+    if not math.isfinite(h.confirm["p_paired"]):
+        return f"{text}; no paired t-test (fewer than 2 pairs, or no spread)."
+    return f"{text}; paired t-test p = {h.confirm['p_paired']:.3g}: {_within_noise(h.confirm['p_paired'])}."
+
+
+def foreign_teacher_warning(record: dict) -> str | None:
+    foreign = record.get("teacher", {}).get("foreign_data")
+    if not foreign:
+        return None
+    recorded = foreign.get("recorded_splits") or "none recorded"
+    return (f"**Warning: the teacher was not trained on this experiment's data splits** (its splits: {recorded}; "
+            f"this experiment's: {foreign.get('run_splits')}; used with --allow-foreign-teacher). It may have seen "
+            f"validation or test images: every validation and test number below may be inflated.")
 
 
 def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figures: list[str],
                      skipped: list[str]) -> str:
     one_seed = int(exp.settings["seeds"]) == 1
-    lines = [f"# Report: {exp.settings['name']}", "", describe_experiment(exp), "", progress_line(exp), ""]
+    lines = [f"# Report: {exp.settings['name']}", ""]
+    warning = foreign_teacher_warning(exp.record)
+    if warning:
+        lines += [warning, ""]
+    lines += [describe_experiment(exp), "", progress_line(exp), ""]
     lines.append(f"- Teacher {exp.settings['teacher']} (one model): validation {pct(h.teacher['val_acc'])}%, "
                  f"test {pct(h.teacher['test_acc'])}%")
     if h.baseline is None:
         lines.append("- No-KD student: no finished seed yet")
     else:
         lines.append(f"- No-KD student ({_count(h.baseline['seeds_finished'], 'seed')}): {_accuracies(h.baseline)}")
-    if h.best is None:
-        lines.append("- Best configuration: none has a finished seed yet")
+    if h.best is None and h.competed == 0:
+        lines.append("- Chosen configuration: none yet — no distilled configuration has started")
+    elif h.best is None:
+        lines.append(f"- Chosen configuration: none yet — none of the {h.competed} configurations has finished all "
+                     f"its seeds")
     else:
-        lines.append(f"- Best configuration by validation accuracy: **{config_label(h.best)}** "
-                     f"({_count(h.best['seeds_finished'], 'seed')}): {_accuracies(h.best, bold_test=True)}")
-    lines.append(f"- {verdict(h, one_seed)}")
+        lines.append(f"- Chosen configuration — the best mean validation accuracy among the {h.complete} complete of "
+                     f"{h.competed} configurations that competed: **{config_label(h.best)}** "
+                     f"({_count(h.best['seeds_finished'], 'seed')}): {_accuracies(h.best, bold_test=h.confirm is None)}")
+    confirmation = confirm_verdict(h, exp.settings)
+    if confirmation:
+        lines.append(f"- {confirmation}")
+    lines.append(f"- {search_verdict(h, one_seed)}")
+    for row, why in incomplete_reasons(configs):
+        lines.append(f"- Not eligible, incomplete: {config_label(row)} — {why}")
     if one_seed:
         lines.append("- One seed per configuration: no standard deviations, confidence bands or significance tests.")
-    lines += ["", markdown_table(configs), "",
+    lines += ["", markdown_table(configs, h.best), "",
               "Accuracies in %, mean ± std over finished seeds (final epoch); ECE in % on validation; agreement: "
-              "top-1 agreement with the teacher on validation.", "",
+              "top-1 agreement with the teacher on validation. Gain: test accuracy minus that of the no-KD student "
+              "of the same seed (same initialisation, data order and augmentation), mean ± 95% CI half-width over "
+              "the paired seeds; p: paired t-test, (Holm-adjusted over the search's configurations).", "",
               "† Best epoch: the epoch with the highest validation accuracy, picked after training — optimistic, "
               "not a result to report as the model's accuracy (picking the epoch on the test set would inflate it "
               "further).",
@@ -304,17 +325,36 @@ def _accuracies(row: dict, bold_test: bool = False) -> str:
     return f"validation {pct(row['val_acc_mean'], row['val_acc_std'])}%, " + (f"**{test}**" if bold_test else test)
 
 
-def markdown_table(configs: pd.DataFrame) -> str:
-    header = ["configuration", "seeds finished", "val acc", "test acc", "best-epoch val †",
-              "test at best-val epoch †", "agreement", "ECE", "epochs", "status"]
+def _gain_cell(row: dict) -> str:
+    if not math.isfinite(row["gain_mean"]):
+        return "—"
+    return f"{100 * row['gain_mean']:+.2f}" + (f" ± {100 * row['gain_ci95']:.2f}" if math.isfinite(row["gain_ci95"]) else "")
+
+
+def _p_cell(row: dict) -> str:
+    if not math.isfinite(row["p_paired"]):
+        return "—"
+    return f"{row['p_paired']:.3g}" + (f" ({row['p_holm']:.3g})" if math.isfinite(row["p_holm"]) else "")
+
+
+def markdown_table(configs: pd.DataFrame, best: dict | None = None) -> str:
+    header = ["configuration", "seeds finished", "val acc", "test acc", "gain vs no KD", "p (Holm)",
+              "best-epoch val †", "test at best-val epoch †", "agreement", "ECE", "epochs", "status"]
     rows = [header, ["---"] * len(header)]
     for row in configs.to_dict("records"):
         epochs = f"{row['epochs_run_min']}" if row["epochs_run_min"] == row["epochs_run_max"] else \
             f"{row['epochs_run_min']}–{row['epochs_run_max']}"
         status = ", ".join(f"{row[o.replace(' ', '_')]} {o}" for o in OUTCOMES if row[o.replace(" ", "_")])
+        if row["phase"] == "sweep" and not row["complete"]:
+            status += "; incomplete, not eligible"
+        label = config_label(row)
+        if best is not None and row["phase"] == "sweep" and (row["temperature"], row["alpha"]) == \
+                (best["temperature"], best["alpha"]):
+            label = f"**{label}** (chosen)"
         rows.append([
-            config_label(row), f"{row['seeds_finished']}/{row['trials']}",
+            label, f"{row['seeds_finished']}/{row['trials']}",
             pct(row["val_acc_mean"], row["val_acc_std"]), pct(row["test_acc_mean"], row["test_acc_std"]),
+            _gain_cell(row), _p_cell(row),
             pct(row["best_epoch_val_acc_mean"]), pct(row["best_epoch_test_acc_mean"]),
             pct(row["agreement_mean"], digits=1), pct(row["val_ece_mean"], digits=1), epochs, status,
         ])
@@ -334,8 +374,8 @@ def write_report(root: str | Path, out: str | Path | None = None, fmt: str = "pn
     exp = load_experiment(root)
     out = Path(out) if out is not None else exp.root / "report"
     write_trial_summary(exp.root, exp.record, exp.tune_trials)
-    configs = config_table(exp.trials)
-    h = headline(exp.trials, configs, exp.record["teacher"])
+    configs = config_table(exp.trials, exp.planned_seeds)
+    h = headline(configs, exp.record["teacher"])
     figures, skipped = report_plots.draw_all(exp, configs, h, out, fmt)
     markdown = summary_markdown(exp, configs, h, [p.name for p in figures], skipped)
     atomic_write(out / "summary.csv", lambda tmp: configs.to_csv(tmp, index=False))

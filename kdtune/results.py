@@ -15,8 +15,7 @@ import pandas as pd
 
 from kdtune.atomic import atomic_write, save_json
 from kdtune.errors import UserError
-
-PHASES = ("baseline", "sweep")
+from kdtune.stats import PHASES
 TRIAL_COLUMNS = [
     "phase", "trial_id", "temperature", "alpha", "seed", "status", "outcome", "epochs_run", "failures",
     "final_val_acc", "final_test_acc", "best_val_acc", "best_epoch", "test_acc_at_best_val",
@@ -44,7 +43,10 @@ def trial_frames(storage: str, phase: str) -> list[tuple[object, pd.DataFrame]]:
 
 
 def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
-    """One row per trial of both phases: its config, status, epochs run, final and best metrics.
+    """One row per trial of every phase: its config, status, epochs run, final and best metrics.
+
+    A search trial with alpha = 0 (written by kdtune versions that trained such grid points) is no
+    distilled configuration, only a copy of a baseline seed, and is left out.
 
     `frames` ({phase: trial_frames(...)}) reuses results already read, so a caller reads the experiment once.
     """
@@ -74,7 +76,8 @@ def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
             else:
                 diverged = False
             row["outcome"] = _outcome(trial.status, row["epochs_run"], full_epochs, diverged)
-            rows.append(row)
+            if not (phase == "sweep" and row["alpha"] == 0):
+                rows.append(row)
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
@@ -93,9 +96,7 @@ def write_trial_summary(root: Path, record: dict, table: pd.DataFrame | None = N
     """summary.csv (one row per trial) and temperature_results.json / baselines.json in the seed's format."""
     table = trial_table(record) if table is None else table
     atomic_write(Path(root) / "summary.csv", lambda tmp: table.to_csv(tmp, index=False))
-    distilled = table[(table["phase"] == "sweep") & (table["outcome"] == "finished")]
-    curve = distilled.groupby("temperature")["final_test_acc"].mean()
-    save_json(Path(root) / "temperature_results.json", {f"{t:g}": float(v) for t, v in curve.items()})
+    save_json(Path(root) / "temperature_results.json", temperature_results(table, record))
     baseline = table[(table["phase"] == "baseline") & (table["outcome"] == "finished")]
     save_json(Path(root) / "baselines.json", {
         "teacher": {"val_acc": record["teacher"]["val_acc"], "test_acc": record["teacher"]["test_acc"]},
@@ -106,3 +107,15 @@ def write_trial_summary(root: Path, record: dict, table: pd.DataFrame | None = N
         },
     })
     return table
+
+
+def temperature_results(table: pd.DataFrame, record: dict) -> dict:
+    """The seed's `{"T": mean test accuracy}` of the search's finished distilled students; when alpha
+    varies, one such mapping per alpha: `{"alpha": {"T": ...}}`."""
+    distilled = table[(table["phase"] == "sweep") & (table["outcome"] == "finished") & (table["alpha"] > 0)]
+    space = record["settings"]["space"]
+    if "alpha" not in space["axes"] and "alpha" not in space["distributions"]:
+        curve = distilled.groupby("temperature")["final_test_acc"].mean()
+        return {f"{t:g}": float(v) for t, v in curve.items()}
+    return {f"{a:g}": {f"{t:g}": float(v) for t, v in rows.groupby("temperature")["final_test_acc"].mean().items()}
+            for a, rows in distilled.groupby("alpha")}

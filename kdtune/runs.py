@@ -38,6 +38,7 @@ def run_mode(
     use_cache: bool = True,
     output: str | os.PathLike | None = None,
     progress: bool = True,
+    allow_foreign_teacher: bool = False,
 ) -> dict:
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -48,8 +49,12 @@ def run_mode(
                      "val": len(splits.val_labels), "test": len(splits.test_labels)}, "device": str(torch_device)}
 
     if mode != "student":
-        found = obtain_teacher(teacher, splits, torch_device, teacher_store, teacher_path, progress)
+        found = obtain_teacher(teacher, splits, torch_device, teacher_store, teacher_path, progress,
+                               allow_foreign=allow_foreign_teacher)
         summary["teacher"] = {"path": str(found.path), **{k: v for k, v in found.meta.items() if k != "history"}}
+        if "foreign_data" in found.meta:
+            print(f"warning: teacher {found.path} was not trained on this run's data splits (--allow-foreign-teacher): "
+                  f"it may have seen validation or test images")
         print(f"teacher {teacher.model}: val {found.meta['val_acc']:.2%}  test {found.meta['test_acc']:.2%}  ({found.path})")
         if mode == "teacher":
             summary.update(history=found.meta["history"], final=found.meta["history"][-1])

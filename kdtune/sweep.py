@@ -1,7 +1,11 @@
 """Ray Tune sweeps over temperature and alpha.
 
     settings -> data -> teacher + logit cache (a Ray task) -> baseline experiment
-    (alpha = 0, every seed) -> sweep experiment (grid or Optuna) -> summaries
+    (alpha = 0, every seed) -> sweep experiment (grid or Optuna) -> confirm experiment
+    (with --confirm K: the chosen configuration and the baseline on K fresh seeds) -> summaries
+
+Baseline and distilled students share every training setting but alpha and T
+(`SweepSettings.student_config`): the comparison measures distillation alone.
 
 Everything of an experiment lives under `results/<name>/`: `experiment.json`
 (the settings and the teacher), Tune's experiment folders `baseline/` and
@@ -19,7 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdtune.config import RunConfig, check_recipe_name
+from kdtune import stats
+from kdtune.config import RunConfig, check_recipe_name, warmup_epochs
 from kdtune.data import load_dataset, make_splits
 from kdtune.errors import UserError
 from kdtune.models import check_model_name
@@ -28,7 +33,6 @@ from kdtune.presets import get_preset
 from kdtune.search_spaces import SearchSpace, apply_overrides, load_search_space
 
 METRIC = "val_acc"
-PHASES = ("baseline", "sweep")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,11 @@ class SweepSettings:
     precision: str = "auto"
     aug_seed: int = 0
     lr: float | None = None  # students'; None: the recipe's
+    label_smoothing: float = 0.0  # every student's, distilled or not
+    teacher_label_smoothing: float = 0.0
+    confirm: int = 0  # fresh seeds on which the chosen configuration and the baseline are trained again
+    teacher_path: str | None = None  # a teacher checkpoint to use instead of the store's
+    allow_foreign_teacher: bool = False  # accept a --teacher-path trained on other data splits
 
     def __post_init__(self):
         check_model_name(self.teacher)
@@ -66,11 +75,25 @@ class SweepSettings:
         check_recipe_name(self.recipe)
         check_recipe_name(self.teacher_recipe)
         for field, low in (("seeds", 1), ("num_samples", 1), ("epochs", 1), ("teacher_epochs", 1),
-                           ("grace_period", 1), ("reduction_factor", 2), ("max_failures", 0)):
+                           ("grace_period", 1), ("reduction_factor", 2), ("max_failures", 0), ("confirm", 0)):
             if getattr(self, field) < low:
                 raise UserError(f"invalid {field.replace('_', '-')} {getattr(self, field)}: must be an integer >= {low}")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        for field in ("label_smoothing", "teacher_label_smoothing"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise UserError(f"invalid {field.replace('_', '-')} {getattr(self, field)}: must be a number in [0, 1)")
+        warmup = warmup_epochs(self.recipe, self.epochs)
+        if self.asha and self.grace_period <= warmup:
+            # A rung inside the warm-up compares students while the learning rate is still rising to its peak.
+            raise UserError(
+                f"invalid grace-period {self.grace_period}: ASHA would stop trials inside the learning-rate warm-up "
+                f"(epochs 1-{warmup} of {self.epochs} under recipe {self.recipe!r}); use --grace-period {warmup + 1} "
+                f"or more"
+            )
+        if not sweep_points(self):
+            raise UserError(f"search space {self.space.name!r} has no distilled configuration: alpha = 0 is the "
+                            f"no-KD baseline, which every experiment trains anyway; give alpha a value > 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,12 +103,26 @@ class SweepSettings:
         return cls(**{**values, "space": SearchSpace(**values["space"])})
 
     def student_config(self, **varied) -> RunConfig:
+        """The one set of student settings: every trial, baseline or distilled, adds only alpha, T and seed."""
         return RunConfig(model=self.student, epochs=self.epochs, recipe=self.recipe, precision=self.precision,
-                         aug_seed=self.aug_seed, lr=self.lr, **varied)
+                         aug_seed=self.aug_seed, lr=self.lr, label_smoothing=self.label_smoothing, **varied)
 
     def teacher_config(self) -> RunConfig:
         return RunConfig(model=self.teacher, epochs=self.teacher_epochs, recipe=self.teacher_recipe,
-                         precision=self.precision)
+                         precision=self.precision, label_smoothing=self.teacher_label_smoothing)
+
+    def students_record(self) -> dict:
+        """What every student of the experiment is trained with, resolved (no 'the recipe's' left), for experiment.json."""
+        config = self.student_config()
+        shared = {k: v for k, v in config.to_dict().items() if k not in ("temperature", "alpha", "seed")}
+        return {**shared, "lr": config.effective_lr, "batch_size": config.effective_batch_size,
+                "seeds": list(range(self.seeds)), "confirm_seeds": self.confirm_seeds,
+                "varied_per_trial": ["alpha", "temperature", "seed"]}
+
+    @property
+    def confirm_seeds(self) -> list[int]:
+        """Fresh seeds, never used in the search, for re-training the chosen configuration and the baseline."""
+        return list(range(self.seeds, self.seeds + self.confirm))
 
 
 @dataclass(frozen=True)
@@ -113,13 +150,16 @@ class Resources:
 
 
 def build_settings(name: str, search: str, space_name: str, preset_name: str, **values) -> SweepSettings:
-    """Settings from a preset, with any value given (not None) overriding it."""
+    """Settings from a preset, with any value given (not None) overriding it.  ASHA's grace period
+    defaults to the first epoch after the learning-rate warm-up."""
     preset = get_preset(preset_name)
     space = load_search_space(space_name, search)
     space = apply_overrides(space, preset.space_overrides)
     defaults = {k: getattr(preset, k) for k in ("teacher", "student", "recipe", "teacher_recipe", "teacher_epochs",
-                                                 "epochs", "val_size", "train_subset")}
+                                                 "epochs", "val_size", "train_subset", "confirm")}
     chosen = {**defaults, **{k: v for k, v in values.items() if v is not None}}
+    if chosen.get("grace_period") is None:
+        chosen["grace_period"] = warmup_epochs(chosen["recipe"], chosen["epochs"]) + 1
     return SweepSettings(name=name, search=search, space=space, preset=preset_name, **chosen)
 
 
@@ -131,21 +171,34 @@ def default_name(search: str, space: str) -> str:
 
 
 def sweep_points(settings: SweepSettings) -> list[dict]:
-    """Grid points (each run with every seed); for Optuna, the fixed part of every point."""
+    """Distilled grid points (each run with every seed); for Optuna, the fixed part of every point.
+
+    A grid point with alpha = 0 is no distillation at all (its T is meaningless): it is the baseline,
+    which runs with every seed anyway, so it is left out of the search."""
     space = settings.space
-    if settings.search == "optuna":
-        return [dict(space.fixed)]
     points = [dict(space.fixed)]
-    for param, values in space.axes.items():
-        points = [{**p, param: v} for p in points for v in values]
-    return points
+    if settings.search == "grid":
+        for param, values in space.axes.items():
+            points = [{**p, param: v} for p in points for v in values]
+    return [p for p in points if p.get("alpha", 1.0) > 0]
+
+
+def grid_axes(settings: SweepSettings) -> dict[str, list[float]]:
+    """The grid's axes without alpha = 0 (see sweep_points)."""
+    return {k: [v for v in values if not (k == "alpha" and v == 0)] for k, values in settings.space.axes.items()}
 
 
 def plan(settings: SweepSettings) -> dict:
     """How many trials of each kind, and how many student epochs in total (ASHA may stop some early)."""
     seeds = settings.seeds
     sweep_trials = seeds * (settings.num_samples if settings.search == "optuna" else len(sweep_points(settings)))
-    return {"baseline_trials": seeds, "sweep_trials": sweep_trials, "student_epochs": (seeds + sweep_trials) * settings.epochs}
+    confirm_trials = 2 * settings.confirm
+    return {"baseline_trials": seeds, "sweep_trials": sweep_trials, "confirm_trials": confirm_trials,
+            "student_epochs": (seeds + sweep_trials + confirm_trials) * settings.epochs}
+
+
+def planned_seeds(settings: SweepSettings) -> dict:
+    return stats.planned_seeds(settings.seeds, settings.confirm)
 
 
 def describe_plan(settings: SweepSettings, student_img_s: float | None, teacher_img_s: float | None,
@@ -154,20 +207,30 @@ def describe_plan(settings: SweepSettings, student_img_s: float | None, teacher_
     space = settings.space
     lines = [f"experiment {settings.name}: {settings.search} search over {space.name!r} ({space.description})",
              f"  teacher {settings.teacher} ({settings.teacher_recipe}, {settings.teacher_epochs} epochs): "
-             + ("in the store, reused" if teacher_stored else "to be trained"),
+             + (f"from {settings.teacher_path}" if settings.teacher_path else
+                "in the store, reused" if teacher_stored else "to be trained")
+             + (f", label smoothing {settings.teacher_label_smoothing:g}" if settings.teacher_label_smoothing else ""),
              f"  students {settings.student} ({settings.recipe}, {settings.epochs} epochs) on {n_train} training images,"
              f" seeds 0..{settings.seeds - 1}",
+             f"  every student: {_shared_settings(settings)}; only alpha, T and the seed differ",
              f"  baseline (no distillation, alpha 0): {counts['baseline_trials']} trials"]
     if settings.search == "grid":
         for point in sweep_points(settings):
             lines.append("  " + ", ".join(f"{k}={v:g}" for k, v in point.items()) + f" x {settings.seeds} seeds")
+        if 0 in space.axes.get("alpha", []):
+            lines.append("  (alpha = 0 is the baseline above, not a distilled configuration: left out of the grid)")
     else:
         for param, (dist, low, high) in space.distributions.items():
             lines.append(f"  {param} ~ {dist}[{low:g}, {high:g}]")
         lines.append(f"  fixed: {space.fixed}; {settings.num_samples} points x {settings.seeds} seeds, sampler {settings.sampler}")
     if settings.asha:
-        lines.append(f"  ASHA early stopping: grace {settings.grace_period} epochs, reduction factor {settings.reduction_factor}")
-    lines.append(f"  total: {counts['baseline_trials'] + counts['sweep_trials']} trials, up to {counts['student_epochs']} student epochs")
+        lines.append(f"  ASHA early stopping: grace {settings.grace_period} epochs (warm-up: "
+                     f"{warmup_epochs(settings.recipe, settings.epochs)}), reduction factor {settings.reduction_factor}")
+    if settings.confirm:
+        lines.append(f"  confirmation: the chosen configuration and the baseline again on {settings.confirm} fresh "
+                     f"seeds {settings.confirm_seeds[0]}..{settings.confirm_seeds[-1]}: {counts['confirm_trials']} trials")
+    total = counts["baseline_trials"] + counts["sweep_trials"] + counts["confirm_trials"]
+    lines.append(f"  total: {total} trials, up to {counts['student_epochs']} student epochs")
     if student_img_s:
         student_s = counts["student_epochs"] * n_train / student_img_s / max(1, parallel)
         teacher_s = 0.0 if teacher_stored or not teacher_img_s else settings.teacher_epochs * n_train / teacher_img_s
@@ -179,6 +242,12 @@ def describe_plan(settings: SweepSettings, student_img_s: float | None, teacher_
             f"(measured {student_img_s:.0f} student img/s" + (f", {teacher_img_s:.0f} teacher img/s)" if teacher_img_s else ")")
         )
     return "\n".join(lines)
+
+
+def _shared_settings(settings: SweepSettings) -> str:
+    r = settings.students_record()
+    return (f"recipe {r['recipe']}, {r['epochs']} epochs, lr {r['lr']:g}, batch {r['batch_size']}, "
+            f"label smoothing {r['label_smoothing']:g}, aug_seed {r['aug_seed']}, precision {r['precision']}")
 
 
 # ----------------------------------------------------------------------------- files
@@ -243,11 +312,15 @@ def estimate_throughput(model_name: str, batch_size: int, device, steps: int = 3
 def dry_run(settings: SweepSettings, resources: Resources) -> str:
     import torch
 
-    from kdtune.teacher import find_teacher
+    from kdtune.teacher import find_teacher, load_teacher_file
 
     splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
     device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
-    stored = find_teacher(settings.teacher_config(), splits, resources.teacher_store) is not None
+    if settings.teacher_path is not None:  # refused here already when it was trained on other splits
+        stored = load_teacher_file(settings.teacher_path, settings.teacher_config(), splits,
+                                   settings.allow_foreign_teacher) is not None
+    else:
+        stored = find_teacher(settings.teacher_config(), splits, resources.teacher_store) is not None
     student = estimate_throughput(settings.student, settings.student_config().effective_batch_size, device)
     teacher = estimate_throughput(settings.teacher, settings.teacher_config().effective_batch_size, device)
     parallel = resources.max_concurrent or max(1, int((os.cpu_count() or 1) // resources.cpus_per_trial))

@@ -102,13 +102,15 @@ def obtain_teacher(
     store: str | os.PathLike | None = None,
     teacher_path: str | os.PathLike | None = None,
     progress: bool = False,
+    allow_foreign: bool = False,
 ) -> Teacher:
-    """Load the teacher from `teacher_path` or the store; train and save it first when it is missing."""
+    """Load the teacher from `teacher_path` or the store; train and save it first when it is missing.
+
+    A `teacher_path` checkpoint must have been trained on these very splits (see `load_teacher_file`)."""
     if teacher_path is not None:
         path = Path(teacher_path)
         if path.exists():
-            model, meta = load_model(path, expected_arch=config.model)
-            return Teacher(model, meta, path)
+            return load_teacher_file(path, config, splits, allow_foreign)
         model, meta = train_teacher(config, splits, device, progress)
         save_model(path, model, config.model, meta)
         return Teacher(model, meta, path)
@@ -117,6 +119,25 @@ def obtain_teacher(
         return found
     model, meta = train_teacher(config, splits, device, progress)
     return add_to_store(store_entry(config, splits, store), model, meta)
+
+
+def load_teacher_file(path: str | os.PathLike, config: RunConfig, splits: Splits, allow_foreign: bool = False) -> Teacher:
+    """A teacher checkpoint given by path, refused unless it records these data splits: a teacher trained on
+    other splits may have seen this run's validation (or test) images, and every number after it would leak.
+    With `allow_foreign` it is used anyway and its metadata says so (`foreign_data`)."""
+    path = Path(path)
+    model, meta = load_model(path, expected_arch=config.model)
+    recorded = meta.get("data_key")
+    if recorded != splits.key:
+        if not allow_foreign:
+            what = "records no data splits" if recorded is None else f"was trained on data splits {recorded}"
+            raise UserError(
+                f"teacher {path} {what}, not this run's {splits.key}: it may have seen this run's validation or test "
+                f"images; train the teacher on the same data, --val-size and --train-subset, or pass "
+                f"--allow-foreign-teacher to use it anyway"
+            )
+        meta = {**meta, "foreign_data": {"recorded_splits": recorded, "run_splits": splits.key}}
+    return Teacher(model, meta, path)
 
 
 def train_teacher(config: RunConfig, splits: Splits, device, progress: bool = False) -> tuple[nn.Module, dict]:

@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from kdtune.config import RunConfig
+from kdtune.config import WARMUP_FRACTION, RunConfig
 from kdtune.data import Splits, augment, augmentation_params, epoch_order, normalize
 from kdtune.errors import UserError
 from kdtune.losses import kd_loss_terms
@@ -134,8 +134,8 @@ def lr_factor(step: int, steps_per_epoch: int, config: RunConfig) -> float:
         return recipe.gamma ** ((step // steps_per_epoch) // recipe.step_size)
     if recipe.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-    # one-cycle: linear warm-up over the first 20% of steps, then linear decay to zero
-    warmup = max(1, int(0.2 * total))
+    # one-cycle: linear warm-up, then linear decay to zero
+    warmup = max(1, int(WARMUP_FRACTION * total))
     return step / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
 
@@ -228,7 +228,7 @@ def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, e
     n = len(splits.train_labels)
     views = augmentation_params(n, config.aug_seed, epoch).to(device)
     order = epoch_order(n, config.seed, epoch).to(device)
-    label_smoothing = config.effective_label_smoothing
+    label_smoothing = config.label_smoothing
     sums = torch.zeros(3, device=device)  # total, ce, kd; summed on device to avoid a sync per step
     for start in range(0, n, batch):
         idx = order[start : start + batch]

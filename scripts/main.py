@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from kdtune.cli import ArgumentParser, positive_float, positive_int, run_cli, unit_float
+from kdtune.cli import ArgumentParser, positive_float, positive_int, run_cli, smoothing, unit_float
 from kdtune.config import PRECISIONS, RunConfig
 from kdtune.data import resolve_data_dir
 from kdtune.runs import MODES, run_mode
@@ -21,7 +21,10 @@ def parse_args(argv):
     p.add_argument("--alpha", type=unit_float, default=0.3, help="weight of the KD term in [0, 1]; 1 - alpha weights CE")
     p.add_argument("--teacher", default="resnet18", help="teacher architecture (default: resnet18)")
     p.add_argument("--student", default="cnn3", help="student architecture (default: cnn3)")
-    p.add_argument("--teacher-path", help="teacher checkpoint: loaded if it exists, else trained and saved there")
+    p.add_argument("--teacher-path", help="teacher checkpoint: loaded if it exists (it must have been trained on "
+                   "the same data splits), else trained and saved there")
+    p.add_argument("--allow-foreign-teacher", action="store_true",
+                   help="use a --teacher-path trained on other data splits (it may have seen validation images)")
     p.add_argument("--teacher-store", help="where trained teachers are kept (default: results/teachers)")
     p.add_argument("--teacher-epochs", type=positive_int, help="teacher epochs (default: --epochs)")
     p.add_argument("--teacher-recipe", help="teacher recipe (default: --recipe)")
@@ -33,6 +36,10 @@ def parse_args(argv):
     p.add_argument("--recipe", default="seed", help="seed (Adam + StepLR), strong (SGD + one-cycle) or cosine")
     p.add_argument("--lr", type=positive_float, help="learning rate (default: the recipe's)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default: the recipe's)")
+    p.add_argument("--label-smoothing", type=smoothing, default=0.0,
+                   help="label smoothing of the trained model, in [0, 1) (default: 0)")
+    p.add_argument("--teacher-label-smoothing", type=smoothing, default=0.0,
+                   help="label smoothing of the teacher, in [0, 1) (default: 0; part of its store key)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-cache", action="store_true", help="run the live teacher every step instead of cached logits")
@@ -48,17 +55,18 @@ def main(argv=None) -> int:
         model=student_model, epochs=args.epochs, recipe=args.recipe, temperature=args.temperature,
         alpha=args.alpha, seed=args.seed, aug_seed=args.aug_seed, lr=args.lr, batch_size=args.batch_size,
         precision=args.precision,
+        label_smoothing=args.teacher_label_smoothing if args.mode == "teacher" else args.label_smoothing,
     )
     teacher = RunConfig(
         model=args.teacher, epochs=args.teacher_epochs or args.epochs, recipe=args.teacher_recipe or args.recipe,
-        precision=args.precision,
+        precision=args.precision, label_smoothing=args.teacher_label_smoothing,
         **({"lr": args.lr, "batch_size": args.batch_size} if args.mode == "teacher" else {}),
     )
     run_mode(
         args.mode, student, teacher, resolve_data_dir(args.data_dir), val_size=args.val_size,
         train_subset=args.train_subset, device=args.device, teacher_path=args.teacher_path,
         teacher_store=args.teacher_store, use_cache=not args.no_cache, output=args.output,
-        progress=not args.no_progress,
+        progress=not args.no_progress, allow_foreign_teacher=args.allow_foreign_teacher,
     )
     return 0
 

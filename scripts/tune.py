@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from kdtune.cli import ArgumentParser, positive_float, positive_int, run_cli
+from kdtune.cli import ArgumentParser, non_negative_int, positive_float, positive_int, run_cli, smoothing
 from kdtune.config import PRECISIONS
 from kdtune.data import resolve_data_dir
 from kdtune.errors import UsageError
@@ -40,6 +40,14 @@ def parse_args(argv):
     g.add_argument("--val-size", type=positive_int)
     g.add_argument("--precision", choices=PRECISIONS, default="auto")
     g.add_argument("--teacher-store", help="trained teachers and their logit caches (default: results/teachers)")
+    g.add_argument("--teacher-path", help="use this teacher checkpoint instead of the store's (it must have been "
+                   "trained on the same data splits)")
+    g.add_argument("--allow-foreign-teacher", action="store_true",
+                   help="accept a --teacher-path trained on other data splits; the report says so")
+    g.add_argument("--label-smoothing", type=smoothing,
+                   help="label smoothing of every student, distilled or not (default: 0)")
+    g.add_argument("--teacher-label-smoothing", type=smoothing,
+                   help="label smoothing of the teacher (default: 0; part of its store key)")
     s = p.add_argument_group("search")
     s.add_argument("--seeds", type=positive_int, help="seeds per configuration (default: 3 for grids, 1 for Optuna)")
     s.add_argument("--num-samples", type=positive_int, default=20, help="Optuna points (default: 20)")
@@ -48,7 +56,11 @@ def parse_args(argv):
     asha = s.add_mutually_exclusive_group()
     asha.add_argument("--asha", dest="asha", action="store_true", default=None, help="ASHA early stopping (default for --optuna)")
     asha.add_argument("--no-asha", dest="asha", action="store_false", help="no early stopping (default for --grid)")
-    s.add_argument("--grace-period", type=positive_int, default=2, help="ASHA: epochs before a trial may be stopped")
+    s.add_argument("--confirm", type=non_negative_int, metavar="K",
+                   help="re-train the chosen configuration and the baseline on K fresh seeds after the search; the "
+                        "report's headline gain is theirs (default: the preset's: 3 for paper, else 0)")
+    s.add_argument("--grace-period", type=positive_int,
+                   help="ASHA: epochs before a trial may be stopped (default: the first epoch after the warm-up)")
     s.add_argument("--reduction-factor", type=positive_int, default=3, help="ASHA: keep the best 1/N at each rung (N >= 2)")
     s.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its last checkpoint")
     r = p.add_argument_group("resources and cluster")
@@ -89,6 +101,9 @@ def main(argv=None) -> int:
             seeds=args.seeds or (3 if search == "grid" else 1), num_samples=args.num_samples, sampler=args.sampler,
             search_seed=args.search_seed, asha=search == "optuna" if args.asha is None else args.asha,
             grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_failures=args.max_failures,
+            label_smoothing=args.label_smoothing, teacher_label_smoothing=args.teacher_label_smoothing,
+            confirm=args.confirm, teacher_path=args.teacher_path,
+            allow_foreign_teacher=args.allow_foreign_teacher or None,
         )
     if args.dry_run:
         print(dry_run(settings, resources))

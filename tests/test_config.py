@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from kdtune.config import RECIPES, RunConfig
+from kdtune.config import RECIPES, RunConfig, warmup_epochs
 from kdtune.errors import UserError
 
 BASE = {"model": "tinycnn", "epochs": 2}
@@ -85,7 +85,7 @@ def test_from_dict_accepts_numpy_scalars():
 
 
 def test_from_dict_accepts_none_for_optional_values():
-    config = RunConfig.from_dict({**BASE, "lr": None, "batch_size": None, "label_smoothing": None})
+    config = RunConfig.from_dict({**BASE, "lr": None, "batch_size": None})
     assert config.lr is None and config.effective_lr == RECIPES["seed"].lr
     assert config.effective_batch_size == RECIPES["seed"].batch_size
 
@@ -134,10 +134,31 @@ def test_boundary_values_are_accepted():
     RunConfig(model="tinycnn", epochs=1, alpha=1.0, label_smoothing=0.0)
 
 
-def test_effective_label_smoothing_only_without_teacher():
-    assert RunConfig(model="tinycnn", epochs=1, recipe="strong").effective_label_smoothing == 0.1
-    assert RunConfig(model="tinycnn", epochs=1, recipe="strong", alpha=0.5).effective_label_smoothing == 0.0
-    assert RunConfig(model="tinycnn", epochs=1, alpha=0.5, label_smoothing=0.2).effective_label_smoothing == 0.2
+def test_label_smoothing_is_the_same_with_and_without_a_teacher():
+    # The no-KD baseline must not be smoothed unlike its distilled students: that would confound the comparison.
+    for recipe in RECIPES:
+        baseline = RunConfig(model="tinycnn", epochs=1, recipe=recipe, alpha=0.0)
+        distilled = RunConfig(model="tinycnn", epochs=1, recipe=recipe, alpha=0.5, temperature=8.0)
+        assert baseline.label_smoothing == distilled.label_smoothing == 0.0
+    assert RunConfig(model="tinycnn", epochs=1, alpha=0.0, label_smoothing=0.2).label_smoothing == 0.2
+
+
+@pytest.mark.parametrize("recipe, epochs, warmup", [("strong", 30, 6), ("strong", 6, 2), ("strong", 5, 1),
+                                                    ("seed", 30, 0), ("cosine", 30, 0)])
+def test_warmup_epochs(recipe, epochs, warmup):
+    assert warmup_epochs(recipe, epochs) == warmup
+
+
+def test_warmup_epochs_cover_the_schedules_warmup_steps():
+    """Every step of the rising learning rate falls inside the warm-up epochs, never after them."""
+    from kdtune.train import lr_factor
+
+    for epochs in (3, 6, 10, 30):
+        for steps_per_epoch in (1, 7, 20, 196):
+            config = RunConfig(model="tinycnn", epochs=epochs, recipe="strong")
+            factors = [lr_factor(s, steps_per_epoch, config) for s in range(steps_per_epoch * epochs)]
+            rising = [s for s in range(len(factors) - 1) if factors[s] < factors[s + 1]]
+            assert rising and rising[-1] // steps_per_epoch + 1 <= config.warmup_epochs, (epochs, steps_per_epoch)
 
 
 def test_config_is_frozen():

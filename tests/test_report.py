@@ -60,6 +60,7 @@ def fake_metrics(temperature: float, alpha: float, seed: int, epoch: int) -> dic
     val = 0.40 + 0.05 * epoch + 0.01 * seed
     if alpha > 0:
         val += 0.08 - 0.03 * abs(math.log2(temperature) - 2) - 0.01 * (temperature > 4) - 0.05 * abs(alpha - 0.5)
+        val += 0.004 * seed * temperature / 8  # the gain differs between seeds: paired tests have a spread
         if temperature == 2.0 and epoch == EPOCHS:
             val -= 0.1
     ece = 0.02 + 0.005 * temperature + 0.01 * alpha + 0.001 * seed + 0.01 / epoch
@@ -197,12 +198,13 @@ def trial_numbers(trial: dict) -> dict:
             "val_ece": last["val_ece"]}
 
 
-def expected_row(trials: list[dict]) -> dict:
-    """One summary.csv row computed by hand (numpy, not pandas group-bys) from its trials."""
+def expected_row(trials: list[dict], baseline: list[dict]) -> dict:
+    """One summary.csv row computed by hand (numpy, not pandas group-bys) from its trials; p_holm is left
+    to expected_summary, which sees every configuration."""
     finished = [trial_numbers(t) for t in trials if t["outcome"] == "finished"]
     n = len(finished)
     row = {"phase": trials[0]["phase"], "temperature": trials[0]["temperature"], "alpha": trials[0]["alpha"],
-           "trials": len(trials), "seeds_finished": n,
+           "trials": len(trials), "seeds_finished": n, "complete": n == len(SEEDS),
            "epochs_run_min": min(t["epochs"] for t in trials), "epochs_run_max": max(t["epochs"] for t in trials)}
     for name in ("val_acc", "test_acc", "best_epoch_val_acc", "best_epoch_test_acc", "agreement", "val_ece"):
         values = np.array([f[name] for f in finished])
@@ -210,16 +212,48 @@ def expected_row(trials: list[dict]) -> dict:
         row[f"{name}_std"] = values.std(ddof=1) if n > 1 else math.nan
         if name in ("val_acc", "test_acc"):
             row[f"{name}_ci95"] = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    row.update(expected_gain(trials, baseline) if trials[0]["phase"] == "sweep" else
+               dict(gain_pairs=0, gain_mean=math.nan, gain_ci95=math.nan, p_paired=math.nan))
     for outcome in OUTCOMES:
         row[outcome.replace(" ", "_")] = sum(t["outcome"] == outcome for t in trials)
     return row
+
+
+def expected_gain(trials: list[dict], baseline: list[dict]) -> dict:
+    """Paired by seed: KD minus no-KD final test accuracy over the seeds both finished, t-interval and p by hand."""
+    kd = {t["seed"]: trial_numbers(t)["test_acc"] for t in trials if t["outcome"] == "finished"}
+    base = {t["seed"]: trial_numbers(t)["test_acc"] for t in baseline if t["outcome"] == "finished"}
+    d = np.array([kd[s] - base[s] for s in sorted(kd) if s in base])
+    n = len(d)
+    if n < 2:
+        return dict(gain_pairs=n, gain_mean=d.mean() if n else math.nan, gain_ci95=math.nan, p_paired=math.nan)
+    se = d.std(ddof=1) / math.sqrt(n)
+    return dict(gain_pairs=n, gain_mean=d.mean(), gain_ci95=stats.t.ppf(0.975, n - 1) * se,
+                p_paired=2 * stats.t.sf(abs(d.mean() / se), n - 1))
+
+
+def holm_by_hand(p: list[float]) -> list[float]:
+    """Holm's step-down adjustment written out: the i-th smallest p times (m - i + 1), made non-decreasing;
+    m counts every configuration, tested or not (an untested one is as if p = 1, and gets no value)."""
+    tested = sorted((v, i) for i, v in enumerate(p) if math.isfinite(v))
+    m, out, running = len(p), [math.nan] * len(p), 0.0
+    for rank, (value, i) in enumerate(tested, start=1):
+        running = max(running, min(1.0, (m - rank + 1) * value))
+        out[i] = running
+    return out
 
 
 def expected_summary(trials: list[dict]) -> pd.DataFrame:
     def key(trial):  # the report's order: the baseline first, then T, then alpha
         return trial["phase"] != "baseline", trial["temperature"], trial["alpha"]
 
-    rows = [expected_row([t for t in trials if key(t) == k]) for k in sorted({key(t) for t in trials})]
+    baseline = [t for t in trials if t["phase"] == "baseline"]
+    rows = [expected_row([t for t in trials if key(t) == k], baseline) for k in sorted({key(t) for t in trials})]
+    sweep = [r for r in rows if r["phase"] == "sweep"]
+    for row, p in zip(sweep, holm_by_hand([r["p_paired"] for r in sweep])):
+        row["p_holm"] = p
+    for row in rows:
+        row.setdefault("p_holm", math.nan)
     return pd.DataFrame(rows, columns=summary_columns())
 
 
@@ -228,8 +262,8 @@ def assert_same_table(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert len(actual) == len(expected)
     for column in expected.columns:
         got, want = actual[column].to_numpy(), expected[column].to_numpy()
-        if column == "phase":
-            assert list(got) == list(want)
+        if column in ("phase", "complete"):
+            assert list(got) == list(want), column
         else:
             np.testing.assert_allclose(got.astype(float), want.astype(float), rtol=1e-9, atol=1e-12, equal_nan=True,
                                        err_msg=column)
@@ -260,16 +294,24 @@ def test_partial_experiment_report_numbers(synthetic, tmp_path):
     trials = expected_trials()
     assert_same_table(pd.read_csv(out / "summary.csv"), expected_summary(trials))
 
-    # The headline: best T by validation (4), its test accuracy, and Welch's test against the no-KD student.
-    best = [trial_numbers(t)["test_acc"] for t in trials if t["temperature"] == 4.0]
-    base = [trial_numbers(t)["test_acc"] for t in trials if t["phase"] == "baseline"]
-    p = stats.ttest_ind(best, base, equal_var=False).pvalue
+    # The headline: the chosen T (4: the only configuration whose seeds all finished), its test accuracy, and
+    # its gain paired by seed over the no-KD student, with the choice among 4 configurations corrected for.
+    best = {t["seed"]: trial_numbers(t)["test_acc"] for t in trials if t["temperature"] == 4.0}
+    base = {t["seed"]: trial_numbers(t)["test_acc"] for t in trials if t["phase"] == "baseline"}
+    gains = np.array([best[s] - base[s] for s in SEEDS])
+    p = stats.ttest_rel([best[s] for s in SEEDS], [base[s] for s in SEEDS]).pvalue
+    half = stats.t.ppf(0.975, len(SEEDS) - 1) * gains.std(ddof=1) / math.sqrt(len(SEEDS))
     markdown = (out / "summary.md").read_text()
     assert report["markdown"] == markdown
-    assert "**T = 4, α = 0.5** (2 seeds)" in markdown
-    assert f"**test {100 * np.mean(best):.2f} ± {100 * np.std(best, ddof=1):.2f}%**" in markdown
-    assert f"{100 * (np.mean(best) - np.mean(base)):+.2f} points" in markdown and f"p = {p:.3g})" in markdown
-    assert "larger than the seed-to-seed spread" in markdown
+    assert "among the 1 complete of 4 configurations that competed: **T = 4, α = 0.5** (2 seeds)" in markdown
+    values = list(best.values())
+    assert f"**test {100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}%**" in markdown
+    low, high = 100 * (gains.mean() - half), 100 * (gains.mean() + half)
+    assert (f"{100 * gains.mean():+.2f} points (95% CI {low:+.2f} to {high:+.2f}, 2 paired seeds); "
+            f"paired t-test p = {p:.3g}, Holm-adjusted for the 4 configurations compared p = {4 * p:.3g}") in markdown
+    # T = 2 has a better mean validation accuracy over the seed that finished, but a seed was stopped: not chosen.
+    assert "Not eligible, incomplete: T = 2, α = 0.5 — 1 of 2 seeds finished (1 stopped early)" in markdown
+    assert "Not eligible, incomplete: T = 8, α = 0.5 — 1 of 2 seeds finished (1 errored)" in markdown
     assert "Trials: 6 finished, 1 stopped early, 1 errored, 1 in progress, 1 pending (of 10 planned)." in markdown
     assert "best-epoch val †" in markdown and "optimistic" in markdown
 
@@ -294,7 +336,7 @@ def test_experiment_before_its_sweep_started(synthetic, tmp_path):
     assert [p.name for p in report["figures"]] == ["learning_curves.png"]
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert "Trials: 2 finished, 8 not started yet (of 10 planned)." in markdown
-    assert "Best configuration: none has a finished seed yet" in markdown
+    assert "Chosen configuration: none yet — no distilled configuration has started" in markdown
     assert "temperature_analysis.png: no distilled configuration has a finished seed yet" in markdown
 
 
@@ -409,7 +451,7 @@ def draw(exp: Experiment, out: Path) -> list[str]:
     from kdtune import report_plots
 
     configs = config_table(exp.trials)
-    figures, skipped = report_plots.draw_all(exp, configs, headline(exp.trials, configs, TEACHER), out, "png")
+    figures, skipped = report_plots.draw_all(exp, configs, headline(configs, TEACHER), out, "png")
     assert not skipped
     return [p.name for p in figures]
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 SPACE = """
 grid:
   temperature: [2, 8]
-  alpha: 0.5
+  alpha: [0, 0.5]  # alpha = 0 is the baseline: never trained as a distilled configuration
 optuna:
   temperature: {loguniform: [1, 20]}
   alpha: {uniform: [0.1, 0.9]}
@@ -60,28 +60,72 @@ def trials(workdir: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(workdir / "results" / name / "summary.csv")
 
 
+def trained_configs(workdir: Path, name: str, phase: str) -> list[dict]:
+    """The RunConfig each trial of a phase actually trained with, from its last checkpoint."""
+    import torch
+
+    configs = []
+    for trial in sorted((workdir / "results" / name / phase).glob("kd_trainable_*")):
+        state = sorted(trial.glob("checkpoint_*/state.pt"))[-1]
+        configs.append(torch.load(state, weights_only=True)["config"])
+    return configs
+
+
 def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_data_dir):
-    done = run_tune(workdir, ["--grid", "tiny", "--seeds", "2", "--epochs", "2",
+    done = run_tune(workdir, ["--grid", "tiny", "--seeds", "2", "--epochs", "2", "--confirm", "2",
                               *small_args(workdir, mini_data_dir, "grid")])
     assert done.returncode == 0, done.stderr[-3000:]
     table = trials(workdir, "grid")
-    assert len(table) == 6  # 2 baseline seeds + 2 temperatures x 2 seeds
+    assert len(table) == 10  # 2 baseline seeds + 2 temperatures x 2 seeds (alpha 0 left out) + 2 x 2 confirmation
     assert (table["outcome"] == "finished").all() and (table["epochs_run"] == 2).all()
     sweep = table[table["phase"] == "sweep"]
     assert sorted(zip(sweep["temperature"], sweep["seed"])) == [(2, 0), (2, 1), (8, 0), (8, 1)]
     assert (sweep["alpha"] == 0.5).all()
     assert (table[table["phase"] == "baseline"]["alpha"] == 0).all()
     curve = json.loads((workdir / "results" / "grid" / "temperature_results.json").read_text())
-    assert set(curve) == {"2", "8"}
-    assert curve["2"] == pytest.approx(sweep[sweep["temperature"] == 2]["final_test_acc"].mean())
+    assert set(curve) == {"0.5"} and set(curve["0.5"]) == {"2", "8"}  # alpha varied: one curve per alpha
+    assert curve["0.5"]["2"] == pytest.approx(sweep[sweep["temperature"] == 2]["final_test_acc"].mean())
     record = json.loads((workdir / "results" / "grid" / "experiment.json").read_text())
     assert record["teacher"]["val_acc"] > 0 and record["settings"]["seeds"] == 2
+    assert record["teacher"]["config"]["label_smoothing"] == 0.0
     # The teacher and its cache were made once and stored for reuse.
     assert len(list((workdir / "teachers").glob("tinycnn-*/model.pt"))) == 1
 
+    # Baseline and distilled students trained with the same settings, alpha and T aside (and the seed).
+    students = record["students"]
+    assert students["label_smoothing"] == 0.0 and students["seeds"] == [0, 1]
+    assert students["lr"] == 0.1 and students["batch_size"] == 256  # the strong recipe's, resolved
+    baseline, distilled = trained_configs(workdir, "grid", "baseline"), trained_configs(workdir, "grid", "sweep")
+    assert len(baseline) == 2 and len(distilled) == 4
+    for a in baseline:
+        for b in distilled:
+            differing = {k for k in a if a[k] != b[k]}
+            assert differing == {"alpha", "temperature"} | ({"seed"} if a["seed"] != b["seed"] else set()), differing
+        shared = {k: v for k, v in a.items() if k not in ("alpha", "temperature", "seed", "lr", "batch_size")}
+        assert shared == {k: students[k] for k in shared}  # as experiment.json records them
+
+    # The confirmation: the chosen configuration and the baseline again on fresh seeds 2 and 3.
+    chosen = record["confirm"]
+    assert chosen["seeds"] == [2, 3] and chosen["alpha"] == 0.5 and chosen["temperature"] in (2, 8)
+    finals = sweep.groupby("temperature")["final_val_acc"].mean()
+    assert chosen["temperature"] == finals.idxmax()
+    confirm = table[table["phase"] == "confirm"]
+    assert sorted(zip(confirm["alpha"], confirm["seed"])) == [(0, 2), (0, 3), (0.5, 2), (0.5, 3)]
+    assert (confirm.loc[confirm["alpha"] > 0, "temperature"] == chosen["temperature"]).all()
+    report = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(workdir / "results" / "grid")],
+                            env=env(workdir), capture_output=True, text=True, timeout=300, cwd=workdir)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "**Confirmed on 2 fresh seeds** (never used in the search)" in report.stdout
+    assert "Search's own estimate — optimistic (selected as the best of 2)" in report.stdout
+    configs = pd.read_csv(workdir / "results" / "grid" / "report" / "summary.csv")
+    assert not ((configs["phase"] == "sweep") & (configs["alpha"] == 0)).any()  # no KD row with alpha = 0
+    assert configs["complete"].all()
+
 
 def test_optuna_with_asha_stops_some_trials_early(workdir, mini_data_dir):
+    # The cosine schedule has no warm-up, so ASHA may decide from the first epoch.
     done = run_tune(workdir, ["--optuna", "tiny", "--num-samples", "6", "--epochs", "3", "--grace-period", "1",
+                              "--recipe", "cosine",
                               "--reduction-factor", "2", "--max-concurrent", "2",
                               *small_args(workdir, mini_data_dir, "optuna")])
     assert done.returncode == 0, done.stderr[-3000:]

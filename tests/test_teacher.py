@@ -186,6 +186,25 @@ def test_teacher_path_is_trained_once_then_loaded(splits, tmp_path, monkeypatch)
         obtain_teacher(RunConfig(model="resnet20", epochs=1), splits, CPU, teacher_path=path)
 
 
+@pytest.mark.parametrize("recorded", [None, "other-splits"])
+def test_teacher_path_from_other_splits_is_refused_unless_allowed(splits, tmp_path, recorded):
+    """A teacher trained on other splits may have seen this run's validation images: refused by default."""
+    path = tmp_path / "foreign.pt"
+    meta = {"val_acc": 0.5, "test_acc": 0.5, **({"data_key": recorded} if recorded else {})}
+    save_model(path, create_model("tinycnn"), "tinycnn", meta)
+    with pytest.raises(UserError, match="--allow-foreign-teacher") as refused:
+        obtain_teacher(TEACHER, splits, CPU, teacher_path=path)
+    assert ("records no data splits" if recorded is None else "trained on data splits other-splits") in str(refused.value)
+    allowed = obtain_teacher(TEACHER, splits, CPU, teacher_path=path, allow_foreign=True)
+    assert allowed.meta["foreign_data"] == {"recorded_splits": recorded, "run_splits": splits.key}
+
+
+def test_teacher_label_smoothing_is_part_of_the_store_key(splits):
+    smoothed = RunConfig(**{**TEACHER.to_dict(), "label_smoothing": 0.1})
+    assert teacher_key(smoothed, splits) != teacher_key(TEACHER, splits)
+    assert TEACHER.label_smoothing == 0.0  # teachers are not smoothed unless asked
+
+
 # ----------------------------------------------------------------------------- the logit cache
 
 
@@ -231,7 +250,7 @@ def test_overwritten_teacher_file_gets_a_fresh_cache(splits, tmp_path, counted):
     teacher = obtain_teacher(TEACHER, splits, CPU, teacher_path=path)
     old = teacher_logits(teacher, splits, aug_seed=0, epochs=1, device=CPU)
     torch.manual_seed(123)
-    save_model(path, create_model("tinycnn"), "tinycnn", {"val_acc": 0.0, "test_acc": 0.0})
+    save_model(path, create_model("tinycnn"), "tinycnn", {"val_acc": 0.0, "test_acc": 0.0, "data_key": splits.key})
     replaced = obtain_teacher(TEACHER, splits, CPU, teacher_path=path)
     counted["epochs"].clear()
     new = teacher_logits(replaced, splits, aug_seed=0, epochs=1, device=CPU)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,77 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, mini_data_dir):
     assert "total: 22 trials, up to 132 student epochs" in out
     assert "estimated cost on this machine" in out and "student img/s" in out
     assert_nothing_trained(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the fair comparison's guards (in-process)
+
+
+def tune_main(argv: list[str], capsys, tmp_path: Path) -> tuple[int, str, str]:
+    """scripts/tune.py's main() in this process, as its command line would run it: (exit code, stdout, stderr)."""
+    import importlib.util
+
+    from kdtune.cli import run_cli
+
+    spec = importlib.util.spec_from_file_location("tune_script", ROOT / "scripts" / "tune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(module.main, [*argv, "--results-dir", str(tmp_path / "results"),
+                              "--teacher-store", str(tmp_path / "teachers")])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return exit_info.value.code, out, err
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (["--grid", "temperature", "--preset", "quick", "--asha", "--grace-period", "2"], 1,
+         "grace-period 2: ASHA would stop trials inside the learning-rate warm-up (epochs 1-2 of 6 under recipe "
+         "'strong'); use --grace-period 3 or more"),
+        (["--optuna", "joint", "--grace-period", "6"], 1, "warm-up (epochs 1-6 of 30"),
+        (["--grid", "temperature", "--label-smoothing", "1"], 2, "--label-smoothing: invalid value '1'"),
+        (["--grid", "temperature", "--teacher-label-smoothing", "-0.1"], 2, "--teacher-label-smoothing"),
+        (["--grid", "temperature", "--confirm", "-1"], 2, "--confirm: invalid value '-1'"),
+        (["--grid", "onlyzero"], 1, "has no distilled configuration: alpha = 0 is the no-KD baseline"),
+    ],
+)
+def test_comparison_guards_refuse_in_one_line(tmp_path, capsys, monkeypatch, args, code, fragment):
+    spaces = tmp_path / "spaces"
+    shutil.copytree(ROOT / "search_spaces", spaces)
+    (spaces / "onlyzero.yaml").write_text("grid:\n  temperature: [2, 4]\n  alpha: 0\n")
+    monkeypatch.setenv("KDTUNE_SEARCH_SPACES", str(spaces))
+    got, _, err = tune_main(args, capsys, tmp_path)
+    assert got == code and err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, mini_data_dir):
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "withzero.yaml").write_text("grid:\n  temperature: [2, 4]\n  alpha: [0, 0.5]\n")
+    monkeypatch.setenv("KDTUNE_SEARCH_SPACES", str(spaces))
+    code, out, _ = tune_main(["--grid", "withzero", "--preset", "quick", "--asha", "--confirm", "2", "--seeds", "2",
+                              "--data-dir", str(mini_data_dir), "--train-subset", "200", "--val-size", "100",
+                              "--dry-run"], capsys, tmp_path)
+    assert code == 0
+    assert "temperature=2, alpha=0.5 x 2 seeds" in out and "alpha=0 x" not in out
+    assert "alpha = 0 is the baseline above, not a distilled configuration: left out of the grid" in out
+    assert "every student: recipe strong, 6 epochs, lr 0.1, batch 256, label smoothing 0" in out
+    assert "ASHA early stopping: grace 3 epochs (warm-up: 2)" in out  # the first epoch after the warm-up
+    assert "confirmation: the chosen configuration and the baseline again on 2 fresh seeds 2..3: 4 trials" in out
+    assert "total: 10 trials" in out  # 2 baseline + 2 points x 2 seeds + 4 confirmation
+
+
+def test_teacher_path_from_other_data_is_refused_before_any_work(tmp_path, capsys, mini_data_dir):
+    from kdtune.checkpoint import save_model
+    from kdtune.models import create_model
+
+    path = tmp_path / "foreign.pt"
+    save_model(path, create_model("resnet20"), "resnet20", {"val_acc": 0.9, "test_acc": 0.9, "data_key": "elsewhere"})
+    data = ["--preset", "quick", "--data-dir", str(mini_data_dir), "--train-subset", "200", "--val-size", "100"]
+    code, _, err = tune_main(["--grid", "temperature", *data, "--teacher-path", str(path), "--dry-run"], capsys, tmp_path)
+    assert code == 1 and "trained on data splits elsewhere" in err and "--allow-foreign-teacher" in err, err
+    code, out, _ = tune_main(["--grid", "temperature", *data, "--teacher-path", str(path), "--allow-foreign-teacher",
+                              "--dry-run"], capsys, tmp_path)
+    assert code == 0 and f"from {path}" in out
