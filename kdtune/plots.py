@@ -21,8 +21,9 @@ def plot_training_curves(history: list[dict], path: str | os.PathLike, title: st
     if any(h["train_kd"] for h in history):
         ax_loss.plot(epochs, [h["train_kd"] for h in history], marker=".", label="KD (T² · KL)")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
-    ax_acc.plot(epochs, [100 * h["val_acc"] for h in history], marker="o", label="validation")
-    ax_acc.plot(epochs, [100 * h["test_acc"] for h in history], marker="s", label="test")
+    for key, marker, label in (("val_acc", "o", "validation"), ("test_acc", "s", "test")):
+        measured = [h for h in history if key in h]  # evaluated epochs only (a teacher: the last)
+        ax_acc.plot([h["epoch"] for h in measured], [100 * h[key] for h in measured], marker=marker, label=label)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

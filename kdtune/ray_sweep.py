@@ -185,7 +185,8 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
     from ray import tune
 
     trainable = tune.with_resources(
-        tune.with_parameters(kd_trainable, base=_base(settings), splits=splits_ref, cache=cache_ref),
+        tune.with_parameters(kd_trainable, base=_base(settings), splits=splits_ref, cache=cache_ref,
+                             test_every=settings.test_every),
         resources.trial_resources,
     )
     path = storage.rstrip("/") + "/" + phase

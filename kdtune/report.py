@@ -338,8 +338,11 @@ def _p_cell(row: dict) -> str:
 
 
 def markdown_table(configs: pd.DataFrame, best: dict | None = None) -> str:
+    # The test set is evaluated at the best epoch only with --test-every: otherwise that column is left out.
+    best_test = bool(configs["best_epoch_test_acc_mean"].notna().any())
     header = ["configuration", "seeds finished", "val acc", "test acc", "gain vs no KD", "p (Holm)",
-              "best-epoch val †", "test at best-val epoch †", "agreement", "ECE", "epochs", "status"]
+              "best-epoch val †", *(["test at best-val epoch †"] if best_test else []), "agreement", "ECE",
+              "epochs", "status"]
     rows = [header, ["---"] * len(header)]
     for row in configs.to_dict("records"):
         epochs = f"{row['epochs_run_min']}" if row["epochs_run_min"] == row["epochs_run_max"] else \
@@ -355,7 +358,7 @@ def markdown_table(configs: pd.DataFrame, best: dict | None = None) -> str:
             label, f"{row['seeds_finished']}/{row['trials']}",
             pct(row["val_acc_mean"], row["val_acc_std"]), pct(row["test_acc_mean"], row["test_acc_std"]),
             _gain_cell(row), _p_cell(row),
-            pct(row["best_epoch_val_acc_mean"]), pct(row["best_epoch_test_acc_mean"]),
+            pct(row["best_epoch_val_acc_mean"]), *([pct(row["best_epoch_test_acc_mean"])] if best_test else []),
             pct(row["agreement_mean"], digits=1), pct(row["val_ece_mean"], digits=1), epochs, status,
         ])
     return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows)

@@ -65,10 +65,12 @@ def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
                 frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")  # retries re-report epochs
                 last = frame.iloc[-1]
                 best = frame.loc[frame["val_acc"].idxmax()]
+                # The test set is evaluated after the last epoch (and every --test-every epochs): NaN elsewhere.
                 row.update(
                     temperature=float(last["temperature"]), alpha=float(last["alpha"]), seed=int(last["seed"]),
-                    epochs_run=int(last["epoch"]), final_val_acc=last["val_acc"], final_test_acc=last["test_acc"],
-                    best_val_acc=best["val_acc"], best_epoch=int(best["epoch"]), test_acc_at_best_val=best["test_acc"],
+                    epochs_run=int(last["epoch"]), final_val_acc=last["val_acc"],
+                    final_test_acc=last.get("test_acc", math.nan), best_val_acc=best["val_acc"],
+                    best_epoch=int(best["epoch"]), test_acc_at_best_val=best.get("test_acc", math.nan),
                     final_agreement=last.get("agreement", math.nan), final_val_ece=last["val_ece"],
                     final_val_nll=last["val_nll"],
                 )

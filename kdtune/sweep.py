@@ -68,6 +68,7 @@ class SweepSettings:
     confirm: int = 0  # fresh seeds on which the chosen configuration and the baseline are trained again
     teacher_path: str | None = None  # a teacher checkpoint to use instead of the store's
     allow_foreign_teacher: bool = False  # accept a --teacher-path trained on other data splits
+    test_every: int = 0  # students' test set: after the last epoch, and every N epochs too (0: only then)
 
     def __post_init__(self):
         check_model_name(self.teacher)
@@ -75,7 +76,8 @@ class SweepSettings:
         check_recipe_name(self.recipe)
         check_recipe_name(self.teacher_recipe)
         for field, low in (("seeds", 1), ("num_samples", 1), ("epochs", 1), ("teacher_epochs", 1),
-                           ("grace_period", 1), ("reduction_factor", 2), ("max_failures", 0), ("confirm", 0)):
+                           ("grace_period", 1), ("reduction_factor", 2), ("max_failures", 0), ("confirm", 0),
+                           ("test_every", 0)):
             if getattr(self, field) < low:
                 raise UserError(f"invalid {field.replace('_', '-')} {getattr(self, field)}: must be an integer >= {low}")
         if self.sampler not in SAMPLERS:

@@ -143,7 +143,8 @@ def load_teacher_file(path: str | os.PathLike, config: RunConfig, splits: Splits
 def train_teacher(config: RunConfig, splits: Splits, device, progress: bool = False) -> tuple[nn.Module, dict]:
     """Train a teacher from scratch; return it (eval mode, CPU) and its metadata."""
     started = time.time()
-    result = train(config, splits, device, progress=progress, desc=f"teacher {config.model}")
+    # Nothing stops a teacher early: it is evaluated once, after its last epoch.
+    result = train(config, splits, device, progress=progress, desc=f"teacher {config.model}", val_every=config.epochs)
     meta = {
         "config": config.to_dict(),
         "data_key": splits.key,

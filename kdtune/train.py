@@ -161,8 +161,15 @@ def train(
     resume: dict | None = None,
     progress: bool = False,
     desc: str = "train",
+    val_every: int = 1,
+    test_every: int = 0,
 ) -> TrainResult:
     """Train `config.model` on `splits`, distilling from `teacher` when config.alpha > 0.
+
+    Evaluating a small model costs as much as training it, so it happens only where it counts:
+    validation every `val_every` epochs (early stopping and learning curves need it), the test set
+    only after the last epoch, or every `test_every` epochs as well when asked (0: never before).
+    Both always after the last epoch.
 
     `resume` is a `checkpoint_state()` dict from an earlier call with the same
     config: training continues after its last epoch and reproduces the
@@ -207,12 +214,15 @@ def train(
         losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar)
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"]}
-        metrics.update(evaluate(model, splits, device, config.precision, teacher))
+        last = epoch + 1 == config.epochs
+        metrics.update(evaluate(model, splits, device, config.precision, teacher,
+                                val=last or (epoch + 1) % val_every == 0,
+                                test=last or bool(test_every and (epoch + 1) % test_every == 0)))
         metrics["epoch_s"] = time.perf_counter() - started
         metrics["images_per_s"] = n / train_seconds
         metrics["diverged"] = not math.isfinite(losses["train_loss"])
         history.append(metrics)
-        if bar is not None:
+        if bar is not None and "val_acc" in metrics:
             bar.set_postfix(loss=f"{losses['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
         if on_epoch is not None:
             on_epoch(metrics, checkpoint_state)
@@ -250,14 +260,19 @@ def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, e
     return {"train_loss": total, "train_ce": ce, "train_kd": kd}
 
 
-def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: str, teacher=None) -> dict:
-    """Validation and test metrics, and top-1 agreement with the teacher on validation when there is one."""
-    val_logits = predict(model, splits.val_images, device, precision)
-    test_logits = predict(model, splits.test_images, device, precision)
-    metrics = classification_metrics(val_logits, splits.val_labels.to(device), "val")
-    metrics.update(classification_metrics(test_logits, splits.test_labels.to(device), "test"))
-    if teacher is not None:
-        metrics["agreement"] = agreement(val_logits, teacher.val_logits)
+def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: str, teacher=None,
+             val: bool = True, test: bool = True) -> dict:
+    """Validation metrics (and top-1 agreement with the teacher, when there is one) and test metrics;
+    each image set's logits computed once."""
+    metrics = {}
+    if val:
+        val_logits = predict(model, splits.val_images, device, precision)
+        metrics.update(classification_metrics(val_logits, splits.val_labels.to(device), "val"))
+        if teacher is not None:
+            metrics["agreement"] = agreement(val_logits, teacher.val_logits)
+    if test:
+        test_logits = predict(model, splits.test_images, device, precision)
+        metrics.update(classification_metrics(test_logits, splits.test_labels.to(device), "test"))
     return metrics
 
 

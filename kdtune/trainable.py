@@ -48,7 +48,7 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
-def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None) -> None:
+def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, test_every: int = 0) -> None:
     from ray import tune
 
     varied = {k: v for k, v in config.items() if k != SEED_INDEX}
@@ -71,7 +71,7 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None) 
             torch.save(state(), os.path.join(folder, STATE_FILE))
             tune.report(_tune_metrics(metrics, run), checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train(run, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume)
+    train(run, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume, test_every=test_every)
 
 
 def _tune_metrics(metrics: dict, run: RunConfig) -> dict:

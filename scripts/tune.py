@@ -39,6 +39,9 @@ def parse_args(argv):
     g.add_argument("--train-subset", type=positive_int)
     g.add_argument("--val-size", type=positive_int)
     g.add_argument("--precision", choices=PRECISIONS, default="auto")
+    g.add_argument("--test-every", type=non_negative_int, metavar="N",
+                   help="also evaluate the test set every N epochs (test curves and the report's best-epoch test "
+                        "column); default 0: only after the last epoch")
     g.add_argument("--teacher-store", help="trained teachers and their logit caches (default: results/teachers)")
     g.add_argument("--teacher-path", help="use this teacher checkpoint instead of the store's (it must have been "
                    "trained on the same data splits)")
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
             search_seed=args.search_seed, asha=search == "optuna" if args.asha is None else args.asha,
             grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_failures=args.max_failures,
             label_smoothing=args.label_smoothing, teacher_label_smoothing=args.teacher_label_smoothing,
-            confirm=args.confirm, teacher_path=args.teacher_path,
+            confirm=args.confirm, teacher_path=args.teacher_path, test_every=args.test_every,
             allow_foreign_teacher=args.allow_foreign_teacher or None,
         )
     if args.dry_run:

@@ -16,8 +16,9 @@ from kdtune.train import LiveTeacher, lr_factor, resolve_device, train
 
 CPU = torch.device("cpu")
 TIMING_KEYS = ("epoch_s", "images_per_s")  # wall-clock measurements: never compared between runs
+TEST_KEYS = {"test_acc", "test_nll", "test_ece"}  # after the last epoch only, unless test_every asks for more
 EPOCH_KEYS = {"epoch", "train_loss", "train_ce", "train_kd", "lr", "val_acc", "val_nll", "val_ece",
-              "test_acc", "test_nll", "test_ece", "epoch_s", "images_per_s", "diverged"}
+              "epoch_s", "images_per_s", "diverged"}
 
 
 def without_timing(history: list[dict]) -> list[dict]:
@@ -66,6 +67,7 @@ def test_on_epoch_called_once_per_epoch_with_every_metric(splits):
     assert [m["epoch"] for m, _ in calls] == [1, 2, 3]
     for metrics, state in calls:
         assert EPOCH_KEYS | {"agreement"} <= set(metrics)
+        assert (TEST_KEYS <= set(metrics)) == (metrics["epoch"] == 3)
         assert metrics["diverged"] is False
         assert 0.0 <= metrics["agreement"] <= 1.0
         assert metrics["train_loss"] == pytest.approx(0.5 * metrics["train_kd"] + 0.5 * metrics["train_ce"], rel=1e-5)
@@ -74,6 +76,27 @@ def test_on_epoch_called_once_per_epoch_with_every_metric(splits):
     saved = calls[-1][1]()  # the checkpoint_state callable
     assert {"model", "optimizer", "scheduler", "rng", "history", "config"} <= set(saved)
     assert saved["config"] == config.to_dict() and len(saved["history"]) == 3
+
+
+def test_test_set_evaluated_once_per_run_by_default(monkeypatch):
+    """Evaluation is most of a small model's epoch: the test set once, after the last epoch, unless asked."""
+    import kdtune.train as train_mod
+
+    evaluated = []
+    real = train_mod.predict
+    monkeypatch.setattr(train_mod, "predict", lambda m, images, *a: evaluated.append(len(images)) or real(m, images, *a))
+    splits = synthetic_splits(n_val=48, n_test=80)  # told apart by their sizes
+    n_val, n_test = 48, 80
+    result = train(_config(epochs=3), splits, CPU)
+    assert evaluated == [n_val, n_val, n_val, n_test]
+    assert [TEST_KEYS <= set(h) for h in result.history] == [False, False, True]
+    evaluated.clear()
+    every = train(_config(epochs=4), splits, CPU, test_every=2)
+    assert [TEST_KEYS <= set(h) for h in every.history] == [False, True, False, True]
+    assert evaluated.count(n_test) == 2
+    evaluated.clear()
+    teacher = train(_config(epochs=3), splits, CPU, val_every=3)  # how a teacher is trained: evaluated at its end
+    assert evaluated == [n_val, n_test] and "val_acc" in teacher.final and "val_acc" not in teacher.history[0]
 
 
 def test_no_agreement_without_teacher(splits):
