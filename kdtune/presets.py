@@ -46,3 +46,13 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def default_preset() -> tuple[str, str]:
+    """(preset, why) for a run that named none: `paper` where a GPU is visible, else `quick` — the paper
+    preset on a CPU-only machine would start a job of many hours."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "paper", f"a GPU is visible ({torch.cuda.get_device_name(0)}); --preset quick for a few-minute run"
+    return "quick", "no GPU is visible here; --preset paper for the full experiment (a GPU job)"

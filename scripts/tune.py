@@ -13,7 +13,7 @@ from kdtune.config import PRECISIONS
 from kdtune.data import resolve_data_dir
 from kdtune.errors import UsageError
 from kdtune.optuna_search import SAMPLERS
-from kdtune.presets import PRESETS
+from kdtune.presets import PRESETS, default_preset
 from kdtune.sweep import (Resources, build_settings, default_name, dry_run, experiment_root, load_settings)
 
 
@@ -22,7 +22,8 @@ def parse_args(argv):
     what = p.add_mutually_exclusive_group()
     what.add_argument("--grid", metavar="SPACE", help="grid search over search_spaces/SPACE.yaml's grid section")
     what.add_argument("--optuna", metavar="SPACE", help="Optuna search over search_spaces/SPACE.yaml's optuna section")
-    p.add_argument("--preset", default="paper", help=f"defaults any flag overrides: {', '.join(PRESETS)} (default: paper)")
+    p.add_argument("--preset", help=f"defaults any flag overrides: {', '.join(PRESETS)} (default: paper where a GPU "
+                   f"is visible, else quick)")
     p.add_argument("--name", help="experiment name: results/NAME (default: SPACE-SEARCH-TIME)")
     p.add_argument("--resume", action="store_true", help="finish the experiment --name after Ctrl-C, a crash or a kill")
     p.add_argument("--dry-run", action="store_true", help="print the trial plan and estimated cost; train nothing")
@@ -96,8 +97,12 @@ def main(argv=None) -> int:
         root = experiment_root(name, args.results_dir)
         if (root / "experiment.json").exists() and not args.dry_run:
             raise UsageError(f"experiment {root} already exists; add --resume to finish it, or choose another --name")
+        preset = args.preset
+        if preset is None:
+            preset, why = default_preset()
+            print(f"preset {preset}: {why}")
         settings = build_settings(
-            name, search, space, args.preset,
+            name, search, space, preset,
             teacher=args.teacher, student=args.student, recipe=args.recipe, teacher_recipe=args.teacher_recipe,
             epochs=args.epochs, lr=args.lr, teacher_epochs=args.teacher_epochs, data_dir=str(resolve_data_dir(args.data_dir)),
             train_subset=args.train_subset, val_size=args.val_size, precision=args.precision,

@@ -143,7 +143,7 @@ def tune_main(argv: list[str], capsys, tmp_path: Path) -> tuple[int, str, str]:
         (["--grid", "temperature", "--preset", "quick", "--asha", "--grace-period", "2"], 1,
          "grace-period 2: ASHA would stop trials inside the learning-rate warm-up (epochs 1-2 of 6 under recipe "
          "'strong'); use --grace-period 3 or more"),
-        (["--optuna", "joint", "--grace-period", "6"], 1, "warm-up (epochs 1-6 of 30"),
+        (["--optuna", "joint", "--preset", "paper", "--grace-period", "6"], 1, "warm-up (epochs 1-6 of 30"),
         (["--grid", "temperature", "--label-smoothing", "1"], 2, "--label-smoothing: invalid value '1'"),
         (["--grid", "temperature", "--teacher-label-smoothing", "-0.1"], 2, "--teacher-label-smoothing"),
         (["--grid", "temperature", "--confirm", "-1"], 2, "--confirm: invalid value '-1'"),
@@ -189,3 +189,20 @@ def test_teacher_path_from_other_data_is_refused_before_any_work(tmp_path, capsy
     code, out, _ = tune_main(["--grid", "temperature", *data, "--teacher-path", str(path), "--allow-foreign-teacher",
                               "--dry-run"], capsys, tmp_path)
     assert code == 0 and f"from {path}" in out
+
+
+def test_default_preset_fits_the_machine(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from kdtune.presets import default_preset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # Refused after the preset is chosen: its line comes first, and nothing is trained.
+    code, out, err = tune_main(["--grid", "temperature", "--reduction-factor", "1"], capsys, tmp_path)
+    assert code == 1 and "reduction-factor 1" in err
+    assert out.splitlines()[0] == "preset quick: no GPU is visible here; --preset paper for the full experiment (a GPU job)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Mock GPU")
+    assert default_preset() == ("paper", "a GPU is visible (Mock GPU); --preset quick for a few-minute run")
+    code, out, _ = tune_main(["--grid", "temperature", "--reduction-factor", "1"], capsys, tmp_path)
+    assert code == 1 and out.startswith("preset paper: a GPU is visible (Mock GPU)")
