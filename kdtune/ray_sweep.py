@@ -138,18 +138,21 @@ def _base(settings: SweepSettings) -> dict:
 
 
 def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None):
-    """(param_space, search_alg, scheduler, num_samples) of the baseline, sweep or confirm experiment."""
+    """(param_space, search_alg, scheduler, num_samples) of the baseline, sweep or confirm experiment.
+
+    A trial is a pack of every seed of one configuration (`seeds` in its config, see kdtune.trainable):
+    ASHA stops configurations, never single seeds, and Optuna is told one value per point."""
     from ray import tune
 
     seeds = list(range(settings.seeds))
     if phase == "baseline":
-        return {"alpha": 0.0, "temperature": 1.0, "seed": tune.grid_search(seeds)}, None, None, 1
+        return {"alpha": 0.0, "temperature": 1.0, "seeds": seeds}, None, None, 1
     if phase == "confirm":
         # The chosen configuration and the baseline, paired on fresh seeds; no early stopping.
         chosen_t = float(chosen["temperature"])
         return {"alpha": tune.grid_search([0.0, float(chosen["alpha"])]),
                 "temperature": tune.sample_from(lambda spec: chosen_t if spec.config.alpha > 0 else 1.0),
-                "seed": tune.grid_search(list(chosen["seeds"]))}, None, None, 1
+                "seeds": list(chosen["seeds"])}, None, None, 1
     scheduler = None
     if settings.asha:
         scheduler = tune.schedulers.ASHAScheduler(
@@ -158,7 +161,7 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
         )
     if settings.search == "grid":
         space = {k: tune.grid_search(v) for k, v in grid_axes(settings).items()}
-        return {**settings.space.fixed, **space, "seed": tune.grid_search(seeds)}, None, scheduler, 1
+        return {**settings.space.fixed, **space, "seeds": seeds}, None, scheduler, 1
     from kdtune.optuna_search import PruningAwareOptunaSearch, make_sampler
 
     distributions = {
@@ -169,15 +172,7 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
         metric=METRIC, mode="max", sampler=make_sampler(settings.sampler, settings.search_seed),
         full_epochs=settings.epochs,
     )
-    param_space = {**settings.space.fixed, **distributions}
-    if settings.seeds > 1:
-        from ray.tune.search import Repeater
-
-        # Each Optuna point runs once per seed (seed = the repeat index); Optuna is told their mean.
-        searcher = Repeater(searcher, repeat=settings.seeds, set_index=True)
-    else:
-        param_space["seed"] = 0
-    return param_space, searcher, scheduler, settings.num_samples * settings.seeds
+    return {**settings.space.fixed, **distributions, "seeds": seeds}, searcher, scheduler, settings.num_samples
 
 
 def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage: str, splits_ref, cache_ref,

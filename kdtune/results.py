@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +32,8 @@ def read_record(root: Path) -> dict:
 
 
 def trial_frames(storage: str, phase: str) -> list[tuple[object, pd.DataFrame]]:
-    """[(Tune trial, per-epoch results)] of one phase; [] when that phase has not started."""
+    """[(trial, per-epoch results)] of one phase, one per (configuration, seed); [] when the phase has not
+    started.  A packed Tune trial (several seeds, see kdtune.trainable) is unpacked into its members."""
     from ray.tune import ExperimentAnalysis
 
     path = storage.rstrip("/") + "/" + phase
@@ -39,7 +41,40 @@ def trial_frames(storage: str, phase: str) -> list[tuple[object, pd.DataFrame]]:
         analysis = ExperimentAnalysis(path)
     except (ValueError, FileNotFoundError, OSError):
         return []
-    return [(trial, analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())) for trial in analysis.trials]
+    pairs = []
+    for trial in analysis.trials:
+        frame = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
+        pairs += unpack(trial, frame) if "seeds" in trial.config else [(trial, frame)]
+    return pairs
+
+
+@dataclass(frozen=True)
+class Member:
+    """One seed of a packed Tune trial, with the attributes of a Tune trial that the results read."""
+
+    trial_id: str  # the pack's id and the seed
+    config: dict  # the pack's config with this member's "seed"
+    status: str  # the pack's
+    num_failures: int
+    experiment_tag: str
+
+
+def unpack(trial, frame: pd.DataFrame) -> list[tuple[Member, pd.DataFrame]]:
+    """A pack's members, each with its own per-epoch frame (`s<seed>/<name>` columns renamed to `<name>`)."""
+    members = []
+    for seed in trial.config["seeds"]:
+        prefix = f"s{seed}/"
+        config = {k: v for k, v in trial.config.items() if k != "seeds"} | {"seed": int(seed)}
+        member = Member(f"{trial.trial_id}_s{seed}", config, trial.status, int(getattr(trial, "num_failures", 0)),
+                        str(getattr(trial, "experiment_tag", "")))
+        own = [c for c in frame.columns if c.startswith(prefix)]
+        if frame.empty or not own:
+            members.append((member, pd.DataFrame()))
+            continue
+        part = frame[own].rename(columns=lambda c: c[len(prefix):])
+        part = part.assign(temperature=frame["temperature"], alpha=frame["alpha"], seed=int(seed))
+        members.append((member, part.dropna(subset=["epoch"])))
+    return members
 
 
 def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
@@ -58,7 +93,7 @@ def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
             row = {
                 "phase": phase, "trial_id": trial.trial_id, "status": trial.status,
                 "temperature": float(config.get("temperature", math.nan)), "alpha": float(config.get("alpha", math.nan)),
-                "seed": int(config.get("__trial_index__", config.get("seed", 0))),
+                "seed": int(config.get("__trial_index__", config.get("seed", 0))),  # __trial_index__: older kdtune
                 "failures": int(getattr(trial, "num_failures", 0)), "epochs_run": 0,
             }
             if not frame.empty:

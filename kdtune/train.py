@@ -176,6 +176,29 @@ def train(
     uninterrupted run.  Stops early (metrics["diverged"] = True) when the
     training loss stops being finite.
     """
+    epochs = training_epochs(config, splits, device, teacher, resume, progress, desc, val_every, test_every)
+    while True:
+        try:
+            metrics, checkpoint_state = next(epochs)
+        except StopIteration as done:
+            return done.value
+        if on_epoch is not None:
+            on_epoch(metrics, checkpoint_state)
+
+
+def training_epochs(
+    config: RunConfig,
+    splits: Splits,
+    device: torch.device,
+    teacher: TeacherSignal | None = None,
+    resume: dict | None = None,
+    progress: bool = False,
+    desc: str = "train",
+    val_every: int = 1,
+    test_every: int = 0,
+):
+    """`train` one epoch at a time: yields (metrics, checkpoint_state) after each epoch and returns the
+    TrainResult, so that a pack (kdtune.pack) can advance several runs in lockstep."""
     if config.alpha > 0 and teacher is None:
         raise UserError(f"alpha {config.alpha} > 0 needs a teacher; use alpha 0 to train without one")
     cached_seed = getattr(teacher, "aug_seed", config.aug_seed)
@@ -224,8 +247,7 @@ def train(
         history.append(metrics)
         if bar is not None and "val_acc" in metrics:
             bar.set_postfix(loss=f"{losses['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
-        if on_epoch is not None:
-            on_epoch(metrics, checkpoint_state)
+        yield metrics, checkpoint_state
         if metrics["diverged"]:
             break
     if bar is not None:

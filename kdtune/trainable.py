@@ -1,9 +1,14 @@
-"""The Ray Tune trainable: `kdtune.train.train` reporting and checkpointing every epoch.
+"""The Ray Tune trainable: a pack of students (`kdtune.pack`) reporting and checkpointing every epoch.
+
+A trial trains every seed of one configuration in lockstep: its config holds what varies (temperature,
+alpha) and `seeds`; everything else comes in `base`.  Each epoch it reports the mean over its seeds
+(`val_acc` is what Tune, ASHA and Optuna see: one value per configuration) and every seed's own
+metrics as `s<seed>/<name>`, which `kdtune.results` unpacks into one row per (configuration, seed).
+Its checkpoint holds every member, so a retried or resumed pack continues from its last epoch.
 
 The dataset splits and the teacher-logit cache arrive once through the object
 store (`tune.with_parameters`) as numpy arrays, which Ray shares zero-copy and
-read-only between the trials of a node.  The trial's config holds only what
-varies (temperature, alpha, seed); everything else comes in `base`.
+read-only between the trials of a node.
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ import torch
 
 from kdtune.config import RunConfig
 from kdtune.data import Splits
+from kdtune.pack import pack_metrics, train_pack
 from kdtune.teacher import CachedTeacher, LogitCache
-from kdtune.train import train
 
 STATE_FILE = "state.pt"
-SEED_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater when Optuna points are replicated over seeds
 FAIL_ENV = "KDTUNE_FAIL_AT_EPOCH"  # fault injection for tests: "EPOCH" or "EPOCH:MARKER_FILE"
 
 
@@ -48,38 +52,44 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
+def member_configs(config: dict, base: dict) -> list[RunConfig]:
+    """The runs of a trial: one per seed in config["seeds"] (a trial of an older kdtune has one "seed")."""
+    varied = {k: v for k, v in config.items() if k != "seeds"}
+    seeds = config["seeds"] if "seeds" in config else [varied.pop("seed", 0)]
+    varied.pop("seed", None)
+    return [RunConfig.from_dict({**base, **varied, "seed": int(seed)}) for seed in seeds]
+
+
 def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, test_every: int = 0) -> None:
     from ray import tune
 
-    varied = {k: v for k, v in config.items() if k != SEED_INDEX}
-    if SEED_INDEX in config:
-        varied["seed"] = int(config[SEED_INDEX])
-    run = RunConfig.from_dict({**base, **varied})
+    runs = member_configs(config, base)
     device = trial_device()
     data = from_shared(Splits, splits)
-    teacher = CachedTeacher(from_shared(LogitCache, cache), data, device) if run.alpha > 0 else None
+    teacher = CachedTeacher(from_shared(LogitCache, cache), data, device) if runs[0].alpha > 0 else None
 
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+            saved = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        resume = saved["members"] if "members" in saved else [saved]
 
-    def on_epoch(metrics: dict, state) -> None:
-        _maybe_fail(metrics["epoch"])
+    def on_epoch(metrics: list[dict], states: list[dict]) -> None:
+        _maybe_fail(metrics[0]["epoch"])
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(state(), os.path.join(folder, STATE_FILE))
-            tune.report(_tune_metrics(metrics, run), checkpoint=tune.Checkpoint.from_directory(folder))
+            torch.save({"members": states}, os.path.join(folder, STATE_FILE))
+            tune.report(_tune_metrics(pack_metrics(metrics, runs), runs), checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train(run, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume, test_every=test_every)
+    train_pack(runs, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume, test_every=test_every)
 
 
-def _tune_metrics(metrics: dict, run: RunConfig) -> dict:
+def _tune_metrics(metrics: dict, runs: list[RunConfig]) -> dict:
     """The epoch's metrics with the trial's identity, so every result row says what it measured."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    return {**metrics, "temperature": run.temperature, "alpha": run.alpha, "seed": run.seed, "node_id": node}
+    return {**metrics, "temperature": runs[0].temperature, "alpha": runs[0].alpha, "node_id": node}
 
 
 def _maybe_fail(epoch: int) -> None:

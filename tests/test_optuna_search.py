@@ -69,3 +69,51 @@ def test_samplers_are_seeded_and_of_the_right_kind(name, cls):
              for _ in range(2)] if name == "random" else None
     if draws:
         assert draws[0] == draws[1]
+
+
+@pytest.mark.slow
+def test_optuna_asha_and_three_seeds_one_point_per_pack_stopped_points_pruned(tmp_path):
+    """Through Tune itself: each Optuna point is one trial training all 3 seeds (no Repeater), ASHA stops
+    points, and the study records the stopped ones as PRUNED."""
+    import ray
+
+    from kdtune.ray_sweep import _tuner_parts
+    from kdtune.search_spaces import SearchSpace
+    from kdtune.sweep import SweepSettings
+
+    settings = SweepSettings(
+        name="x", search="optuna", preset="quick", teacher="tinycnn", student="tinycnn", recipe="cosine",
+        teacher_recipe="cosine", teacher_epochs=1, epochs=FULL, data_dir="unused", val_size=10, train_subset=None,
+        space=SearchSpace("x", "optuna", {"alpha": 0.5}, {}, {"temperature": ("loguniform", 1.0, 20.0)}),
+        seeds=3, num_samples=8, sampler="random", search_seed=0, asha=True, grace_period=1, reduction_factor=2,
+        max_failures=0,
+    )
+    param_space, search, scheduler, num_samples = _tuner_parts(settings, "sweep")
+
+    def pack(config):  # reports as kdtune.trainable does: the mean over the seeds, and each seed's own
+        for epoch in range(1, FULL + 1):
+            own = {f"s{s}/val_acc": 0.1 * epoch - 0.01 * config["temperature"] + 0.001 * s for s in config["seeds"]}
+            tune.report({"epoch": epoch, "val_acc": sum(own.values()) / len(own), "diverged": False, **own})
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        results = tune.Tuner(
+            pack, param_space=param_space,
+            tune_config=tune.TuneConfig(metric="val_acc", mode="max", search_alg=search, scheduler=scheduler,
+                                        num_samples=num_samples, max_concurrent_trials=2),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="optuna", verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    assert len(results) == 8 and all(r.config["seeds"] == [0, 1, 2] for r in results)
+    iterations = {r.config["temperature"]: r.metrics["training_iteration"] for r in results}
+    study = search._ot_study.get_trials(deepcopy=False)
+    assert len(study) == 8  # one Optuna point per pack, not one per seed
+    by_t = {t.params["temperature"]: t.state for t in study}
+    assert set(by_t) == set(iterations)
+    for temperature, state in by_t.items():
+        stopped = iterations[temperature] < FULL
+        assert state == (optuna.trial.TrialState.PRUNED if stopped else optuna.trial.TrialState.COMPLETE)
+    assert optuna.trial.TrialState.PRUNED in by_t.values() and optuna.trial.TrialState.COMPLETE in by_t.values()

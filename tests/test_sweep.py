@@ -61,13 +61,13 @@ def trials(workdir: Path, name: str) -> pd.DataFrame:
 
 
 def trained_configs(workdir: Path, name: str, phase: str) -> list[dict]:
-    """The RunConfig each trial of a phase actually trained with, from its last checkpoint."""
+    """The RunConfig each student of a phase actually trained with, from its pack's last checkpoint."""
     import torch
 
     configs = []
     for trial in sorted((workdir / "results" / name / phase).glob("kd_trainable_*")):
         state = sorted(trial.glob("checkpoint_*/state.pt"))[-1]
-        configs.append(torch.load(state, weights_only=True)["config"])
+        configs += [member["config"] for member in torch.load(state, weights_only=True)["members"]]
     return configs
 
 
@@ -77,6 +77,12 @@ def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_
     assert done.returncode == 0, done.stderr[-3000:]
     table = trials(workdir, "grid")
     assert len(table) == 10  # 2 baseline seeds + 2 temperatures x 2 seeds (alpha 0 left out) + 2 x 2 confirmation
+    # Each configuration's seeds trained together, as one Tune trial (a pack): 1 + 2 + 2 trials.
+    tune_trials = [p for phase in ("baseline", "sweep", "confirm")
+                   for p in (workdir / "results" / "grid" / phase).glob("kd_trainable_*")]
+    assert len(tune_trials) == 5
+    assert table.groupby(["phase", "temperature", "alpha"])["trial_id"].apply(
+        lambda ids: len({i.rsplit("_s", 1)[0] for i in ids})).eq(1).all()
     assert (table["outcome"] == "finished").all() and (table["epochs_run"] == 2).all()
     sweep = table[table["phase"] == "sweep"]
     assert sorted(zip(sweep["temperature"], sweep["seed"])) == [(2, 0), (2, 1), (8, 0), (8, 1)]

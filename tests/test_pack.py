@@ -1,0 +1,89 @@
+"""Packed training on the CPU: a pack's members reproduce their unpacked runs exactly, a resumed pack
+equals an uninterrupted one, and a pack's report is the mean over its members plus each member's own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import synthetic_splits
+from kdtune.config import RunConfig
+from kdtune.pack import pack_metrics, train_pack
+from kdtune.train import LiveTeacher, train
+
+CPU = torch.device("cpu")
+TIMING = ("epoch_s", "images_per_s")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return synthetic_splits(n_train=192, n_val=48, n_test=48)
+
+
+@pytest.fixture(scope="module")
+def teacher(splits):
+    from kdtune.models import create_model
+
+    torch.manual_seed(99)
+    return LiveTeacher(create_model("tinycnn"), splits, CPU, "fp32")
+
+
+def members(seeds=(0, 1, 2), **overrides) -> list[RunConfig]:
+    # cnn3 has dropout: each member's own random state matters, not only its initialisation.
+    values = {"model": "cnn3", "epochs": 2, "batch_size": 64, "recipe": "strong", "alpha": 0.5, "temperature": 4.0}
+    return [RunConfig(**{**values, **overrides, "seed": s}) for s in seeds]
+
+
+def assert_same_model(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_a_packed_loop_reproduces_unpacked_runs_exactly(splits, teacher):
+    configs = members()
+    alone = [train(c, splits, CPU, teacher=teacher) for c in configs]
+    packed = train_pack(configs, splits, CPU, teacher=teacher)
+    assert len(packed) == 3
+    for a, p in zip(alone, packed):
+        assert without_timing(p.history) == without_timing(a.history)
+        assert_same_model(p.model, a.model)
+    assert alone[0].history[-1]["val_acc"] != alone[1].history[-1]["val_acc"] or \
+        alone[0].history[-1]["train_loss"] != alone[1].history[-1]["train_loss"]  # the seeds really differ
+
+
+def test_a_resumed_pack_equals_an_uninterrupted_one(splits, teacher):
+    configs = members(epochs=3)
+    saved = []
+    full = train_pack(configs, splits, CPU, teacher=teacher, on_epoch=lambda m, states: saved.append(states))
+    assert len(saved) == 3 and all(len(states) == 3 for states in saved)
+    after_one = saved[0]
+    resumed = train_pack(configs, splits, CPU, teacher=teacher, resume=after_one)
+    for f, r in zip(full, resumed):
+        assert without_timing(r.history) == without_timing(f.history)
+        assert_same_model(r.model, f.model)
+
+
+def test_members_advance_in_lockstep_and_report_their_mean(splits, teacher):
+    configs = members(seeds=(3, 5))
+    reports = []
+    train_pack(configs, splits, CPU, teacher=teacher,
+               on_epoch=lambda metrics, states: reports.append(pack_metrics(metrics, configs)))
+    assert [r["epoch"] for r in reports] == [1, 2]
+    for report in reports:
+        mean = (report["s3/val_acc"] + report["s5/val_acc"]) / 2
+        assert report["val_acc"] == pytest.approx(mean, rel=1e-12)
+        assert report["diverged"] is False and report["s5/epoch"] == report["epoch"]
+    assert "test_acc" in reports[-1] and "test_acc" not in reports[0]  # the test set after the last epoch only
+
+
+def test_a_diverging_member_stops_the_pack(splits, teacher):
+    configs = members(seeds=(0, 1), lr=1e30, epochs=3)  # an absurd learning rate: non-finite loss
+    reports = []
+    train_pack(configs, splits, CPU, teacher=teacher,
+               on_epoch=lambda metrics, states: reports.append(pack_metrics(metrics, configs)))
+    assert reports[-1]["diverged"] is True and len(reports) < 3
