@@ -63,7 +63,7 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None) 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+            resume = load_trial_state(os.path.join(folder, STATE_FILE))
 
     def on_epoch(metrics: dict, state) -> None:
         _maybe_fail(metrics["epoch"])
@@ -72,6 +72,14 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None) 
             tune.report(_tune_metrics(metrics, run), checkpoint=tune.Checkpoint.from_directory(folder))
 
     train(run, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume)
+
+
+def load_trial_state(path: str) -> dict:
+    """A trial checkpoint, its tensors on the CPU whatever device saved them: a GPU trial may resume on a CPU node.
+
+    `train` moves the model and optimizer state to the trial's device; RNG states must be CPU tensors.
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _tune_metrics(metrics: dict, run: RunConfig) -> dict:
