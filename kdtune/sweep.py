@@ -98,6 +98,7 @@ class Resources:
     address: str | None = None
     storage_path: str | None = None  # default: the experiment folder itself
     teacher_store: str | None = None
+    autoscale: bool = False  # the cluster starts nodes on demand (also detected for Ray's autoscaler)
 
     def __post_init__(self):
         if not self.cpus_per_trial > 0:
@@ -205,9 +206,11 @@ def tune_storage(root: Path, resources: Resources) -> str:
 
 
 def check_storage_writable(storage: str) -> None:
+    """Refuse a local storage folder that cannot be written, leaving behind no folder this check made."""
     if "://" in storage:
         return  # remote storage: Ray reports its own errors on first write
     path = Path(storage)
+    made = [folder for folder in (path, *path.parents) if not folder.exists()]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".kdtune-write-test"
@@ -215,6 +218,12 @@ def check_storage_writable(storage: str) -> None:
         probe.unlink()
     except OSError as error:
         raise UserError(f"storage path {storage} cannot be written: {error.strerror or error}") from None
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def estimate_throughput(model_name: str, batch_size: int, device, steps: int = 3) -> float:
