@@ -17,7 +17,7 @@ from kdtune.atomic import save_torch
 from kdtune.data import Splits, load_dataset, make_splits
 from kdtune.errors import UserError
 from kdtune.interrupt import StopRequest
-from kdtune.resume import save_record, start_record
+from kdtune.resume import check_tune_state, save_record, start_record
 from kdtune.sweep import (METRIC, PHASES, Resources, SweepSettings, check_storage_writable, sweep_points,
                           tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
@@ -210,8 +210,8 @@ def _tuner_parts(settings: SweepSettings, phase: str):
 
 
 def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage: str, splits_ref, cache_ref,
-              resume: bool, started: bool = False):
-    """The phase's Tuner, restored from its state when resuming; `started`: the record says that state exists."""
+              resume: bool):
+    """The phase's Tuner, restored from its state when resuming."""
     from ray import tune
 
     trainable = tune.with_resources(
@@ -221,9 +221,6 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
     path = storage.rstrip("/") + "/" + phase
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    elif started:
-        raise UserError(f"Tune's state of the {phase} phase is not in {path}, where experiment.json says it is; "
-                        f"pass --storage-path with where it is now (nothing was started over)")
     else:
         if tune.Tuner.can_restore(path):
             raise UserError(f"experiment {path} already exists; add --resume to finish it, or choose another --name")
@@ -256,6 +253,8 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
 
     storage = tune_storage(root, resources)
     check_storage_writable(storage)
+    if previous is not None:
+        check_tune_state(storage, previous.get("phases_started", []))
     connect(resources.address)
     check_cluster(resources, storage)
     splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
@@ -280,7 +279,7 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
                 if stop.requested:
                     break
                 tuner = run_phase(phase, settings, resources, storage, shared_splits, shared_cache,
-                                  resume=previous is not None, started=phase in record["phases_started"])
+                                  resume=previous is not None)
                 if phase not in record["phases_started"]:
                     record["phases_started"].append(phase)
                     save_record(root, record)

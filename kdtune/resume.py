@@ -86,6 +86,17 @@ def start_record(previous: dict | None, settings: SweepSettings, resources: Reso
     return record
 
 
+def check_tune_state(storage: str, phases_started: list[str]) -> None:
+    """Fail, before any work, when Tune's state of a phase the record says started is not in `storage`."""
+    from ray import tune
+
+    for phase in phases_started:
+        path = storage.rstrip("/") + "/" + phase
+        if not tune.Tuner.can_restore(path):
+            raise UserError(f"Tune's state of the {phase} phase is not in {path}, where {RECORD} says it is; "
+                            f"pass --storage-path with where it is now (nothing was started over)")
+
+
 def save_record(root: Path, record: dict) -> None:
     save_json(Path(root) / RECORD, record)
 
