@@ -53,3 +53,8 @@ class StopRequest:
                 self.requested = True
             signal.signal(signal.SIGINT, self._on_sigint)
             self._in_tune = False
+
+
+def exit_at_once_on_ctrl_c() -> None:
+    """From now on Ctrl-C ends the process at once: the user asked to stop, so clean-up (Ray's shutdown) may be skipped."""
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))

@@ -4,16 +4,15 @@
     (alpha = 0, every seed) -> sweep experiment (grid or Optuna) -> summaries
 
 Everything of an experiment lives under `results/<name>/`: `experiment.json`
-(the settings and the teacher), Tune's experiment folders `baseline/` and
-`sweep/` (under `--storage-path` when given), and the summaries written at the
-end.  `resume=True` restores both Tune experiments from their state
+(what a resume needs: see `kdtune.resume`), Tune's experiment folders
+`baseline/` and `sweep/` (under `--storage-path` when given), and the summaries
+written at the end.  A resume restores the Tune experiments from their state
 (`Tuner.restore`, errored trials resumed), so finished trials never run again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -187,13 +186,6 @@ def describe_plan(settings: SweepSettings, student_img_s: float | None, teacher_
 
 def experiment_root(name: str, results_dir: str | os.PathLike = "results") -> Path:
     return Path(results_dir) / name
-
-
-def load_settings(root: Path) -> SweepSettings:
-    record = root / "experiment.json"
-    if not record.is_file():
-        raise UserError(f"{root} is not a kdtune experiment (no experiment.json); nothing to resume")
-    return SweepSettings.from_dict(json.loads(record.read_text())["settings"])
 
 
 def tune_storage(root: Path, resources: Resources) -> str:

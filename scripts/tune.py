@@ -14,6 +14,7 @@ from kdtune.cli import ArgumentParser, given_options, positive_float, positive_i
 from kdtune.config import PRECISIONS
 from kdtune.data import resolve_data_dir
 from kdtune.errors import UsageError
+from kdtune.interrupt import exit_at_once_on_ctrl_c
 from kdtune.optuna_search import SAMPLERS
 from kdtune.presets import PRESETS
 from kdtune.resume import (PLACEMENT_OPTIONS, absolute, check_resume_options, load_record, recorded_resources,
@@ -112,8 +113,11 @@ def main(argv=None) -> int:
     try:
         record = run_sweep(settings, resources, root, previous)
     except KeyboardInterrupt:
+        exit_at_once_on_ctrl_c()
         print(f"interrupted at once; finish it with: {again}", file=sys.stderr)
         return 130
+    if record["status"] == "interrupted":
+        exit_at_once_on_ctrl_c()
     table = write_trial_summary(root, record)
     counts = table["outcome"].value_counts().to_dict()
     print(f"experiment {root} {record['status']}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))

@@ -78,7 +78,11 @@ def test_resume_takes_placement_options_and_the_recorded_ones_otherwise(recorded
     import kdtune.ray_sweep
 
     monkeypatch.setattr(kdtune.ray_sweep, "run_sweep", fake_run_sweep)
-    assert tune_script.main(resume(recorded, "--cpus-per-trial", "2", "--address", "auto")) == 130
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert tune_script.main(resume(recorded, "--cpus-per-trial", "2", "--address", "auto")) == 130
+    finally:
+        signal.signal(signal.SIGINT, before)  # main() made Ctrl-C exit at once, as after a real interrupt
     record = json.loads((recorded / "experiment.json").read_text())
     assert seen["settings"].to_dict() == record["settings"] and seen["previous"] == record
     assert (seen["resources"].cpus_per_trial, seen["resources"].address) == (2.0, "auto")  # given now
