@@ -17,7 +17,7 @@ from kdtune.atomic import save_torch
 from kdtune.data import Splits, load_dataset, make_splits
 from kdtune.errors import UserError
 from kdtune.interrupt import StopRequest
-from kdtune.resume import check_tune_state, save_record, start_record
+from kdtune.resume import check_tune_state, kept_by_tune, save_record, start_record
 from kdtune.sweep import (METRIC, PHASES, Resources, SweepSettings, check_storage_writable, sweep_points,
                           tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
@@ -80,7 +80,7 @@ def check_cluster(resources: Resources, storage: str) -> None:
         raise UserError(f"{flag} is more than any node has (largest: {largest:g} {kind}s)")
     if (len(nodes) > 1 or scales) and "://" not in storage:
         raise UserError(
-            f"storage path {storage} is local to this machine, but the cluster has {len(nodes)} nodes"
+            f"storage path {storage} is local to this machine, but the cluster has {len(nodes)} node(s)"
             + (" and starts more on demand" if scales else "") + "; trials on other nodes could not save there: "
             "pass --storage-path with a URI every node reaches (s3://..., gs://..., or "
             "file:///path on a filesystem all nodes mount)"
@@ -280,6 +280,10 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
                     break
                 tuner = run_phase(phase, settings, resources, storage, shared_splits, shared_cache,
                                   resume=previous is not None)
+                kept = kept_by_tune(previous, resources) if phase in (previous or {}).get("phases_started", []) else []
+                if kept:
+                    print(f"note: the {phase} phase resumes with the trial resources it started with; "
+                          f"{', '.join(kept)} apply to phases not started yet")
                 if phase not in record["phases_started"]:
                     record["phases_started"].append(phase)
                     save_record(root, record)

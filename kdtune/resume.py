@@ -97,6 +97,14 @@ def check_tune_state(storage: str, phases_started: list[str]) -> None:
                             f"pass --storage-path with where it is now (nothing was started over)")
 
 
+def kept_by_tune(previous: dict, resources: Resources) -> list[str]:
+    """The options changed on this resume that a phase Tune restores ignores: it keeps its trials' resources
+    and its concurrency limit from its own state."""
+    before = previous.get("resources", {})
+    return [_flag(dest) for dest in ("cpus_per_trial", "gpus_per_trial", "max_concurrent")
+            if dest in before and before[dest] != getattr(resources, dest)]
+
+
 def save_record(root: Path, record: dict) -> None:
     save_json(Path(root) / RECORD, record)
 

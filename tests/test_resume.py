@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from kdtune.cli import ArgumentParser, given_options, run_cli
-from kdtune.resume import absolute, resume_command, save_record, start_record
+from kdtune.resume import absolute, kept_by_tune, resume_command, save_record, start_record
 from kdtune.sweep import Resources, build_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +88,13 @@ def test_resume_takes_placement_options_and_the_recorded_ones_otherwise(recorded
     assert (seen["resources"].cpus_per_trial, seen["resources"].address) == (2.0, "auto")  # given now
     assert seen["resources"].max_concurrent == 1  # as recorded
     assert seen["resources"].teacher_store == record["resources"]["teacher_store"]
+
+
+def test_resources_a_restored_phase_keeps_are_named():
+    previous = {"resources": {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_concurrent": None, "address": None}}
+    assert kept_by_tune(previous, Resources(address="auto")) == []
+    assert kept_by_tune(previous, Resources(gpus_per_trial=0.5, max_concurrent=2)) == ["--gpus-per-trial",
+                                                                                     "--max-concurrent"]
 
 
 def test_resume_command_names_the_results_folder_only_when_it_is_not_the_default():
