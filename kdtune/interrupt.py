@@ -41,8 +41,15 @@ class StopRequest:
         print("\nCtrl-C: stopping at the next safe point, nothing new starts (Ctrl-C again to exit at once)",
               file=sys.stderr, flush=True)
 
-    def run_tune(self, fit: Callable[[], T]) -> T:
-        """Run a Tuner's `fit`; afterwards `requested` is also true when Tune stopped because of Ctrl-C."""
+    def run_tune(self, fit: Callable[[], T]) -> T | None:
+        """Run a Tuner's `fit` unless a stop was requested already (then None); afterwards `requested` is
+        also true when Tune stopped because of Ctrl-C.
+
+        A Ctrl-C in the moment before Tune installs its handler reaches ours as if it were the second and
+        exits at once: still resumable, since a phase that never ran starts afresh on resume.
+        """
+        if self.requested:
+            return None
         tune_catches = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
         self._in_tune = True
         try:

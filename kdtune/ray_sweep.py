@@ -17,7 +17,7 @@ from kdtune.atomic import save_torch
 from kdtune.data import Splits, load_dataset, make_splits
 from kdtune.errors import UserError
 from kdtune.interrupt import StopRequest
-from kdtune.resume import check_tune_state, kept_by_tune, save_record, start_record
+from kdtune.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
 from kdtune.sweep import (METRIC, PHASES, Resources, SweepSettings, check_storage_writable, sweep_points,
                           tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
@@ -219,10 +219,10 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
         resources.trial_resources,
     )
     path = storage.rstrip("/") + "/" + phase
-    if resume and tune.Tuner.can_restore(path):
+    if resume and tune.Tuner.can_restore(path) and tune_has_run(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        if tune.Tuner.can_restore(path):
+        if not resume and tune.Tuner.can_restore(path):
             raise UserError(f"experiment {path} already exists; add --resume to finish it, or choose another --name")
         param_space, searcher, scheduler, num_samples = _tuner_parts(settings, phase)
         tuner = tune.Tuner(

@@ -97,6 +97,19 @@ def check_tune_state(storage: str, phases_started: list[str]) -> None:
                             f"pass --storage-path with where it is now (nothing was started over)")
 
 
+def tune_has_run(path: str) -> bool:
+    """Whether Tune saved the run state of its experiment at `path`.
+
+    A Tuner writes tuner.pkl when it is built, but its trials' state (experiment_state-*.json) only once
+    it runs; restoring one that never ran loses trials, so such a phase is started afresh instead.
+    """
+    import pyarrow.fs
+
+    fs, fs_path = pyarrow.fs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+    entries = fs.get_file_info(pyarrow.fs.FileSelector(fs_path, allow_not_found=True))
+    return any(Path(entry.path).name.startswith("experiment_state") for entry in entries)
+
+
 def kept_by_tune(previous: dict, resources: Resources) -> list[str]:
     """The options changed on this resume that a phase Tune restores ignores: it keeps its trials' resources
     and its concurrency limit from its own state."""

@@ -79,3 +79,9 @@ def test_a_second_ctrl_c_inside_fit_exits_at_once():
     with StopRequest() as stop:
         with pytest.raises(KeyboardInterrupt):
             stop.run_tune(fit_interrupted_twice)
+
+
+def test_a_stop_requested_before_fit_skips_it():
+    with StopRequest() as stop:
+        ctrl_c()
+        assert stop.run_tune(lambda: pytest.fail("a phase started after Ctrl-C")) is None

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from kdtune.cli import ArgumentParser, given_options, run_cli
-from kdtune.resume import absolute, kept_by_tune, resume_command, save_record, start_record
+from kdtune.resume import absolute, kept_by_tune, resume_command, save_record, start_record, tune_has_run
 from kdtune.sweep import Resources, build_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +97,16 @@ def test_resources_a_restored_phase_keeps_are_named():
                                                                                      "--max-concurrent"]
 
 
+def test_a_tune_folder_with_only_its_tuner_has_not_run(tmp_path):
+    folder = tmp_path / "sweep"
+    assert not tune_has_run(str(folder))
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(b"")
+    assert not tune_has_run(str(folder))
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    assert tune_has_run(str(folder)) and tune_has_run(f"file://{folder}")
+
+
 def test_resume_command_names_the_results_folder_only_when_it_is_not_the_default():
     assert resume_command("x", "results") == "python scripts/tune.py --resume --name x"
     assert resume_command("a b", "/r") == "python scripts/tune.py --resume --name 'a b' --results-dir /r"
@@ -123,7 +133,7 @@ def test_ctrl_c_in_the_baseline_stops_everything_and_the_name_alone_resumes(tmp_
     env = {**os.environ, "KDTUNE_SEARCH_SPACES": str(tmp_path / "spaces"), "PYTHONPATH": str(ROOT)}
     results, name = tmp_path / "results", "stopped"
     root = results / name
-    argv = ["--grid", "tiny", "--seeds", "1", "--epochs", "2", "--max-concurrent", "2", "--preset", "quick",
+    argv = ["--grid", "tiny", "--seeds", "1", "--epochs", "3", "--max-concurrent", "2", "--preset", "quick",
             "--teacher", "tinycnn", "--student", "tinycnn", "--teacher-epochs", "1", "--train-subset", "300",
             "--val-size", "100", "--data-dir", str(mini_data_dir), "--name", name, "--results-dir", str(results),
             "--teacher-store", str(tmp_path / "teachers")]
@@ -139,9 +149,9 @@ def test_ctrl_c_in_the_baseline_stops_everything_and_the_name_alone_resumes(tmp_
     assert started, "the baseline never started"
     assert proc.returncode == 130, err[-3000:]
     assert f"finish it with: python scripts/tune.py --resume --name {name} --results-dir {results}" in err
-    assert not (root / "sweep").exists()  # no new phase started after the Ctrl-C
+    assert not list(root.glob("sweep/*/result.json"))  # no trial of a new phase started after the Ctrl-C
     record = json.loads((root / "experiment.json").read_text())
-    assert record["status"] == "interrupted" and record["phases_started"] == ["baseline"]
+    assert record["status"] == "interrupted" and record["phases_started"][0] == "baseline"
     assert "interrupted" in out and (root / "summary.csv").is_file()
 
     # Tune's state missing where the record says: a clear error, and nothing started over.
@@ -157,7 +167,7 @@ def test_ctrl_c_in_the_baseline_stops_everything_and_the_name_alone_resumes(tmp_
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(root / "summary.csv")
-    assert len(table) == 2 and (table["outcome"] == "finished").all() and (table["epochs_run"] == 2).all()
+    assert len(table) == 2 and (table["outcome"] == "finished").all() and (table["epochs_run"] == 3).all()
     assert not table.duplicated(["phase", "temperature", "alpha", "seed"]).any()
     assert json.loads((root / "experiment.json").read_text())["status"] == "finished"
     assert len(list((tmp_path / "teachers").glob("tinycnn-*/model.pt"))) == 1  # the teacher was not trained again
