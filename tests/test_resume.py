@@ -149,7 +149,7 @@ def test_ctrl_c_in_the_baseline_stops_everything_and_the_name_alone_resumes(tmp_
     assert started, "the baseline never started"
     assert proc.returncode == 130, err[-3000:]
     assert f"finish it with: python scripts/tune.py --resume --name {name} --results-dir {results}" in err
-    assert not list(root.glob("sweep/*/result.json"))  # no trial of a new phase started after the Ctrl-C
+    assert not list(root.glob("sweep/*/result.json")), err[-3000:]  # no trial of a new phase started after Ctrl-C
     record = json.loads((root / "experiment.json").read_text())
     assert record["status"] == "interrupted" and record["phases_started"][0] == "baseline"
     assert "interrupted" in out and (root / "summary.csv").is_file()
