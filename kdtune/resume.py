@@ -73,7 +73,10 @@ def recorded_settings(record: dict) -> SweepSettings:
 
 def recorded_resources(record: dict, changes: dict) -> Resources:
     """The resources the experiment last ran with, changed by the placement options given to this --resume."""
-    return absolute(Resources(**{**record.get("resources", {}), **changes}))
+    saved = record.get("resources")
+    if saved is None:  # recorded before kdtune kept resources: only where Tune's state is, <storage-path>/<name>
+        saved = {"storage_path": record["storage"].rstrip("/").rsplit("/", 1)[0]} if "storage" in record else {}
+    return absolute(Resources(**{**saved, **changes}))
 
 
 def start_record(previous: dict | None, settings: SweepSettings, resources: Resources, storage: str,

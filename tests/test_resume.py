@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 
 from kdtune.cli import ArgumentParser, given_options, run_cli
-from kdtune.resume import absolute, kept_by_tune, resume_command, save_record, start_record, tune_has_run
-from kdtune.sweep import Resources, build_settings
+from kdtune.resume import (absolute, kept_by_tune, recorded_resources, resume_command, save_record, start_record,
+                           tune_has_run)
+from kdtune.sweep import Resources, build_settings, tune_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = ROOT / "scripts" / "tune.py"
@@ -88,6 +89,13 @@ def test_resume_takes_placement_options_and_the_recorded_ones_otherwise(recorded
     assert (seen["resources"].cpus_per_trial, seen["resources"].address) == (2.0, "auto")  # given now
     assert seen["resources"].max_concurrent == 1  # as recorded
     assert seen["resources"].teacher_store == record["resources"]["teacher_store"]
+
+
+def test_an_older_record_without_resources_still_finds_tunes_state(tmp_path):
+    old = {"settings": {}, "storage": "s3://bucket/kdtune/exp"}
+    assert tune_storage(tmp_path / "exp", recorded_resources(old, {})) == "s3://bucket/kdtune/exp"
+    old = {"settings": {}, "storage": str(tmp_path / "elsewhere" / "exp")}
+    assert tune_storage(tmp_path / "exp", recorded_resources(old, {})) == old["storage"]
 
 
 def test_resources_a_restored_phase_keeps_are_named():
