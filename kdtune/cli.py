@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from typing import Callable
 
@@ -14,6 +15,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> set[str]:
+    """The dests of the options the user typed (abbreviated or not), whatever their defaults.
+
+    `args` is `parser.parse_args(argv)`, which has reported any error.  A copy of the parser whose
+    defaults are all a sentinel parses `argv` again; what differs from the sentinel was typed.
+    """
+    unset = object()
+    probe = copy.deepcopy(parser)
+    probe.set_defaults(**{dest: unset for dest in vars(args)})
+    return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
 
 
 def positive_int(text: str) -> int:

@@ -6,16 +6,18 @@ and reports never need a Ray cluster.
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
 import torch
 
-from kdtune.atomic import save_json, save_torch
+from kdtune.atomic import save_torch
 from kdtune.data import Splits, load_dataset, make_splits
 from kdtune.errors import UserError
+from kdtune.interrupt import StopRequest
+from kdtune.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
 from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, grid_axes, planned_seeds,
                           sweep_points, tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
@@ -55,22 +57,52 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def check_cluster(resources: Resources, storage: str) -> None:
-    """Refuse, before any work, what no node can run or what trials on other nodes could not save."""
+    """Refuse, before any work, what no node can run or what trials on other nodes could not save.
+
+    On a cluster that starts nodes on demand (`--autoscale`, or Ray's autoscaler detected) a request
+    no live node satisfies yet is accepted with a note: the autoscaler starts a node for it.
+    """
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
-    gpus = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
-    if resources.cpus_per_trial > cpus:
-        raise UserError(f"cpus-per-trial {resources.cpus_per_trial:g} is more than any node has (largest: {cpus:g} CPUs)")
-    if resources.gpus_per_trial > gpus:
-        raise UserError(f"gpus-per-trial {resources.gpus_per_trial:g} is more than any node has (largest: {gpus:g} GPUs)")
-    if len(nodes) > 1 and "://" not in storage:
+    node_types = autoscaling_node_types()
+    scales = resources.autoscale or bool(node_types)
+    for kind, wanted in (("CPU", resources.cpus_per_trial), ("GPU", resources.gpus_per_trial)):
+        largest = max((n["Resources"].get(kind, 0) for n in nodes), default=0)
+        if wanted <= largest:
+            continue
+        flag = f"{kind.lower()}s-per-trial {wanted:g}"
+        if resources.autoscale or any(t.get(kind, 0) >= wanted for t in node_types):
+            how = "--autoscale" if resources.autoscale else "Ray's autoscaler"
+            print(f"note: {flag} is more than any live node has (largest: {largest:g} {kind}s); "
+                  f"trials wait until {how} starts a node that has it")
+            continue
+        raise UserError(f"{flag} is more than any node has (largest: {largest:g} {kind}s)")
+    if (len(nodes) > 1 or scales) and "://" not in storage:
         raise UserError(
-            f"storage path {storage} is local to this machine, but the cluster has {len(nodes)} nodes whose trials "
-            f"could not save there; pass --storage-path with a URI every node reaches (s3://..., gs://..., or "
-            f"file:///path on a filesystem all nodes mount)"
+            f"storage path {storage} is local to this machine, but the cluster has {len(nodes)} node(s)"
+            + (" and starts more on demand" if scales else "") + "; trials on other nodes could not save there: "
+            "pass --storage-path with a URI every node reaches (s3://..., gs://..., or "
+            "file:///path on a filesystem all nodes mount)"
         )
+
+
+def autoscaling_node_types() -> list[dict]:
+    """{resource: amount} of each node type the cluster may still start; [] for a fixed cluster.
+
+    Read from the cluster config that Ray's autoscaler publishes in the GCS (Ray Train and Ray Data
+    read it the same way).  A cluster without one, or whose autoscaler does not publish it, reads as
+    fixed: `--autoscale` says otherwise.
+    """
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # a Ray without this private API: treat as fixed rather than fail the sweep
+        return []
+    if config is None:
+        return []
+    return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
 
 
 # ----------------------------------------------------------------------------- teacher and cache
@@ -91,17 +123,23 @@ def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list
     return ({k: v.cpu() for k, v in model.state_dict().items()} if meta else None), meta, logits
 
 
-def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Splits, shared_ref):
-    """The teacher (from the store, or trained as a Ray task) and the complete logit cache for the students."""
+def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Splits, shared_ref, mode: str,
+                    recorded: str | None = None):
+    """The teacher (from the store, or trained as a Ray task) and the complete logit cache for the students.
+
+    `mode` is the cache's precision ("fp32" or "bf16"), whatever device computes missing entries.
+    `recorded` is the checkpoint of the teacher a resumed experiment already used: it must be in the store.
+    """
     import ray
 
     config = settings.teacher_config()
-    trial_device = torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu")
-    mode = cache_mode(settings.precision, trial_device)
     if settings.teacher_path is not None:
         teacher = load_teacher_file(settings.teacher_path, config, splits, settings.allow_foreign_teacher)
     else:
         teacher = find_teacher(config, splits, resources.teacher_store)
+    if teacher is None and recorded is not None:
+        raise UserError(f"the experiment's teacher ({recorded}) is not in the teacher store {resources.teacher_store}; "
+                        f"pass --teacher-store with the store that holds it (it is never retrained silently)")
     if teacher is not None:
         files = cache_entries(teacher, splits, settings.aug_seed, settings.epochs, mode)
         loaded = load_cached(files, splits)
@@ -115,7 +153,7 @@ def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Split
         missing = ["val", "test", *range(settings.epochs)]
         print(f"training teacher {config.model} ({config.recipe}, {config.epochs} epochs) as a Ray task")
     task = ray.remote(_prepare_remote).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)
-    new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, missing, settings.aug_seed, settings.precision))
+    new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, missing, settings.aug_seed, mode))
     if teacher is None:
         from kdtune.models import create_model
 
@@ -177,6 +215,7 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
 
 def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage: str, splits_ref, cache_ref,
               resume: bool, chosen: dict | None = None):
+    """The phase's Tuner, restored from its state when resuming."""
     from ray import tune
 
     trainable = tune.with_resources(
@@ -185,10 +224,10 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
         resources.trial_resources,
     )
     path = storage.rstrip("/") + "/" + phase
-    if resume and tune.Tuner.can_restore(path):
+    if resume and tune.Tuner.can_restore(path) and tune_has_run(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        if tune.Tuner.can_restore(path):
+        if not resume and tune.Tuner.can_restore(path):
             raise UserError(f"experiment {path} already exists; add --resume to finish it, or choose another --name")
         param_space, searcher, scheduler, num_samples = _tuner_parts(settings, phase, chosen)
         tuner = tune.Tuner(
@@ -205,7 +244,7 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
                 verbose=1,
             ),
         )
-    return tuner.fit()
+    return tuner
 
 
 def choose_for_confirmation(settings: SweepSettings, record: dict) -> dict | None:
@@ -220,46 +259,82 @@ def choose_for_confirmation(settings: SweepSettings, record: dict) -> dict | Non
             "search_val_acc": float(best["val_acc_mean"])}
 
 
-def run_sweep(settings: SweepSettings, resources: Resources, root: Path, resume: bool = False) -> dict:
-    """Run (or finish) the experiment; return what experiment.json records."""
+def confirm_choice(settings: SweepSettings, record: dict, root: Path) -> bool:
+    """Whether a confirmation phase runs; its choice is made once, recorded, and kept by a resume."""
+    if not settings.confirm:
+        return False
+    if record.get("confirm") is None:
+        record["confirm"] = choose_for_confirmation(settings, record)
+        save_record(root, record)
+    chosen = record["confirm"]
+    if chosen is None:
+        print("confirmation skipped: no search configuration finished all its seeds")
+        return False
+    print(f"confirming T = {chosen['temperature']:g}, alpha = {chosen['alpha']:g} against the baseline on fresh "
+          f"seeds {chosen['seeds']}")
+    return True
+
+
+def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previous: dict | None = None) -> dict:
+    """Run the experiment, or finish the one whose experiment.json is `previous`; return its final record.
+
+    The record is written before any training, so a run stopped once training started (Ctrl-C, a
+    crash, a kill) can always be resumed, and a run refused before leaves no folder behind.  Ctrl-C
+    stops it before its next phase: the record's status is then "interrupted".
+    """
     import ray
 
     storage = tune_storage(root, resources)
     check_storage_writable(storage)
+    if previous is not None:
+        check_tune_state(storage, previous.get("phases_started", []))
     connect(resources.address)
     check_cluster(resources, storage)
     splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
     shared_splits = ray.put(to_shared(splits))
-    teacher, cache = prepare_teacher(settings, resources, splits, shared_splits)
-    earlier = root / "experiment.json"
-    chosen = json.loads(earlier.read_text()).get("confirm") if resume and earlier.is_file() else None
-    record = {
-        "settings": settings.to_dict(),
-        "students": settings.students_record(),
-        "teacher": {"path": str(teacher.path.resolve()), **{k: v for k, v in teacher.meta.items() if k != "history"}},
-        "data": {"splits": splits.key, "train": len(splits.train_labels), "val": len(splits.val_labels),
-                 "test": len(splits.test_labels)},
-        "storage": storage,
-        "points": sweep_points(settings),
-        "confirm": chosen,
-    }
-    save_json(root / "experiment.json", record)
-    if "foreign_data" in teacher.meta:
-        print(f"warning: teacher {teacher.path} was not trained on this experiment's data splits "
-              f"(--allow-foreign-teacher): it may have seen validation or test images")
-    print(f"teacher {settings.teacher}: val {teacher.meta['val_acc']:.2%}  test {teacher.meta['test_acc']:.2%}")
-    shared_cache = ray.put(to_shared(cache))
-    for phase in ("baseline", "sweep"):
-        run_phase(phase, settings, resources, storage, shared_splits, shared_cache, resume)
-    if settings.confirm:
-        if record["confirm"] is None:  # chosen once; a resumed confirmation keeps its choice
-            record["confirm"] = choose_for_confirmation(settings, record)
-            save_json(root / "experiment.json", record)
-        if record["confirm"] is None:
-            print("confirmation skipped: no search configuration finished all its seeds")
-        else:
-            c = record["confirm"]
-            print(f"confirming T = {c['temperature']:g}, alpha = {c['alpha']:g} against the baseline on fresh seeds "
-                  f"{c['seeds']}")
-            run_phase("confirm", settings, resources, storage, shared_splits, shared_cache, resume, c)
+    mode = previous["cache_mode"] if previous and "cache_mode" in previous else cache_mode(
+        settings.precision, torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu"))
+    record = start_record(previous, settings, resources, storage, mode)
+    record.update(data={"splits": splits.key, "train": len(splits.train_labels), "val": len(splits.val_labels),
+                        "test": len(splits.test_labels)}, points=sweep_points(settings),
+                  students=settings.students_record())
+    new_folder = not root.exists()
+    with StopRequest() as stop:
+        save_record(root, record)
+        try:
+            teacher, cache = prepare_teacher(settings, resources, splits, shared_splits, mode,
+                                             recorded=(record.get("teacher") or {}).get("path"))
+            record["teacher"] = {"path": str(teacher.path.resolve()),
+                                 **{k: v for k, v in teacher.meta.items() if k != "history"}}
+            save_record(root, record)
+            if "foreign_data" in teacher.meta:
+                print(f"warning: teacher {teacher.path} was not trained on this experiment's data splits "
+                      f"(--allow-foreign-teacher): it may have seen validation or test images")
+            print(f"teacher {settings.teacher}: val {teacher.meta['val_acc']:.2%}  test {teacher.meta['test_acc']:.2%}")
+            shared_cache = ray.put(to_shared(cache))
+            for phase in ("baseline", "sweep", "confirm"):
+                if stop.requested:
+                    break
+                if phase == "confirm" and not confirm_choice(settings, record, root):
+                    break
+                tuner = run_phase(phase, settings, resources, storage, shared_splits, shared_cache,
+                                  resume=previous is not None, chosen=record.get("confirm"))
+                kept = kept_by_tune(previous, resources) if phase in (previous or {}).get("phases_started", []) else []
+                if kept:
+                    print(f"note: the {phase} phase resumes with the trial resources it started with; "
+                          f"{', '.join(kept)} apply to phases not started yet")
+                if phase not in record["phases_started"]:
+                    record["phases_started"].append(phase)
+                    save_record(root, record)
+                stop.run_tune(tuner.fit)
+        except UserError:
+            if new_folder and not record["phases_started"]:
+                shutil.rmtree(root, ignore_errors=True)  # refused before any trial: leave nothing behind
+            raise
+        except KeyboardInterrupt:
+            record["status"] = "interrupted"
+            save_record(root, record)
+            raise
+    record["status"] = "interrupted" if stop.requested else "finished"
+    save_record(root, record)
     return record

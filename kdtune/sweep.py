@@ -8,16 +8,15 @@ Baseline and distilled students share every training setting but alpha and T
 (`SweepSettings.student_config`): the comparison measures distillation alone.
 
 Everything of an experiment lives under `results/<name>/`: `experiment.json`
-(the settings and the teacher), Tune's experiment folders `baseline/` and
-`sweep/` (under `--storage-path` when given), and the summaries written at the
-end.  `resume=True` restores both Tune experiments from their state
+(what a resume needs: see `kdtune.resume`), Tune's experiment folders
+`baseline/` and `sweep/` (under `--storage-path` when given), and the summaries
+written at the end.  A resume restores the Tune experiments from their state
 (`Tuner.restore`, errored trials resumed), so finished trials never run again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -137,6 +136,7 @@ class Resources:
     address: str | None = None
     storage_path: str | None = None  # default: the experiment folder itself
     teacher_store: str | None = None
+    autoscale: bool = False  # the cluster starts nodes on demand (also detected for Ray's autoscaler)
 
     def __post_init__(self):
         if not self.cpus_per_trial > 0:
@@ -259,13 +259,6 @@ def experiment_root(name: str, results_dir: str | os.PathLike = "results") -> Pa
     return Path(results_dir) / name
 
 
-def load_settings(root: Path) -> SweepSettings:
-    record = root / "experiment.json"
-    if not record.is_file():
-        raise UserError(f"{root} is not a kdtune experiment (no experiment.json); nothing to resume")
-    return SweepSettings.from_dict(json.loads(record.read_text())["settings"])
-
-
 def tune_storage(root: Path, resources: Resources) -> str:
     """Where Tune keeps the experiment: the experiment folder, or <storage-path>/<name> (a URI is fine)."""
     if resources.storage_path is None:
@@ -276,9 +269,11 @@ def tune_storage(root: Path, resources: Resources) -> str:
 
 
 def check_storage_writable(storage: str) -> None:
+    """Refuse a local storage folder that cannot be written, leaving behind no folder this check made."""
     if "://" in storage:
         return  # remote storage: Ray reports its own errors on first write
     path = Path(storage)
+    made = [folder for folder in (path, *path.parents) if not folder.exists()]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".kdtune-write-test"
@@ -286,6 +281,12 @@ def check_storage_writable(storage: str) -> None:
         probe.unlink()
     except OSError as error:
         raise UserError(f"storage path {storage} cannot be written: {error.strerror or error}") from None
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def estimate_throughput(model_name: str, batch_size: int, device, steps: int = 3) -> float:

@@ -218,11 +218,14 @@ def training_epochs(
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         torch.set_rng_state(resume["rng"])
+        if "cuda_rng" in resume and device.type == "cuda":
+            # Dropout on CUDA draws from the device's generator; a checkpoint from another device type has none to restore.
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
         history = list(resume["history"])
 
     def checkpoint_state() -> dict:
         # Copies, not views: on CPU `.cpu()` and `state_dict()` alias the live tensors that later steps update.
-        return {
+        state = {
             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "optimizer": copy.deepcopy(optimizer.state_dict()),
             "scheduler": scheduler.state_dict(),
@@ -230,6 +233,9 @@ def training_epochs(
             "history": list(history),
             "config": config.to_dict(),
         }
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)  # this device's only: nodes differ in GPU count
+        return state
 
     bar = progress_bar(progress, steps_per_epoch * config.epochs, desc, initial=steps_per_epoch * len(history))
     for epoch in range(len(history), config.epochs):

@@ -72,8 +72,8 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            saved = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-        resume = saved["members"] if "members" in saved else [saved]
+            saved = load_trial_state(os.path.join(folder, STATE_FILE))
+        resume = saved["members"] if "members" in saved else [saved]  # an unpacked trial of an older kdtune
 
     def on_epoch(metrics: list[dict], states: list[dict]) -> None:
         _maybe_fail(metrics[0]["epoch"])
@@ -82,6 +82,14 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, 
             tune.report(_tune_metrics(pack_metrics(metrics, runs), runs), checkpoint=tune.Checkpoint.from_directory(folder))
 
     train_pack(runs, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume, test_every=test_every)
+
+
+def load_trial_state(path: str) -> dict:
+    """A trial checkpoint, its tensors on the CPU whatever device saved them: a GPU trial may resume on a CPU node.
+
+    `train` moves the model and optimizer state to the trial's device; RNG states must be CPU tensors.
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _tune_metrics(metrics: dict, runs: list[RunConfig]) -> dict:

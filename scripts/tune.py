@@ -8,13 +8,19 @@
 
 from __future__ import annotations
 
-from kdtune.cli import ArgumentParser, non_negative_int, positive_float, positive_int, run_cli, smoothing
+import sys
+
+from kdtune.cli import (ArgumentParser, given_options, non_negative_int, positive_float, positive_int, run_cli,
+                        smoothing)
 from kdtune.config import PRECISIONS
 from kdtune.data import resolve_data_dir
 from kdtune.errors import UsageError
+from kdtune.interrupt import exit_at_once_on_ctrl_c
 from kdtune.optuna_search import SAMPLERS
 from kdtune.presets import PRESETS, default_preset
-from kdtune.sweep import (Resources, build_settings, default_name, dry_run, experiment_root, load_settings)
+from kdtune.resume import (PLACEMENT_OPTIONS, absolute, check_resume_options, load_record, recorded_resources,
+                           recorded_settings, resume_command)
+from kdtune.sweep import Resources, build_settings, default_name, dry_run, experiment_root
 
 
 def parse_args(argv):
@@ -73,7 +79,10 @@ def parse_args(argv):
     r.add_argument("--max-concurrent", type=positive_int)
     r.add_argument("--address", help="a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS, else local)")
     r.add_argument("--storage-path", help="where Tune keeps trials: a folder or a URI such as s3://bucket/path")
+    r.add_argument("--autoscale", action="store_true",
+                   help="the cluster starts nodes on demand: accept resources no live node has yet")
     args = p.parse_args(argv)
+    args.given = given_options(p, args, argv)
     if not args.resume and not (args.grid or args.optuna):
         p.error("one of --grid SPACE or --optuna SPACE is required (or --resume --name NAME)")
     if args.resume and not args.name:
@@ -83,15 +92,20 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    resources = Resources(
-        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-        address=args.address, storage_path=args.storage_path, teacher_store=args.teacher_store,
-    )
+    previous = None
     if args.resume:
         root = experiment_root(args.name, args.results_dir)
-        settings = load_settings(root)
+        previous = load_record(root)
+        check_resume_options(args.given)
+        settings = recorded_settings(previous)
+        resources = recorded_resources(previous, {k: getattr(args, k) for k in args.given & set(PLACEMENT_OPTIONS)})
         print(f"resuming {root} with its saved settings")
     else:
+        resources = absolute(Resources(
+            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+            address=args.address, storage_path=args.storage_path, teacher_store=args.teacher_store,
+            autoscale=args.autoscale,
+        ))
         search, space = ("grid", args.grid) if args.grid else ("optuna", args.optuna)
         name = args.name or default_name(search, space)
         root = experiment_root(name, args.results_dir)
@@ -104,7 +118,7 @@ def main(argv=None) -> int:
         settings = build_settings(
             name, search, space, preset,
             teacher=args.teacher, student=args.student, recipe=args.recipe, teacher_recipe=args.teacher_recipe,
-            epochs=args.epochs, lr=args.lr, teacher_epochs=args.teacher_epochs, data_dir=str(resolve_data_dir(args.data_dir)),
+            epochs=args.epochs, lr=args.lr, teacher_epochs=args.teacher_epochs, data_dir=str(resolve_data_dir(args.data_dir).resolve()),
             train_subset=args.train_subset, val_size=args.val_size, precision=args.precision,
             seeds=args.seeds or (3 if search == "grid" else 1), num_samples=args.num_samples, sampler=args.sampler,
             search_seed=args.search_seed, asha=search == "optuna" if args.asha is None else args.asha,
@@ -119,11 +133,22 @@ def main(argv=None) -> int:
     from kdtune.ray_sweep import run_sweep
     from kdtune.results import write_trial_summary
 
-    record = run_sweep(settings, resources, root, resume=args.resume)
+    again = resume_command(root.name, args.results_dir)
+    try:
+        record = run_sweep(settings, resources, root, previous)
+    except KeyboardInterrupt:
+        exit_at_once_on_ctrl_c()
+        print(f"interrupted at once; finish it with: {again}", file=sys.stderr)
+        return 130
+    if record["status"] == "interrupted":
+        exit_at_once_on_ctrl_c()
     table = write_trial_summary(root, record)
     counts = table["outcome"].value_counts().to_dict()
-    print(f"experiment {root}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    print(f"experiment {root} {record['status']}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     print(f"summary: {root / 'summary.csv'}; report: python scripts/report.py {root}")
+    if record["status"] == "interrupted":
+        print(f"interrupted; finish it with: {again}", file=sys.stderr)
+        return 130
     errored = counts.get("errored", 0)
     return 1 if errored else 0
 

@@ -137,6 +137,19 @@ def test_resume_reproduces_uninterrupted_run(splits, model, recipe):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_on_cuda_restores_the_cuda_generator(splits):
+    """cnn3's dropout draws from the CUDA generator: after a resume it must continue where the run left off."""
+    cuda = torch.device("cuda")
+    config = _config(model="cnn3", epochs=2, batch_size=32, precision="fp32")
+    full, resumed = {}, {}
+    train(config, splits, cuda, on_epoch=lambda m, s: full.__setitem__(m["epoch"], s()))
+    assert "cuda_rng" in full[1]
+    torch.cuda.manual_seed_all(12345)  # a resume that forgot the CUDA state would continue from this one
+    train(config, splits, cuda, resume=full[1], on_epoch=lambda m, s: resumed.__setitem__(m["epoch"], s()))
+    assert torch.equal(resumed[2]["cuda_rng"], full[2]["cuda_rng"])
+
+
 def test_resume_of_a_finished_run_trains_nothing(splits):
     states = []
     config = _config(epochs=1)

@@ -1,0 +1,106 @@
+"""Cluster checks before any work: fixed clusters refuse what no node has; autoscaling ones accept it with a note.
+
+A simulated cluster: `ray.nodes()` lists one live CPU-only head node, and the cluster config an
+autoscaler publishes in the GCS says (or does not) that GPU workers start on demand.  tune.py's main()
+runs in-process up to loading the data, which is stopped there: the checks before it are what is tested.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+from ray._private.state import state
+from ray.core.generated import autoscaler_pb2
+
+import kdtune.ray_sweep
+from kdtune.cli import run_cli
+from kdtune.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import tune as tune_script  # noqa: E402
+
+HEAD = {"Alive": True, "NodeID": "head", "Resources": {"CPU": 4.0}}
+
+
+def cluster_config(max_gpu_workers: int) -> autoscaler_pb2.ClusterConfig:
+    return autoscaler_pb2.ClusterConfig(node_group_configs=[
+        autoscaler_pb2.NodeGroupConfig(name="head", resources={"CPU": 4}, min_count=1, max_count=1),
+        autoscaler_pb2.NodeGroupConfig(name="gpu-workers", resources={"CPU": 8, "GPU": 1}, min_count=0,
+                                       max_count=max_gpu_workers),
+    ])
+
+
+class DataLoadingReached(UserError):
+    """Raised where the sweep would load its data: every check before it passed."""
+
+
+@pytest.fixture()
+def cluster(monkeypatch, tmp_path):
+    """Set `cluster.config` to what the autoscaler publishes (None: no autoscaler)."""
+
+    class Simulated:
+        config = None
+
+    monkeypatch.setattr(kdtune.ray_sweep, "connect", lambda address: None)
+    monkeypatch.setattr(ray, "nodes", lambda: [HEAD])
+    monkeypatch.setattr(state, "get_cluster_config", lambda: Simulated.config)
+
+    def stop(*args, **kwargs):
+        raise DataLoadingReached("every check passed")
+
+    monkeypatch.setattr(kdtune.ray_sweep, "load_dataset", stop)
+    return Simulated
+
+
+def sweep(tmp_path, capsys, *extra: str) -> tuple[int, str, str]:
+    argv = ["--grid", "temperature", "--preset", "quick", "--name", "cluster", "--results-dir",
+            str(tmp_path / "results"), "--teacher-store", str(tmp_path / "teachers"), "--address", "auto",
+            "--data-dir", str(tmp_path / "data"), *extra]
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(tune_script.main, argv)
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err.strip()
+
+
+SHARED = ("--storage-path", "file:///mnt/shared/kdtune")
+
+
+def test_a_fixed_cluster_refuses_gpus_no_node_has(cluster, tmp_path, capsys):
+    code, _, err = sweep(tmp_path, capsys, "--gpus-per-trial", "1", *SHARED)
+    assert code == 1 and err == "error: gpus-per-trial 1 is more than any node has (largest: 0 GPUs)"
+
+
+def test_an_autoscaling_cluster_accepts_gpus_its_workers_will_have(cluster, tmp_path, capsys):
+    cluster.config = cluster_config(max_gpu_workers=4)
+    code, out, err = sweep(tmp_path, capsys, "--gpus-per-trial", "1", *SHARED)
+    assert err == "error: every check passed", err
+    assert "note: gpus-per-trial 1 is more than any live node has" in out and "Ray's autoscaler" in out
+
+
+def test_an_autoscaling_cluster_still_refuses_what_no_node_type_has(cluster, tmp_path, capsys):
+    cluster.config = cluster_config(max_gpu_workers=4)
+    code, _, err = sweep(tmp_path, capsys, "--gpus-per-trial", "2", *SHARED)
+    assert code == 1 and "gpus-per-trial 2 is more than any node has" in err
+
+
+def test_a_node_type_that_cannot_start_does_not_count(cluster, tmp_path, capsys):
+    cluster.config = cluster_config(max_gpu_workers=0)
+    code, _, err = sweep(tmp_path, capsys, "--gpus-per-trial", "1", *SHARED)
+    assert code == 1 and "more than any node has" in err
+
+
+def test_autoscale_flag_accepts_what_no_live_node_has(cluster, tmp_path, capsys):
+    code, out, err = sweep(tmp_path, capsys, "--gpus-per-trial", "1", "--autoscale", *SHARED)
+    assert err == "error: every check passed", err
+    assert "note: gpus-per-trial 1" in out and "--autoscale" in out
+
+
+def test_an_autoscaling_cluster_needs_storage_every_node_reaches(cluster, tmp_path, capsys):
+    cluster.config = cluster_config(max_gpu_workers=4)
+    code, _, err = sweep(tmp_path, capsys, "--gpus-per-trial", "1")
+    assert code == 1 and "is local to this machine" in err and "starts more on demand" in err

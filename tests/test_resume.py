@@ -1,0 +1,181 @@
+"""--resume: which options it takes, what experiment.json records; Ctrl-C through the real CLI, then a resume by name.
+
+The fast tests call tune.py's main() in-process on a hand-made record; the slow one runs the CLI
+on a tiny experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kdtune.cli import ArgumentParser, given_options, run_cli
+from kdtune.resume import (absolute, kept_by_tune, recorded_resources, resume_command, save_record, start_record,
+                           tune_has_run)
+from kdtune.sweep import Resources, build_settings, tune_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNE = ROOT / "scripts" / "tune.py"
+sys.path.insert(0, str(ROOT / "scripts"))
+import tune as tune_script  # noqa: E402
+
+
+def test_given_options_are_those_typed_whatever_their_defaults():
+    p = ArgumentParser()
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--resume", action="store_true")
+    for argv, typed in [([], set()), (["--resume"], {"resume"}), (["--epochs", "3"], {"epochs"}),
+                        (["--epo", "4", "--preset=paper"], {"epochs", "preset"})]:
+        assert given_options(p, p.parse_args(argv), argv) == typed, argv
+
+
+@pytest.fixture()
+def recorded(tmp_path):
+    """An experiment folder holding only its experiment.json, as a run interrupted early leaves it."""
+    settings = build_settings("exp", "grid", "temperature", "quick", data_dir=str(tmp_path / "data"), seeds=1,
+                              num_samples=1, sampler="tpe", search_seed=0, asha=False, grace_period=1,
+                              reduction_factor=2, max_failures=0)
+    root = tmp_path / "results" / "exp"
+    resources = absolute(Resources(max_concurrent=1, teacher_store=str(tmp_path / "teachers")))
+    save_record(root, start_record(None, settings, resources, str(root), "fp32"))
+    return root
+
+
+def resume(root: Path, *extra: str) -> list[str]:
+    return ["--resume", "--name", root.name, "--results-dir", str(root.parent), *extra]
+
+
+@pytest.mark.parametrize("extra, flag", [(["--epochs", "5"], "--epochs"), (["--seeds", "3"], "--seeds"),
+                                         (["--student", "cnn3"], "--student"), (["--lr", "0.1"], "--lr"),
+                                         (["--data-dir", "elsewhere"], "--data-dir"), (["--no-asha"], "--asha"),
+                                         (["--preset", "quick"], "--preset"), (["--grid", "alpha"], "--grid")])
+def test_resume_refuses_what_would_change_the_results(recorded, capsys, extra, flag):
+    before = (recorded / "experiment.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(tune_script.main, resume(recorded, *extra))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: " + flag) and "--resume" in err, err
+    assert (recorded / "experiment.json").read_bytes() == before
+
+
+def test_resume_takes_placement_options_and_the_recorded_ones_otherwise(recorded, monkeypatch):
+    seen = {}
+
+    def fake_run_sweep(settings, resources, root, previous):
+        seen.update(settings=settings, resources=resources, previous=previous)
+        raise KeyboardInterrupt  # stop here: nothing to train in this test
+
+    import kdtune.ray_sweep
+
+    monkeypatch.setattr(kdtune.ray_sweep, "run_sweep", fake_run_sweep)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert tune_script.main(resume(recorded, "--cpus-per-trial", "2", "--address", "auto")) == 130
+    finally:
+        signal.signal(signal.SIGINT, before)  # main() made Ctrl-C exit at once, as after a real interrupt
+    record = json.loads((recorded / "experiment.json").read_text())
+    assert seen["settings"].to_dict() == record["settings"] and seen["previous"] == record
+    assert (seen["resources"].cpus_per_trial, seen["resources"].address) == (2.0, "auto")  # given now
+    assert seen["resources"].max_concurrent == 1  # as recorded
+    assert seen["resources"].teacher_store == record["resources"]["teacher_store"]
+
+
+def test_an_older_record_without_resources_still_finds_tunes_state(tmp_path):
+    old = {"settings": {}, "storage": "s3://bucket/kdtune/exp"}
+    assert tune_storage(tmp_path / "exp", recorded_resources(old, {})) == "s3://bucket/kdtune/exp"
+    old = {"settings": {}, "storage": str(tmp_path / "elsewhere" / "exp")}
+    assert tune_storage(tmp_path / "exp", recorded_resources(old, {})) == old["storage"]
+
+
+def test_resources_a_restored_phase_keeps_are_named():
+    previous = {"resources": {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_concurrent": None, "address": None}}
+    assert kept_by_tune(previous, Resources(address="auto")) == []
+    assert kept_by_tune(previous, Resources(gpus_per_trial=0.5, max_concurrent=2)) == ["--gpus-per-trial",
+                                                                                     "--max-concurrent"]
+
+
+def test_a_tune_folder_with_only_its_tuner_has_not_run(tmp_path):
+    folder = tmp_path / "sweep"
+    assert not tune_has_run(str(folder))
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(b"")
+    assert not tune_has_run(str(folder))
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    assert tune_has_run(str(folder)) and tune_has_run(f"file://{folder}")
+
+
+def test_resume_command_names_the_results_folder_only_when_it_is_not_the_default():
+    assert resume_command("x", "results") == "python scripts/tune.py --resume --name x"
+    assert resume_command("a b", "/r") == "python scripts/tune.py --resume --name 'a b' --results-dir /r"
+
+
+# ----------------------------------------------------------------------------- Ctrl-C and resume, through the CLI
+
+SPACE = "grid:\n  temperature: [4]\n  alpha: 0.5\n"
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_baseline_stops_everything_and_the_name_alone_resumes(tmp_path, mini_data_dir):
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "tiny.yaml").write_text(SPACE)
+    env = {**os.environ, "KDTUNE_SEARCH_SPACES": str(tmp_path / "spaces"), "PYTHONPATH": str(ROOT)}
+    results, name = tmp_path / "results", "stopped"
+    root = results / name
+    argv = ["--grid", "tiny", "--seeds", "1", "--epochs", "3", "--max-concurrent", "2", "--preset", "quick",
+            "--teacher", "tinycnn", "--student", "tinycnn", "--teacher-epochs", "1", "--train-subset", "300",
+            "--val-size", "100", "--data-dir", str(mini_data_dir), "--name", name, "--results-dir", str(results),
+            "--teacher-store", str(tmp_path / "teachers")]
+    proc = subprocess.Popen([sys.executable, str(TUNE), *argv], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        started = wait_for(lambda: any(p.stat().st_size > 0 for p in root.glob("baseline/*/result.json")), 300)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the driver and everything it started
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert started, "the baseline never started"
+    assert proc.returncode == 130, err[-3000:]
+    assert f"finish it with: python scripts/tune.py --resume --name {name} --results-dir {results}" in err
+    assert not list(root.glob("sweep/*/result.json")), err[-3000:]  # no trial of a new phase started after Ctrl-C
+    record = json.loads((root / "experiment.json").read_text())
+    assert record["status"] == "interrupted" and record["phases_started"][0] == "baseline"
+    assert "interrupted" in out and (root / "summary.csv").is_file()
+
+    # Tune's state missing where the record says: a clear error, and nothing started over.
+    moved = tmp_path / "moved-baseline"
+    shutil.move(root / "baseline", moved)
+    lost = subprocess.run([sys.executable, str(TUNE), "--resume", "--name", name, "--results-dir", str(results)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert lost.returncode == 1 and "Tune's state of the baseline phase is not in" in lost.stderr, lost.stderr[-3000:]
+    assert not (root / "baseline").exists() and not (root / "sweep").exists()
+    shutil.move(moved, root / "baseline")
+
+    done = subprocess.run([sys.executable, str(TUNE), "--resume", "--name", name, "--results-dir", str(results)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(root / "summary.csv")
+    assert len(table) == 2 and (table["outcome"] == "finished").all() and (table["epochs_run"] == 3).all()
+    assert not table.duplicated(["phase", "temperature", "alpha", "seed"]).any()
+    assert json.loads((root / "experiment.json").read_text())["status"] == "finished"
+    assert len(list((tmp_path / "teachers").glob("tinycnn-*/model.pt"))) == 1  # the teacher was not trained again
