@@ -148,13 +148,13 @@ def test_ctrl_c_in_the_baseline_stops_everything_and_the_name_alone_resumes(tmp_
     proc = subprocess.Popen([sys.executable, str(TUNE), *argv], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        started = wait_for(lambda: any(p.stat().st_size > 0 for p in root.glob("baseline/*/result.json")), 300)
+        started = wait_for(lambda: any(p.stat().st_size > 0 for p in root.glob("baseline/*/result.json")), 600)
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the driver and everything it started
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert started, "the baseline never started"
+    assert started, "the baseline never started: " + err[-3000:]
     assert proc.returncode == 130, err[-3000:]
     assert f"finish it with: python scripts/tune.py --resume --name {name} --results-dir {results}" in err
     assert not list(root.glob("sweep/*/result.json")), err[-3000:]  # no trial of a new phase started after Ctrl-C
