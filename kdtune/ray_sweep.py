@@ -87,6 +87,29 @@ def check_cluster(resources: Resources, storage: str) -> None:
         )
 
 
+def default_gpus(resources: Resources) -> Resources:
+    """Without --gpus-per-trial, trials take a whole GPU each where the cluster has (or can start) GPUs."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")] + autoscaling_node_types()
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    resolved = resources.with_default_gpus(gpus)
+    if resources.gpus_per_trial is None and resolved.gpus_per_trial:
+        print(f"trials use a whole GPU each (the cluster has GPUs; --gpus-per-trial 0 for none, 0.25 for four to a GPU)")
+    return resolved
+
+
+def teacher_task_resources(resources: Resources) -> dict:
+    """The teacher and its cache are one job that every trial waits for: a whole GPU when trials use GPUs,
+    else every CPU of the largest live node (not one trial's share)."""
+    import ray
+
+    if resources.gpus_per_trial:
+        return {"num_cpus": resources.cpus_per_trial, "num_gpus": 1}
+    cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    return {"num_cpus": max(resources.cpus_per_trial, cpus)}
+
+
 def autoscaling_node_types() -> list[dict]:
     """{resource: amount} of each node type the cluster may still start; [] for a fixed cluster.
 
@@ -152,7 +175,7 @@ def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Split
         loaded, state = {}, None
         missing = ["val", "test", *range(settings.epochs)]
         print(f"training teacher {config.model} ({config.recipe}, {config.epochs} epochs) as a Ray task")
-    task = ray.remote(_prepare_remote).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)
+    task = ray.remote(_prepare_remote).options(**teacher_task_resources(resources))
     new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, missing, settings.aug_seed, mode))
     if teacher is None:
         from kdtune.models import create_model
@@ -289,6 +312,7 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
     if previous is not None:
         check_tune_state(storage, previous.get("phases_started", []))
     connect(resources.address)
+    resources = default_gpus(resources)
     check_cluster(resources, storage)
     splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
     shared_splits = ray.put(to_shared(splits))

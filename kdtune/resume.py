@@ -118,7 +118,7 @@ def kept_by_tune(previous: dict, resources: Resources) -> list[str]:
     and its concurrency limit from its own state."""
     before = previous.get("resources", {})
     return [_flag(dest) for dest in ("cpus_per_trial", "gpus_per_trial", "max_concurrent")
-            if dest in before and before[dest] != getattr(resources, dest)]
+            if dest in before and getattr(resources, dest) is not None and before[dest] != getattr(resources, dest)]
 
 
 def save_record(root: Path, record: dict) -> None:

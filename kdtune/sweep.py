@@ -131,7 +131,7 @@ class Resources:
     """Where and how wide an experiment runs; may differ between a run and its --resume."""
 
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: a whole GPU per trial where the cluster has GPUs, else none
     max_concurrent: int | None = None
     address: str | None = None
     storage_path: str | None = None  # default: the experiment folder itself
@@ -141,14 +141,21 @@ class Resources:
     def __post_init__(self):
         if not self.cpus_per_trial > 0:
             raise UserError(f"invalid cpus-per-trial {self.cpus_per_trial}: must be > 0")
-        if self.gpus_per_trial < 0:
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise UserError(f"invalid gpus-per-trial {self.gpus_per_trial}: must be >= 0")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise UserError(f"invalid max-concurrent {self.max_concurrent}: must be >= 1")
 
     @property
     def trial_resources(self) -> dict:
+        assert self.gpus_per_trial is not None, "resolve gpus_per_trial against the cluster first"
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+    def with_default_gpus(self, cluster_gpus: float) -> "Resources":
+        """No --gpus-per-trial: a whole GPU per trial (a pack of students) when the cluster has GPUs."""
+        if self.gpus_per_trial is not None:
+            return self
+        return dataclasses.replace(self, gpus_per_trial=1.0 if cluster_gpus >= 1 else 0.0)
 
 
 def build_settings(name: str, search: str, space_name: str, preset_name: str, **values) -> SweepSettings:
@@ -318,6 +325,7 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
     from kdtune.teacher import find_teacher, load_teacher_file
 
     splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
+    resources = resources.with_default_gpus(torch.cuda.device_count())
     device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
     if settings.teacher_path is not None:  # refused here already when it was trained on other splits
         stored = load_teacher_file(settings.teacher_path, settings.teacher_config(), splits,

@@ -75,7 +75,8 @@ def parse_args(argv):
     s.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its last checkpoint")
     r = p.add_argument_group("resources and cluster")
     r.add_argument("--cpus-per-trial", type=positive_float, default=1.0)
-    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional: 0.25 puts four trials on a GPU")
+    r.add_argument("--gpus-per-trial", type=float,
+                   help="fractional: 0.25 puts four trials on a GPU (default: 1 where the cluster has GPUs, else 0)")
     r.add_argument("--max-concurrent", type=positive_int)
     r.add_argument("--address", help="a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS, else local)")
     r.add_argument("--storage-path", help="where Tune keeps trials: a folder or a URI such as s3://bucket/path")
