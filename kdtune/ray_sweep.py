@@ -18,6 +18,7 @@ from kdtune.errors import UserError
 from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, sweep_points, tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
                             load_cached, store_entry, train_teacher)
+from kdtune.tracking import tracking_callbacks
 from kdtune.trainable import from_shared, kd_trainable, to_shared, trial_device
 
 
@@ -76,16 +77,18 @@ def check_cluster(resources: Resources, storage: str) -> None:
 
 def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list, aug_seed: int, precision: str):
     """Ray task: train the teacher when `state` is None, then compute the missing logits."""
+    from ray.experimental.tqdm_ray import tqdm as ray_tqdm  # bars the driver draws, not a line per update
+
     from kdtune.models import create_model
 
     device = trial_device()
     splits = from_shared(Splits, shared_splits)
     if state is None:
-        model, meta = train_teacher(config, splits, device, progress=True)
+        model, meta = train_teacher(config, splits, device, progress=ray_tqdm)
     else:
         model, meta = create_model(config.model), None
         model.load_state_dict(state)
-    logits = compute_logits(model, splits, names, aug_seed, device, precision, progress=True)
+    logits = compute_logits(model, splits, names, aug_seed, device, precision, progress=ray_tqdm)
     return ({k: v.cpu() for k, v in model.state_dict().items()} if meta else None), meta, logits
 
 
@@ -195,6 +198,7 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
                 name=phase, storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=tracking_callbacks(resources.mlflow_uri, resources.wandb_project, settings.name, phase),
                 verbose=1,
             ),
         )
