@@ -34,8 +34,15 @@ def tracking_callbacks(mlflow_uri: str | None, wandb_project: str | None, experi
     if mlflow_uri is not None:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=experiment,
-                                              tags={"kdtune_phase": phase}))
+        from mlflow.exceptions import MlflowException
+
+        callback = MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=experiment,
+                                        tags={"kdtune_phase": phase})
+        try:
+            callback.setup()  # reaches the store and creates the experiment now, not inside Tune's loop
+        except (MlflowException, OSError) as error:
+            raise UserError(f"--mlflow {mlflow_uri}: {' '.join(str(error).split())}") from None
+        callbacks.append(callback)
     if wandb_project is not None:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
