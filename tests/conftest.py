@@ -69,7 +69,9 @@ def readme_experiment(mini_data_dir, tmp_path_factory) -> Path:
     mp.delenv("KDTUNE_TEACHER_STORE", raising=False)
     mp.delenv("KDTUNE_DATA_DIR", raising=False)
     if ray.is_initialized():
-        ray.shutdown()  # left by an earlier test module: the example starts its own
+        ray.shutdown()  # left by an earlier test module
+    # A fresh local instance: with no address, ray.init would join any cluster running on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     namespace: dict = {}
     try:
         exec(compile(readme_python_example(), "README.md", "exec"), namespace)

@@ -58,6 +58,8 @@ def tracked(mini_data_dir, tmp_path_factory):
     mp.setenv("WANDB_DIR", str(base))
     if ray.is_initialized():
         ray.shutdown()
+    # A fresh local instance: with no address, ray.init would join any cluster running on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         root = api.sweep({"temperature": [4], "alpha": 0.5}, name="tracked", results_dir=base / "results",
                          teacher="tinycnn", student="tinycnn", data_dir=mini_data_dir, preset="quick", epochs=2,
