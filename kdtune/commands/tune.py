@@ -60,7 +60,7 @@ def parse_args(argv):
     r.add_argument("--address", help="a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS, else local)")
     r.add_argument("--storage-path", help="where Tune keeps trials: a folder or a URI such as s3://bucket/path")
     t = p.add_argument_group("tracking (Tune's own TensorBoard, CSV and JSON logs are always in the experiment folder)")
-    t.add_argument("--mlflow", metavar="TRACKING_URI", help="log every trial to MLflow, e.g. file:///abs/mlruns "
+    t.add_argument("--mlflow", metavar="TRACKING_URI", help="log every trial to MLflow, e.g. sqlite:///abs/mlflow.db "
                    "or http://host:5000 (needs kdtune[mlflow])")
     t.add_argument("--wandb", metavar="PROJECT", help="log every trial to this Weights & Biases project "
                    "(needs kdtune[wandb]; WANDB_MODE=offline logs locally)")
