@@ -15,7 +15,8 @@ import torch
 from kdtune.atomic import save_json, save_torch
 from kdtune.data import Splits, load_dataset, make_splits
 from kdtune.errors import UserError
-from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, sweep_points, tune_storage)
+from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, plan, sweep_points,
+                          tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
                             load_cached, store_entry, train_teacher)
 from kdtune.tracking import tracking_callbacks
@@ -172,9 +173,16 @@ def _tuner_parts(settings: SweepSettings, phase: str):
     return param_space, searcher, scheduler, settings.num_samples * settings.seeds
 
 
+def phase_epochs(settings: SweepSettings, phase: str) -> int:
+    """The most epochs the phase's trials can report (ASHA may stop some early)."""
+    return plan(settings)[f"{phase}_trials"] * settings.epochs
+
+
 def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage: str, splits_ref, cache_ref,
               resume: bool):
     from ray import tune
+
+    from kdtune.sweep_progress import SweepProgress
 
     trainable = tune.with_resources(
         tune.with_parameters(kd_trainable, base=_base(settings), splits=splits_ref, cache=cache_ref),
@@ -198,8 +206,9 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
                 name=phase, storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=tracking_callbacks(resources.mlflow_uri, resources.wandb_project, settings.name, phase),
-                verbose=1,
+                callbacks=[SweepProgress(phase, phase_epochs(settings, phase), settings.epochs),
+                           *tracking_callbacks(resources.mlflow_uri, resources.wandb_project, settings.name, phase)],
+                verbose=0,  # SweepProgress prints instead: a bar and a line per trial, not ~30 lines per trial
             ),
         )
     return tuner.fit()

@@ -8,6 +8,7 @@ varies (temperature, alpha, seed); everything else comes in `base`.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -50,6 +51,9 @@ def trial_device() -> torch.device:
 
 def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None) -> None:
     from ray import tune
+
+    # Ray Train logs "Checkpoint successfully created at ..." for every epoch of every trial.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
 
     varied = {k: v for k, v in config.items() if k != SEED_INDEX}
     if SEED_INDEX in config:
