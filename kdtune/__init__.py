@@ -2,7 +2,8 @@
 
 Data flows one way: `data` -> `teacher` (store and logit cache) -> `train`
 (one loop for teacher, student and distillation) -> `tune` (Ray Tune sweeps)
--> `results` -> `report`.
+-> `results` -> `report`.  Use it as the `kdtune` command (`kdtune.commands`) or from Python
+(`kdtune.api`).
 """
 
 __version__ = "0.1.0"

@@ -18,10 +18,11 @@ from kdtune.data import Splits, load_dataset, make_splits
 from kdtune.errors import UserError
 from kdtune.interrupt import StopRequest
 from kdtune.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
-from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, grid_axes, planned_seeds,
+from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, grid_axes, plan, planned_seeds,
                           sweep_points, tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
                             load_cached, load_teacher_file, store_entry, train_teacher)
+from kdtune.tracking import tracking_callbacks
 from kdtune.trainable import from_shared, kd_trainable, to_shared, trial_device
 
 
@@ -133,16 +134,18 @@ def autoscaling_node_types() -> list[dict]:
 
 def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list, aug_seed: int, precision: str):
     """Ray task: train the teacher when `state` is None, then compute the missing logits."""
+    from ray.experimental.tqdm_ray import tqdm as ray_tqdm  # bars the driver draws, not a line per update
+
     from kdtune.models import create_model
 
     device = trial_device()
     splits = from_shared(Splits, shared_splits)
     if state is None:
-        model, meta = train_teacher(config, splits, device, progress=True)
+        model, meta = train_teacher(config, splits, device, progress=ray_tqdm)
     else:
         model, meta = create_model(config.model), None
         model.load_state_dict(state)
-    logits = compute_logits(model, splits, names, aug_seed, device, precision, progress=True)
+    logits = compute_logits(model, splits, names, aug_seed, device, precision, progress=ray_tqdm)
     return ({k: v.cpu() for k, v in model.state_dict().items()} if meta else None), meta, logits
 
 
@@ -236,10 +239,18 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
     return {**settings.space.fixed, **distributions, "seeds": seeds}, searcher, scheduler, settings.num_samples
 
 
+def phase_epochs(settings: SweepSettings, phase: str) -> int:
+    """The most epochs the phase's trials can report (ASHA may stop some early); a trial is a pack of seeds."""
+    seeds = settings.confirm if phase == "confirm" else settings.seeds
+    return plan(settings)[f"{phase}_trials"] // max(1, seeds) * settings.epochs
+
+
 def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage: str, splits_ref, cache_ref,
               resume: bool, chosen: dict | None = None):
     """The phase's Tuner, restored from its state when resuming."""
     from ray import tune
+
+    from kdtune.sweep_progress import SweepProgress
 
     trainable = tune.with_resources(
         tune.with_parameters(kd_trainable, base=_base(settings), splits=splits_ref, cache=cache_ref,
@@ -264,7 +275,9 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
                 name=phase, storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                verbose=1,
+                callbacks=[SweepProgress(phase, phase_epochs(settings, phase), settings.epochs),
+                           *tracking_callbacks(resources.mlflow_uri, resources.wandb_project, settings.name, phase)],
+                verbose=0,  # SweepProgress prints instead: a bar and a line per trial, not ~30 lines per trial
             ),
         )
     return tuner

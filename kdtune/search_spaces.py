@@ -1,4 +1,5 @@
-"""Sweep definitions: the YAML files under `search_spaces/` that users edit.
+"""Sweep definitions: the YAML files under `search_spaces/` that users edit (installed with the package
+as `kdtune.builtin_spaces`), any other YAML file given by its path, or the same document as a dict.
 
     grid:                     # for --grid NAME
       temperature: [1, 2, 4]  # a list is a grid axis
@@ -41,9 +42,12 @@ class SearchSpace:
 
 
 def default_dir() -> Path:
-    """search_spaces/ of the checkout, or $KDTUNE_SEARCH_SPACES."""
+    """$KDTUNE_SEARCH_SPACES, else the checkout's search_spaces/, else the copy installed in the package."""
     env = os.environ.get("KDTUNE_SEARCH_SPACES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "search_spaces"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parent.parent / "search_spaces"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "builtin_spaces"
 
 
 def available(directory: Path | None = None) -> list[str]:
@@ -51,37 +55,74 @@ def available(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
 
 
+def is_path(name: str) -> bool:
+    """`--grid mine` names a built-in space; `--grid spaces/mine.yaml` is a file."""
+    return name.endswith((".yaml", ".yml")) or "/" in name or os.sep in name
+
+
+def space_label(space) -> str:
+    """A short name for experiment names: the space's name, a file's stem, or 'custom' for a dict."""
+    if isinstance(space, SearchSpace):
+        return space.name
+    return Path(space).stem if isinstance(space, (str, os.PathLike)) else "custom"
+
+
+def resolve_search_space(space, kind: str) -> SearchSpace:
+    """A built-in name, a YAML file, a dict (a whole document or just the `kind` section) or a SearchSpace."""
+    if isinstance(space, SearchSpace):
+        if space.kind != kind:
+            raise UserError(f"search space {space.name!r} is a {space.kind} space, not {kind}")
+        return space
+    if isinstance(space, dict):
+        document = space if any(k in space for k in KINDS) else {kind: space}
+        return parse_search_space(document, kind, "custom", "search space (dict)")
+    if isinstance(space, (str, os.PathLike)):
+        return load_search_space(str(space), kind)
+    raise UserError(f"invalid search space {space!r}: give a name, a YAML file or a dict")
+
+
 def load_search_space(name: str, kind: str, directory: Path | None = None) -> SearchSpace:
-    directory = directory or default_dir()
-    path = directory / f"{name}.yaml"
-    if "/" in name or not path.is_file():
-        raise UserError(f"unknown search space {name!r}; available in {directory}: {', '.join(available(directory)) or 'none'}")
+    if is_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"search space file {name} not found")
+    else:
+        directory = directory or default_dir()
+        path = directory / f"{name}.yaml"
+        if not path.is_file():
+            raise UserError(f"unknown search space {name!r}; available in {directory}: "
+                            f"{', '.join(available(directory)) or 'none'} (or give a path to a .yaml file)")
     try:
         document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"search space {path} is not valid YAML (only plain YAML is accepted): {first}") from None
+    return parse_search_space(document, kind, path.stem, f"search space {path}")
+
+
+def parse_search_space(document, kind: str, name: str, where: str) -> SearchSpace:
+    """The `kind` section of a search-space document (see the module docstring); `where` names it in errors."""
     if not isinstance(document, dict) or not isinstance(document.get(kind), dict):
         sections = ", ".join(k for k in KINDS if isinstance(document, dict) and isinstance(document.get(k), dict))
-        raise UserError(f"search space {path} has no '{kind}:' section (it has: {sections or 'none'})")
+        raise UserError(f"{where} has no '{kind}:' section (it has: {sections or 'none'})")
     fixed, axes, distributions = {}, {}, {}
     for param, spec in document[kind].items():
         if param not in PARAMETERS:
-            raise UserError(f"search space {path}: unknown parameter {param!r}; allowed: {', '.join(PARAMETERS)}")
-        where = f"search space {path}, {kind}.{param}"
+            raise UserError(f"{where}: unknown parameter {param!r}; allowed: {', '.join(PARAMETERS)}")
+        at = f"{where}, {kind}.{param}"
         if isinstance(spec, list):
             if kind != "grid" or not spec:
-                raise UserError(f"{where}: a list of values is a grid axis; use it in a 'grid:' section, non-empty")
-            axes[param] = [_check_value(param, v, where) for v in spec]
+                raise UserError(f"{at}: a list of values is a grid axis; use it in a 'grid:' section, non-empty")
+            axes[param] = [_check_value(param, v, at) for v in spec]
         elif isinstance(spec, dict):
-            distributions[param] = _check_distribution(param, spec, kind, where)
+            distributions[param] = _check_distribution(param, spec, kind, at)
         else:
-            fixed[param] = _check_value(param, spec, where)
+            fixed[param] = _check_value(param, spec, at)
     if not axes and not distributions:
-        raise UserError(f"search space {path}: '{kind}:' varies nothing; give at least one parameter a list or distribution")
+        raise UserError(f"{where}: '{kind}:' varies nothing; give at least one parameter a list or distribution")
     for param in PARAMETERS:
         if param not in fixed and param not in axes and param not in distributions:
-            raise UserError(f"search space {path}: '{kind}:' does not set {param!r}")
+            raise UserError(f"{where}: '{kind}:' does not set {param!r}")
     return SearchSpace(name, kind, fixed, axes, distributions, str(document.get("description", "")))
 
 

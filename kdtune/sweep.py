@@ -29,7 +29,8 @@ from kdtune.errors import UserError
 from kdtune.models import check_model_name
 from kdtune.optuna_search import SAMPLERS
 from kdtune.presets import get_preset
-from kdtune.search_spaces import SearchSpace, apply_overrides, load_search_space
+from kdtune.search_spaces import SearchSpace, apply_overrides, resolve_search_space, space_label
+from kdtune.tracking import check_tracking
 
 METRIC = "val_acc"
 
@@ -137,8 +138,11 @@ class Resources:
     storage_path: str | None = None  # default: the experiment folder itself
     teacher_store: str | None = None
     autoscale: bool = False  # the cluster starts nodes on demand (also detected for Ray's autoscaler)
+    mlflow_uri: str | None = None  # log every trial to this MLflow tracking server or store (kdtune.tracking)
+    wandb_project: str | None = None  # log every trial to this Weights & Biases project
 
     def __post_init__(self):
+        check_tracking(self.mlflow_uri, self.wandb_project)
         if not self.cpus_per_trial > 0:
             raise UserError(f"invalid cpus-per-trial {self.cpus_per_trial}: must be > 0")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
@@ -158,11 +162,12 @@ class Resources:
         return dataclasses.replace(self, gpus_per_trial=1.0 if cluster_gpus >= 1 else 0.0)
 
 
-def build_settings(name: str, search: str, space_name: str, preset_name: str, **values) -> SweepSettings:
-    """Settings from a preset, with any value given (not None) overriding it.  ASHA's grace period
+def build_settings(name: str, search: str, space, preset_name: str, **values) -> SweepSettings:
+    """Settings from a preset, with any value given (not None) overriding it.  `space`: a built-in name, a YAML
+    path, a dict or a SearchSpace (see kdtune.search_spaces.resolve_search_space).  ASHA's grace period
     defaults to the first epoch after the learning-rate warm-up."""
     preset = get_preset(preset_name)
-    space = load_search_space(space_name, search)
+    space = resolve_search_space(space, search)
     space = apply_overrides(space, preset.space_overrides)
     defaults = {k: getattr(preset, k) for k in ("teacher", "student", "recipe", "teacher_recipe", "teacher_epochs",
                                                  "epochs", "val_size", "train_subset", "confirm")}
@@ -172,8 +177,8 @@ def build_settings(name: str, search: str, space_name: str, preset_name: str, **
     return SweepSettings(name=name, search=search, space=space, preset=preset_name, **chosen)
 
 
-def default_name(search: str, space: str) -> str:
-    return f"{space}-{search}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_name(search: str, space) -> str:
+    return f"{space_label(space)}-{search}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -34,7 +34,7 @@ from kdtune.config import RunConfig
 from kdtune.data import Splits, augmentation_params
 from kdtune.errors import UserError
 from kdtune.models import count_parameters
-from kdtune.train import autocast, predict, prepare, progress_bar, train, training_views, uses_bf16
+from kdtune.train import Progress, autocast, predict, prepare, progress_bar, train, training_views, uses_bf16
 
 # Teacher inference batch: large on a GPU; on the CPU small batches stay in cache and run ~1.5x faster.
 CACHE_BATCH = {"cpu": 64, "cuda": 8192}
@@ -101,7 +101,7 @@ def obtain_teacher(
     device: torch.device,
     store: str | os.PathLike | None = None,
     teacher_path: str | os.PathLike | None = None,
-    progress: bool = False,
+    progress: Progress = False,
     allow_foreign: bool = False,
 ) -> Teacher:
     """Load the teacher from `teacher_path` or the store; train and save it first when it is missing.
@@ -140,7 +140,7 @@ def load_teacher_file(path: str | os.PathLike, config: RunConfig, splits: Splits
     return Teacher(model, meta, path)
 
 
-def train_teacher(config: RunConfig, splits: Splits, device, progress: bool = False) -> tuple[nn.Module, dict]:
+def train_teacher(config: RunConfig, splits: Splits, device, progress: Progress = False) -> tuple[nn.Module, dict]:
     """Train a teacher from scratch; return it (eval mode, CPU) and its metadata."""
     started = time.time()
     # Nothing stops a teacher early: it is evaluated once, after its last epoch.
@@ -193,10 +193,10 @@ def load_cached(files: dict, splits: Splits) -> dict:
 
 
 def compute_logits(model: nn.Module, splits: Splits, names: list, aug_seed: int, device, precision: str,
-                   progress: bool = False) -> dict:
+                   progress: Progress = False) -> dict:
     """{name: fp16 CPU logits} for "val", "test" and epoch numbers, computed with `model` in eval mode."""
     model = prepare(model, device).eval()
-    bar = progress_bar(progress and bool(names), len(names), "caching teacher logits", unit="pass")
+    bar = progress_bar(progress if names else False, len(names), "caching teacher logits", unit="pass")
     out = {}
     for name in names:
         if name in ("val", "test"):
@@ -233,7 +233,7 @@ def teacher_logits(
     epochs: int,
     device: torch.device,
     precision: str = "auto",
-    progress: bool = False,
+    progress: Progress = False,
 ) -> LogitCache:
     """The cache for `epochs` epochs of `aug_seed`'s views: loaded where present, computed where missing."""
     files = cache_entries(teacher, splits, aug_seed, epochs, cache_mode(precision, device))

@@ -15,7 +15,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol, Union
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from kdtune.models import create_model
 
 EVAL_BATCH = 1024
 EpochCallback = Callable[[dict, Callable[[], dict]], None]
+Progress = Union[bool, Callable[..., Any]]  # False, True (tqdm) or a tqdm-like class: see progress_bar
 
 
 # ----------------------------------------------------------------------------- devices and precision
@@ -159,7 +160,7 @@ def train(
     teacher: TeacherSignal | None = None,
     on_epoch: EpochCallback | None = None,
     resume: dict | None = None,
-    progress: bool = False,
+    progress: Progress = False,
     desc: str = "train",
     val_every: int = 1,
     test_every: int = 0,
@@ -192,7 +193,7 @@ def training_epochs(
     device: torch.device,
     teacher: TeacherSignal | None = None,
     resume: dict | None = None,
-    progress: bool = False,
+    progress: Progress = False,
     desc: str = "train",
     val_every: int = 1,
     test_every: int = 0,
@@ -252,7 +253,7 @@ def training_epochs(
         metrics["diverged"] = not math.isfinite(losses["train_loss"])
         history.append(metrics)
         if bar is not None and "val_acc" in metrics:
-            bar.set_postfix(loss=f"{losses['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
+            bar.set_description(f"{desc} (loss {losses['train_loss']:.3f}, val_acc {metrics['val_acc']:.3f})")
         yield metrics, checkpoint_state
         if metrics["diverged"]:
             break
@@ -304,10 +305,20 @@ def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: 
     return metrics
 
 
-def progress_bar(enabled: bool, total: int, desc: str, initial: int = 0, unit: str = "step"):
-    """A tqdm bar, or None when progress is not wanted."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
+def progress_bar(progress: Progress, total: int, desc: str, initial: int = 0, unit: str = "step"):
+    """A bar with update / set_description / close, or None when `progress` is False.
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+    `progress` True is tqdm; otherwise it is a tqdm-like class called with total, desc and unit.  Code that
+    runs inside Ray tasks and trials passes `ray.experimental.tqdm_ray.tqdm`, so that the driver draws live
+    bars instead of printing a line per update; this module itself never imports Ray.
+    """
+    if not progress:
+        return None
+    if progress is True:
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+    bar = progress(total=total, desc=desc, unit=unit)
+    if initial:
+        bar.update(initial)
+    return bar

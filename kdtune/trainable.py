@@ -13,6 +13,7 @@ read-only between the trials of a node.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -62,6 +63,9 @@ def member_configs(config: dict, base: dict) -> list[RunConfig]:
 
 def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, test_every: int = 0) -> None:
     from ray import tune
+
+    # Ray Train logs "Checkpoint successfully created at ..." for every epoch of every trial.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
 
     runs = member_configs(config, base)
     device = trial_device()

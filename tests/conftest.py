@@ -1,7 +1,8 @@
-"""Shared fixtures: the real CIFAR-10 image folder (when present) and an isolated cache."""
+"""Shared fixtures: the real CIFAR-10 image folder (when present), an isolated cache, the README's API example."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def readme_python_example() -> str:
+    """The Python block of README.md's "Python API" section, exactly as a user would copy it."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"^## Python API\n.*?^```python\n(.*?)^```", text, re.M | re.S)
+    assert match, "README.md has no Python example under '## Python API'"
+    return match.group(1)
+
+
+@pytest.fixture(scope="session")
+def readme_experiment(mini_data_dir, tmp_path_factory) -> Path:
+    """The README's Python API example run as written, in a fresh folder whose my-images is the mini CIFAR-10
+    subset; returns the experiment folder it made (other tests read it, e.g. `kdtune report` once installed)."""
+    import ray
+
+    workdir = tmp_path_factory.mktemp("readme-example")
+    (workdir / "my-images").symlink_to(mini_data_dir)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(workdir)
+    mp.delenv("KDTUNE_TEACHER_STORE", raising=False)
+    mp.delenv("KDTUNE_DATA_DIR", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()  # left by an earlier test module
+    # A fresh local instance: with no address, ray.init would join any cluster running on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    namespace: dict = {}
+    try:
+        exec(compile(readme_python_example(), "README.md", "exec"), namespace)
+    finally:
+        ray.shutdown()
+        mp.undo()
+    return Path(workdir / namespace["experiment"]).resolve()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kdtune.errors import UserError
-from kdtune.search_spaces import apply_overrides, available, load_search_space
+from kdtune.search_spaces import (apply_overrides, available, default_dir, load_search_space, resolve_search_space,
+                                  space_label)
 
 
 def test_shipped_spaces_load_with_their_issue_values():
@@ -29,6 +30,41 @@ def test_user_space_in_another_folder(tmp_path):
     folder = write(tmp_path, "mine", "grid:\n  temperature: [2, 3]\n  alpha: 0.7\n")
     space = load_search_space("mine", "grid", folder)
     assert space.axes == {"temperature": [2.0, 3.0]} and space.fixed == {"alpha": 0.7}
+
+
+def test_a_yaml_path_is_read_as_a_file(tmp_path, monkeypatch):
+    write(tmp_path, "mine", "grid:\n  temperature: [2, 3]\n  alpha: 0.7\n")
+    monkeypatch.chdir(tmp_path)
+    for given in (str(tmp_path / "mine.yaml"), "mine.yaml", "./mine.yaml"):
+        space = resolve_search_space(given, "grid")
+        assert (space.name, space.axes, space.fixed) == ("mine", {"temperature": [2.0, 3.0]}, {"alpha": 0.7})
+        assert space_label(given) == "mine"
+    with pytest.raises(UserError, match="search space file other/none.yaml not found"):
+        resolve_search_space("other/none.yaml", "grid")
+
+
+def test_a_dict_is_a_whole_document_or_one_section():
+    section = {"temperature": [2, 8], "alpha": 0.5}
+    for given in (section, {"grid": section, "optuna": {"temperature": {"uniform": [1, 2]}, "alpha": 0.5}}):
+        space = resolve_search_space(given, "grid")
+        assert (space.kind, space.axes, space.fixed) == ("grid", {"temperature": [2.0, 8.0]}, {"alpha": 0.5})
+    assert space_label(section) == "custom"
+    optuna = resolve_search_space({"temperature": {"loguniform": [1, 20]}, "alpha": {"uniform": [0, 1]}}, "optuna")
+    assert optuna.distributions == {"temperature": ("loguniform", 1.0, 20.0), "alpha": ("uniform", 0.0, 1.0)}
+    with pytest.raises(UserError, match=r"search space \(dict\): unknown parameter 'beta'"):
+        resolve_search_space({"temperature": [2], "beta": 1}, "grid")
+    with pytest.raises(UserError, match="invalid search space 3"):
+        resolve_search_space(3, "grid")
+
+
+def test_installed_copy_is_used_without_a_checkout(tmp_path, monkeypatch):
+    """Installed, kdtune/search_spaces.py has no ../search_spaces beside it; the packaged copy is used."""
+    import kdtune.search_spaces as module
+
+    (tmp_path / "kdtune" / "builtin_spaces").mkdir(parents=True)
+    monkeypatch.setattr(module, "__file__", str(tmp_path / "kdtune" / "search_spaces.py"))
+    monkeypatch.delenv("KDTUNE_SEARCH_SPACES", raising=False)
+    assert default_dir() == tmp_path / "kdtune" / "builtin_spaces"
 
 
 def test_unknown_name_lists_what_exists(tmp_path):

@@ -158,6 +158,45 @@ def test_resume_of_a_finished_run_trains_nothing(splits):
     assert again.history == full.history
 
 
+class RecordingBar:
+    """A tqdm-like class as Ray's tqdm_ray is one: takes total, desc and unit; records what it is told."""
+
+    made: list["RecordingBar"] = []
+
+    def __init__(self, total=None, desc=None, unit=None):
+        self.total, self.desc, self.unit, self.n, self.closed = total, desc, unit, 0, False
+        RecordingBar.made.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_description(self, desc):
+        self.desc = desc
+
+    def close(self):
+        self.closed = True
+
+
+def test_progress_goes_to_the_bar_class_given(splits):
+    """The loop draws its bar with the class it is given (tqdm_ray inside Ray), resumed runs included."""
+    RecordingBar.made.clear()
+    config = _config(epochs=2, batch_size=64)  # 256 images: 4 steps an epoch
+    states = []
+    result = train(config, splits, CPU, on_epoch=lambda m, s: states.append(s()), progress=RecordingBar, desc="x")
+    train(config, splits, CPU, resume=states[0], progress=RecordingBar, desc="x")
+    first, resumed = RecordingBar.made
+    assert (first.total, first.n, first.unit, first.closed) == (8, 8, "step", True)
+    assert first.desc == f"x (loss {result.final['train_loss']:.3f}, val_acc {result.final['val_acc']:.3f})"
+    assert (resumed.total, resumed.n, resumed.closed) == (8, 8, True)  # starts at 4: epoch 1 was done
+
+
+def test_ray_tqdm_fits_the_loop(splits):
+    """Ray's tqdm_ray offers only part of tqdm's interface; the loop must use no more than that."""
+    tqdm_ray = pytest.importorskip("ray.experimental.tqdm_ray")
+    result = train(_config(epochs=1), splits, CPU, progress=tqdm_ray.tqdm)
+    assert len(result.history) == 1
+
+
 def test_alpha_without_teacher_is_a_user_error(splits):
     with pytest.raises(UserError, match="teacher"):
         train(_config(alpha=0.5), splits, CPU)

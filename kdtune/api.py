@@ -1,0 +1,102 @@
+"""The Python API: what `kdtune tune` and `kdtune report` do, as functions for a notebook or a script.
+
+    from kdtune.api import report, sweep
+
+    experiment = sweep({"temperature": [2, 4, 8], "alpha": 0.5}, teacher="resnet20", student="tinycnn",
+                       data_dir="my-images", preset="quick")
+    print(report(experiment)["markdown"])
+
+Models are named as everywhere in kdtune (see kdtune.models); the search space is a built-in name, a YAML
+file or a dict; every other keyword is a field of `kdtune.sweep.SweepSettings` (what is computed) or of
+`kdtune.sweep.Resources` (where it runs and where it is logged), with the `kdtune tune` defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from kdtune.data import resolve_data_dir
+from kdtune.errors import UserError
+from kdtune.sweep import Resources, SweepSettings, build_settings, default_name, experiment_root
+
+SEARCHES = ("grid", "optuna")
+# `kdtune tune`'s defaults for the search settings no preset sets.
+SEARCH_DEFAULTS = {"num_samples": 20, "sampler": "tpe", "search_seed": 0, "grace_period": 2, "reduction_factor": 3,
+                   "max_failures": 2}
+CHOSEN_HERE = {"name", "search", "space", "preset", "data_dir", "seeds", "asha"}
+
+
+def sweep(
+    space,
+    *,
+    search: str = "grid",
+    teacher: str | None = None,
+    student: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    preset: str = "paper",
+    name: str | None = None,
+    results_dir: str | os.PathLike = "results",
+    seeds: int | None = None,
+    asha: bool | None = None,
+    **options,
+) -> Path:
+    """Run a distillation sweep (teacher, logit cache, baseline and sweep experiments) and return its folder.
+
+    `space`: a built-in search space's name ("temperature"), a YAML file, or a dict — a whole document
+    ({"grid": {...}, "optuna": {...}}) or just the section `search` uses ({"temperature": [2, 8], "alpha": 0.5}).
+    `teacher` / `student` / `epochs` / ...: as `kdtune tune`'s flags, defaulting to the preset's.  `seeds`
+    defaults to 3 for grids and 1 for Optuna, `asha` to on for Optuna only.  Any other keyword is a
+    SweepSettings or Resources field (e.g. epochs=2, train_subset=5000, cpus_per_trial=2, mlflow_uri=...).
+    """
+    settings, resources = _settings(space, search, teacher, student, data_dir, preset, name, seeds, asha, options)
+    root = experiment_root(settings.name, results_dir)
+    if (root / "experiment.json").exists():
+        raise UserError(f"experiment {root} already exists; choose another name (or resume it: kdtune tune --resume)")
+    from kdtune.ray_sweep import run_sweep
+    from kdtune.results import write_trial_summary
+
+    record = run_sweep(settings, resources, root)
+    write_trial_summary(root, record)
+    return root
+
+
+def plan(space, *, search: str = "grid", teacher: str | None = None, student: str | None = None,
+         data_dir: str | os.PathLike | None = None, preset: str = "paper", seeds: int | None = None,
+         asha: bool | None = None, **options) -> str:
+    """What `sweep` with the same arguments would run, and its estimated cost on this machine (`--dry-run`)."""
+    from kdtune.sweep import dry_run
+
+    settings, resources = _settings(space, search, teacher, student, data_dir, preset, None, seeds, asha, options)
+    return dry_run(settings, resources)
+
+
+def report(experiment: str | os.PathLike, out: str | os.PathLike | None = None, fmt: str = "png") -> dict:
+    """Write an experiment's report (summary.md, summary.csv, figures) into `out` (default <experiment>/report).
+
+    Returns {"out", "markdown", "configs" (the per-configuration table), "figures", "skipped"}.
+    """
+    from kdtune.report import write_report
+
+    return write_report(experiment, out, fmt)
+
+
+def _settings(space, search, teacher, student, data_dir, preset, name, seeds, asha,
+              options) -> tuple[SweepSettings, Resources]:
+    if search not in SEARCHES:
+        raise UserError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
+    resource_keys = {f.name for f in dataclasses.fields(Resources)}
+    setting_keys = {f.name for f in dataclasses.fields(SweepSettings)} - CHOSEN_HERE
+    unknown = sorted(set(options) - resource_keys - setting_keys)
+    if unknown:
+        allowed = sorted(resource_keys | setting_keys | {"seeds", "asha"})
+        raise UserError(f"unknown sweep option(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
+    resources = Resources(**{k: v for k, v in options.items() if k in resource_keys})
+    values = {**SEARCH_DEFAULTS, **{k: v for k, v in options.items() if k in setting_keys}}
+    settings = build_settings(
+        name or default_name(search, space), search, space, preset, teacher=teacher, student=student,
+        data_dir=str(resolve_data_dir(data_dir)), seeds=seeds if seeds is not None else (3 if search == "grid" else 1),
+        asha=search == "optuna" if asha is None else asha, **values,
+    )
+    return settings, resources
