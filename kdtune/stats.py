@@ -108,8 +108,10 @@ def config_table(trials: pd.DataFrame, planned_seeds: dict | None = None) -> pd.
     finished = trials[trials["outcome"] == "finished"]
     aggregations = {"seeds_finished": ("trial_id", "size")}
     for name, column in STATISTICS.items():
-        aggregations[f"{name}_mean"] = (column, "mean")
-        aggregations[f"{name}_std"] = (column, "std")
+        # Unknown for one seed is unknown for the mean: the test set is evaluated at a seed's best epoch only
+        # when that is its last (or with --test-every), and a mean over the rest would pick seeds.
+        aggregations[f"{name}_mean"] = (column, lambda v: v.mean(skipna=False))
+        aggregations[f"{name}_std"] = (column, lambda v: v.std(skipna=False))
     stats = finished.groupby(keys, dropna=False).agg(**aggregations)
     for name in ("val_acc", "test_acc"):
         stats[f"{name}_ci95"] = [ci95(s, n) for s, n in zip(stats[f"{name}_std"], stats["seeds_finished"])]
