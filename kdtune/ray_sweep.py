@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from kdtune.atomic import save_json, save_torch
-from kdtune.data import Splits, load_dataset, make_splits
+from kdtune.data import Splits
 from kdtune.errors import UserError
-from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, sweep_points, tune_storage)
+from kdtune.sweep import (METRIC, Resources, SweepSettings, check_models, check_storage_writable, load_splits,
+                          sweep_points, tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
                             load_cached, store_entry, train_teacher)
 from kdtune.trainable import from_shared, kd_trainable, to_shared, trial_device
@@ -24,7 +25,7 @@ from kdtune.trainable import from_shared, kd_trainable, to_shared, trial_device
 # ----------------------------------------------------------------------------- cluster
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, runtime_env: dict | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -33,8 +34,9 @@ def connect(address: str | None) -> None:
     if address and address != "auto":
         _check_reachable(address)
     try:
-        # Workers import kdtune as installed on each node (pip install -e . there too; see README).
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+        # Workers import kdtune as installed on each node (pip install -e . there too; see README), and the
+        # user's model code from `runtime_env` (--py-modules, --working-dir), which Ray ships to every node.
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING", runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot connect to the Ray cluster at {address!r}: {first}") from None
@@ -83,7 +85,7 @@ def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list
     if state is None:
         model, meta = train_teacher(config, splits, device, progress=True)
     else:
-        model, meta = create_model(config.model), None
+        model, meta = create_model(config.model, splits.num_classes), None
         model.load_state_dict(state)
     logits = compute_logits(model, splits, names, aug_seed, device, precision, progress=True)
     return ({k: v.cpu() for k, v in model.state_dict().items()} if meta else None), meta, logits
@@ -114,7 +116,7 @@ def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Split
     if teacher is None:
         from kdtune.models import create_model
 
-        model = create_model(config.model)
+        model = create_model(config.model, splits.num_classes)
         model.load_state_dict(new_state)
         teacher = add_to_store(store_entry(config, splits, resources.teacher_store), model.eval(), meta)
     files = cache_entries(teacher, splits, settings.aug_seed, settings.epochs, mode)
@@ -207,16 +209,16 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, resume:
 
     storage = tune_storage(root, resources)
     check_storage_writable(storage)
-    connect(resources.address)
+    connect(resources.address, resources.runtime_env)
     check_cluster(resources, storage)
-    splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
+    splits = load_splits(settings)
+    check_models(settings, splits)
     shared_splits = ray.put(to_shared(splits))
     teacher, cache = prepare_teacher(settings, resources, splits, shared_splits)
     record = {
         "settings": settings.to_dict(),
         "teacher": {"path": str(teacher.path.resolve()), **{k: v for k, v in teacher.meta.items() if k != "history"}},
-        "data": {"splits": splits.key, "train": len(splits.train_labels), "val": len(splits.val_labels),
-                 "test": len(splits.test_labels)},
+        "data": splits.summary(),
         "storage": storage,
         "points": sweep_points(settings),
     }

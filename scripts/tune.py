@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kdtune.cli import ArgumentParser, positive_float, positive_int, run_cli
 from kdtune.config import PRECISIONS
-from kdtune.data import resolve_data_dir
+from kdtune.data import DATASETS, resolve_data_dir
 from kdtune.errors import UsageError
 from kdtune.optuna_search import SAMPLERS
 from kdtune.presets import PRESETS
@@ -28,14 +28,17 @@ def parse_args(argv):
     p.add_argument("--dry-run", action="store_true", help="print the trial plan and estimated cost; train nothing")
     p.add_argument("--results-dir", default="results", help="where experiments live (default: results)")
     g = p.add_argument_group("models, data and training (default: the preset's)")
-    g.add_argument("--teacher")
-    g.add_argument("--student")
+    models = "a registry name, torchvision:NAME, timm:NAME or package.module:callable"
+    g.add_argument("--teacher", help=f"teacher model: {models}")
+    g.add_argument("--student", help=f"student model: {models}")
     g.add_argument("--recipe")
     g.add_argument("--teacher-recipe")
     g.add_argument("--epochs", type=positive_int, help="student epochs")
     g.add_argument("--lr", type=positive_float, help="student learning rate (default: the recipe's)")
     g.add_argument("--teacher-epochs", type=positive_int)
-    g.add_argument("--data-dir", help="CIFAR-10 or an image folder (default: $KDTUNE_DATA_DIR, else ./data)")
+    g.add_argument("--data-dir", help="CIFAR-10, CIFAR-100 or an image folder (default: $KDTUNE_DATA_DIR, else ./data)")
+    g.add_argument("--dataset", choices=DATASETS, help="what --data-dir holds (default: inferred from it)")
+    g.add_argument("--image-size", type=positive_int, metavar="S", help="resize every image to S x S when decoding")
     g.add_argument("--train-subset", type=positive_int)
     g.add_argument("--val-size", type=positive_int)
     g.add_argument("--precision", choices=PRECISIONS, default="auto")
@@ -57,6 +60,10 @@ def parse_args(argv):
     r.add_argument("--max-concurrent", type=positive_int)
     r.add_argument("--address", help="a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS, else local)")
     r.add_argument("--storage-path", help="where Tune keeps trials: a folder or a URI such as s3://bucket/path")
+    r.add_argument("--py-modules", action="append", default=[], metavar="PATH",
+                   help="a .py file or package folder of your models, shipped to every Ray node (repeatable)")
+    r.add_argument("--working-dir", metavar="DIR",
+                   help="a folder shipped to every Ray node as the workers' working directory")
     args = p.parse_args(argv)
     if not args.resume and not (args.grid or args.optuna):
         p.error("one of --grid SPACE or --optuna SPACE is required (or --resume --name NAME)")
@@ -70,7 +77,9 @@ def main(argv=None) -> int:
     resources = Resources(
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         address=args.address, storage_path=args.storage_path, teacher_store=args.teacher_store,
+        py_modules=tuple(args.py_modules), working_dir=args.working_dir,
     )
+    resources.import_user_code()  # model specs are checked here, before any Ray worker imports them
     if args.resume:
         root = experiment_root(args.name, args.results_dir)
         settings = load_settings(root)
@@ -85,6 +94,7 @@ def main(argv=None) -> int:
             name, search, space, args.preset,
             teacher=args.teacher, student=args.student, recipe=args.recipe, teacher_recipe=args.teacher_recipe,
             epochs=args.epochs, lr=args.lr, teacher_epochs=args.teacher_epochs, data_dir=str(resolve_data_dir(args.data_dir)),
+            dataset=args.dataset, image_size=args.image_size,
             train_subset=args.train_subset, val_size=args.val_size, precision=args.precision,
             seeds=args.seeds or (3 if search == "grid" else 1), num_samples=args.num_samples, sampler=args.sampler,
             search_seed=args.search_seed, asha=search == "optuna" if args.asha is None else args.asha,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -96,8 +97,8 @@ def test_reported_lr_follows_the_schedule(splits):
 @pytest.mark.parametrize("model, recipe", [("tinycnn", "seed"), ("cnn3", "strong")])
 def test_resume_reproduces_uninterrupted_run(splits, model, recipe):
     """cnn3 has dropout (the global RNG must be restored); strong is SGD + one-cycle (scheduler state)."""
-    small = Splits(splits.train_images[:128], splits.train_labels[:128], splits.val_images, splits.val_labels,
-                   splits.test_images[:16], splits.test_labels[:16], splits.classes, splits.key)
+    small = dataclasses.replace(splits, train_images=splits.train_images[:128], train_labels=splits.train_labels[:128],
+                                test_images=splits.test_images[:16], test_labels=splits.test_labels[:16])
     config = _config(model=model, recipe=recipe, epochs=3, batch_size=32)
     states = {}
 
