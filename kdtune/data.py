@@ -107,12 +107,16 @@ def is_image_folder(data_dir: Path) -> bool:
     return (data_dir / "train").is_dir() and (data_dir / "test").is_dir()
 
 
+def check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return name
+
+
 def detect_dataset(data_dir: str | os.PathLike, dataset: str | None = None) -> str:
     """`dataset` checked, or the one source `data_dir` holds; CIFAR-10 (to download) when it holds none."""
     if dataset is not None:
-        if dataset not in DATASETS:
-            raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-        return dataset
+        return check_dataset(dataset)
     data_dir = Path(data_dir).expanduser()
     present = [name for name, folder in CIFAR_FOLDERS.items() if (data_dir / folder).is_dir()]
     present += ["folder"] if is_image_folder(data_dir) else []

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdtune.config import RunConfig, check_recipe_name
-from kdtune.data import DATASETS, Splits, load_dataset, make_splits
+from kdtune.data import Splits, check_dataset, load_dataset, make_splits
 from kdtune.errors import UserError
 from kdtune.models import check_model, check_model_name
 from kdtune.optuna_search import SAMPLERS
@@ -66,8 +66,8 @@ class SweepSettings:
     def __post_init__(self):
         check_model_name(self.teacher)
         check_model_name(self.student)
-        if self.dataset is not None and self.dataset not in DATASETS:
-            raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.dataset is not None:
+            check_dataset(self.dataset)
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"invalid image-size {self.image_size}: must be an integer >= 1")
         check_recipe_name(self.recipe)

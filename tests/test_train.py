@@ -58,6 +58,17 @@ def test_it_learns_the_synthetic_task(splits):
     assert result.final["val_acc"] > 0.3  # chance is 0.1
 
 
+@pytest.mark.parametrize("model", ["tinycnn", "helpers:tiny_a"])
+def test_it_learns_three_classes_of_40x40_images(three_class_dir, model):
+    from kdtune.data import load_dataset, make_splits
+
+    data = make_splits(load_dataset(three_class_dir), val_size=30)
+    assert data.num_classes == 3 and data.image_size == (40, 40)
+    result = train(_config(model=model, epochs=4, batch_size=30, lr=3e-3), data, CPU)
+    assert result.model(torch.zeros(1, 3, 40, 40)).shape == (1, 3)
+    assert result.final["val_acc"] > 0.6 and result.final["test_acc"] > 0.6, result.final  # chance is 1/3
+
+
 def test_on_epoch_called_once_per_epoch_with_every_metric(splits):
     calls = []
     teacher_model = create_model("tinycnn")  # random init is enough to be a teacher signal
