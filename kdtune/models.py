@@ -30,7 +30,6 @@ from kdtune.errors import UserError
 
 NUM_CLASSES = 10
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {}
-PREFIXES = ("torchvision", "timm")
 
 
 def register(name: str):
@@ -62,7 +61,8 @@ def resolve_model(spec: str) -> Callable[[int], nn.Module]:
         return _torchvision_builder(spec, name)
     if prefix == "timm":
         return _timm_builder(spec, name)
-    return _callable_builder(spec, prefix, name)
+    target = _import_callable(spec, prefix, name)
+    return lambda num_classes: target(num_classes=num_classes)
 
 
 def check_model_name(spec: str) -> str:
@@ -144,11 +144,6 @@ def _timm_builder(spec: str, name: str) -> Callable[[int], nn.Module]:
     if not timm.is_model(name):
         raise UserError(f"unknown model {spec!r}: timm has no model {name!r} (see timm.list_models())")
     return lambda num_classes: timm.create_model(name, pretrained=False, num_classes=num_classes)
-
-
-def _callable_builder(spec: str, module_name: str, attr_path: str) -> Callable[[int], nn.Module]:
-    target = _import_callable(spec, module_name, attr_path)
-    return lambda num_classes: target(num_classes=num_classes)
 
 
 def _import_callable(spec: str, module_name: str, attr_path: str) -> Callable:
