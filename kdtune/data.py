@@ -365,7 +365,8 @@ def make_splits(dataset: Dataset, val_size: int = 5000, train_subset: int | None
         test_images=dataset.test_images,
         test_labels=dataset.test_labels,
         classes=dataset.classes,
-        key=_digest([dataset.fingerprint, val_size, train_subset, split_seed])[:16],
+        # The statistics name how inputs are normalised: a teacher or logit cache made under other ones is not reused.
+        key=_digest([dataset.fingerprint, dataset.mean, dataset.std, val_size, train_subset, split_seed])[:16],
         mean=dataset.mean,
         std=dataset.std,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import stat
@@ -156,6 +157,12 @@ def test_splits_are_stratified_disjoint_and_complete():
     assert torch.equal(s.train_labels, torch.tensor(train_ids) % 10)
     assert torch.equal(s.val_labels, torch.tensor(val_ids) % 10)
     assert torch.equal(s.test_images, dataset.test_images) and s.classes == dataset.classes
+
+
+def test_splits_key_names_the_normalisation():
+    dataset = _unique_dataset()
+    other = dataclasses.replace(dataset, mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
+    assert make_splits(dataset, val_size=100).key != make_splits(other, val_size=100).key
 
 
 def test_splits_are_seeded():
