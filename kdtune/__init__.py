@@ -1,4 +1,4 @@
-"""kdtune: knowledge-distillation sweeps over temperature and alpha on CIFAR-10.
+"""kdtune: knowledge-distillation sweeps over temperature and alpha for image classifiers.
 
 Data flows one way: `data` -> `teacher` (store and logit cache) -> `train`
 (one loop for teacher, student and distillation) -> `tune` (Ray Tune sweeps)

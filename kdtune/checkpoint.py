@@ -16,14 +16,18 @@ from torch import nn
 
 from kdtune.atomic import save_torch
 from kdtune.errors import UserError
-from kdtune.models import create_model
+from kdtune.models import NUM_CLASSES, create_model
 
 FORMAT = "kdtune-model-v1"
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, arch: str, meta: dict) -> Path:
+def save_model(
+    path: str | os.PathLike, model: nn.Module, arch: str, meta: dict, num_classes: int = NUM_CLASSES
+) -> Path:
+    """Save `model` (built by the spec `arch` for `num_classes` classes) with its metadata."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return save_torch(path, {"format": FORMAT, "arch": arch, "state_dict": state, "meta": meta})
+    payload = {"format": FORMAT, "arch": arch, "num_classes": num_classes, "state_dict": state, "meta": meta}
+    return save_torch(path, payload)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -40,13 +44,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
-def load_model(path: str | os.PathLike, expected_arch: str | None = None) -> tuple[nn.Module, dict]:
-    """Return (model on CPU in eval mode, metadata). A checkpoint of another architecture is refused."""
+def load_model(
+    path: str | os.PathLike, expected_arch: str | None = None, num_classes: int | None = None
+) -> tuple[nn.Module, dict]:
+    """Return (model on CPU in eval mode, metadata). A checkpoint of another architecture or class count is refused."""
     payload = read_checkpoint(path)
     arch = payload["arch"]
     if expected_arch is not None and arch != expected_arch:
         raise UserError(f"checkpoint {path} holds a {arch!r} model, but {expected_arch!r} was asked for")
-    model = create_model(arch)
+    classes = int(payload.get("num_classes", NUM_CLASSES))  # checkpoints before class counts were all CIFAR-10
+    if num_classes is not None and classes != num_classes:
+        raise UserError(f"checkpoint {path} holds a {classes}-class model, but the data have {num_classes} classes")
+    model = create_model(arch, classes)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:

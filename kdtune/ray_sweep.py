@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 from kdtune.atomic import save_torch
-from kdtune.data import Splits, load_dataset, make_splits
+from kdtune.data import Splits
 from kdtune.errors import UserError
 from kdtune.interrupt import StopRequest
 from kdtune.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
-from kdtune.sweep import (METRIC, Resources, SweepSettings, check_storage_writable, grid_axes, plan, planned_seeds,
+from kdtune.sweep import (METRIC, Resources, SweepSettings, check_models, check_storage_writable, grid_axes,
+                          load_splits, plan, planned_seeds,
                           sweep_points, tune_storage)
 from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
                             load_cached, load_teacher_file, store_entry, train_teacher)
@@ -29,17 +30,19 @@ from kdtune.trainable import from_shared, kd_trainable, to_shared, trial_device
 # ----------------------------------------------------------------------------- cluster
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, runtime_env: dict | None = None) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address != "auto":
+    # No address: a Ray of its own, never whichever cluster was started last on this machine.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address not in ("auto", "local"):
         _check_reachable(address)
     try:
-        # Workers import kdtune as installed on each node (pip install -e . there too; see README).
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+        # Workers import kdtune as installed on each node (pip install -e . there too; see README), and the
+        # user's model code from `runtime_env` (--py-modules, --working-dir), which Ray ships to every node.
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING", runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot connect to the Ray cluster at {address!r}: {first}") from None
@@ -143,7 +146,7 @@ def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list
     if state is None:
         model, meta = train_teacher(config, splits, device, progress=ray_tqdm)
     else:
-        model, meta = create_model(config.model), None
+        model, meta = create_model(config.model, splits.num_classes), None
         model.load_state_dict(state)
     logits = compute_logits(model, splits, names, aug_seed, device, precision, progress=ray_tqdm)
     return ({k: v.cpu() for k, v in model.state_dict().items()} if meta else None), meta, logits
@@ -183,7 +186,7 @@ def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Split
     if teacher is None:
         from kdtune.models import create_model
 
-        model = create_model(config.model)
+        model = create_model(config.model, splits.num_classes)
         model.load_state_dict(new_state)
         teacher = add_to_store(store_entry(config, splits, resources.teacher_store), model.eval(), meta)
     files = cache_entries(teacher, splits, settings.aug_seed, settings.epochs, mode)
@@ -324,17 +327,16 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
     check_storage_writable(storage)
     if previous is not None:
         check_tune_state(storage, previous.get("phases_started", []))
-    connect(resources.address)
+    connect(resources.address, resources.runtime_env)
     resources = default_gpus(resources)
     check_cluster(resources, storage)
-    splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
+    splits = load_splits(settings)
+    check_models(settings, splits)
     shared_splits = ray.put(to_shared(splits))
     mode = previous["cache_mode"] if previous and "cache_mode" in previous else cache_mode(
         settings.precision, torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu"))
     record = start_record(previous, settings, resources, storage, mode)
-    record.update(data={"splits": splits.key, "train": len(splits.train_labels), "val": len(splits.val_labels),
-                        "test": len(splits.test_labels)}, points=sweep_points(settings),
-                  students=settings.students_record())
+    record.update(data=splits.summary(), points=sweep_points(settings), students=settings.students_record())
     new_folder = not root.exists()
     with StopRequest() as stop:
         save_record(root, record)

@@ -17,7 +17,7 @@ from kdtune.checkpoint import save_model
 from kdtune.config import RunConfig
 from kdtune.data import load_dataset, make_splits
 from kdtune.errors import UserError
-from kdtune.models import count_parameters
+from kdtune.models import check_model, count_parameters
 from kdtune.plots import plot_training_curves
 from kdtune.teacher import CachedTeacher, obtain_teacher, teacher_logits
 from kdtune.train import LiveTeacher, resolve_device, train
@@ -30,6 +30,8 @@ def run_mode(
     student: RunConfig,
     teacher: RunConfig,
     data_dir: str | os.PathLike,
+    dataset: str | None = None,
+    image_size: int | None = None,
     val_size: int = 5000,
     train_subset: int | None = None,
     device: str = "auto",
@@ -43,10 +45,12 @@ def run_mode(
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     torch_device = resolve_device(device)
-    splits = make_splits(load_dataset(data_dir), val_size=val_size, train_subset=train_subset)
+    data = load_dataset(data_dir, dataset=dataset, image_size=image_size)
+    splits = make_splits(data, val_size=val_size, train_subset=train_subset)
+    for config in {"teacher": [teacher], "student": [student], "distill": [teacher, student]}[mode]:
+        check_model(config.model, splits.num_classes, splits.image_size)  # a bad model fails before any training
     output = Path(output or f"results/runs/{mode}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    summary: dict = {"mode": mode, "data": {"dir": str(data_dir), "splits": splits.key, "train": len(splits.train_labels),
-                     "val": len(splits.val_labels), "test": len(splits.test_labels)}, "device": str(torch_device)}
+    summary: dict = {"mode": mode, "data": {"dir": str(data_dir), **splits.summary()}, "device": str(torch_device)}
 
     if mode != "student":
         found = obtain_teacher(teacher, splits, torch_device, teacher_store, teacher_path, progress,
@@ -74,7 +78,7 @@ def run_mode(
     summary.update(config=config.to_dict(), parameters=count_parameters(result.model), history=result.history,
                    final=result.final)
     save_model(output.with_suffix(".pt"), result.model, config.model, {"config": config.to_dict(), "data_key": splits.key,
-               "val_acc": result.final["val_acc"], "test_acc": result.final["test_acc"]})
+               "val_acc": result.final["val_acc"], "test_acc": result.final["test_acc"]}, splits.num_classes)
     print(f"{label}: val {result.final['val_acc']:.2%}  test {result.final['test_acc']:.2%}")
     _write(output, summary, config.model, label)
     return summary

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kdtune import stats
 from kdtune.config import RunConfig, check_recipe_name, warmup_epochs
-from kdtune.data import load_dataset, make_splits
+from kdtune.data import Splits, check_dataset, load_dataset, make_splits
 from kdtune.errors import UserError
-from kdtune.models import check_model_name
+from kdtune.models import check_model, check_model_name
 from kdtune.optuna_search import SAMPLERS
 from kdtune.presets import get_preset
 from kdtune.search_spaces import SearchSpace, apply_overrides, resolve_search_space, space_label
@@ -69,10 +70,16 @@ class SweepSettings:
     teacher_path: str | None = None  # a teacher checkpoint to use instead of the store's
     allow_foreign_teacher: bool = False  # accept a --teacher-path trained on other data splits
     test_every: int = 0  # students' test set: after the last epoch, and every N epochs too (0: only then)
+    dataset: str | None = None  # cifar10, cifar100 or folder; None: inferred from data_dir
+    image_size: int | None = None  # resize every image to S x S at decode time; None: as stored
 
     def __post_init__(self):
         check_model_name(self.teacher)
         check_model_name(self.student)
+        if self.dataset is not None:
+            check_dataset(self.dataset)
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"invalid image-size {self.image_size}: must be an integer >= 1")
         check_recipe_name(self.recipe)
         check_recipe_name(self.teacher_recipe)
         for field, low in (("seeds", 1), ("num_samples", 1), ("epochs", 1), ("teacher_epochs", 1),
@@ -140,6 +147,8 @@ class Resources:
     autoscale: bool = False  # the cluster starts nodes on demand (also detected for Ray's autoscaler)
     mlflow_uri: str | None = None  # log every trial to this MLflow tracking server or store (kdtune.tracking)
     wandb_project: str | None = None  # log every trial to this Weights & Biases project
+    py_modules: tuple[str, ...] = ()  # the user's model code (.py files or package folders), shipped to every node
+    working_dir: str | None = None  # a folder shipped to every node and made the workers' working directory
 
     def __post_init__(self):
         check_tracking(self.mlflow_uri, self.wandb_project)
@@ -149,6 +158,11 @@ class Resources:
             raise UserError(f"invalid gpus-per-trial {self.gpus_per_trial}: must be >= 0")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise UserError(f"invalid max-concurrent {self.max_concurrent}: must be >= 1")
+        for path in self.py_modules:
+            if not (Path(path).is_dir() or (Path(path).is_file() and path.endswith(".py"))):
+                raise UserError(f"--py-modules {path}: not a .py file or a package folder")
+        if self.working_dir is not None and not Path(self.working_dir).is_dir():
+            raise UserError(f"--working-dir {self.working_dir}: not a folder")
 
     @property
     def trial_resources(self) -> dict:
@@ -160,6 +174,24 @@ class Resources:
         if self.gpus_per_trial is not None:
             return self
         return dataclasses.replace(self, gpus_per_trial=1.0 if cluster_gpus >= 1 else 0.0)
+
+    @property
+    def runtime_env(self) -> dict | None:
+        """Ray's runtime environment for the user's code, or None when there is none to ship."""
+        env = {}
+        if self.py_modules:
+            env["py_modules"] = [str(Path(p).resolve()) for p in self.py_modules]
+        if self.working_dir is not None:
+            env["working_dir"] = str(Path(self.working_dir).resolve())
+        return env or None
+
+    def import_user_code(self) -> None:
+        """Make the code that `runtime_env` ships importable here too, where specs are checked and teachers built."""
+        folders = [Path(p).resolve().parent for p in self.py_modules]
+        folders += [Path(self.working_dir).resolve()] if self.working_dir is not None else []
+        for folder in map(str, folders):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
 
 
 def build_settings(name: str, search: str, space, preset_name: str, **values) -> SweepSettings:
@@ -179,6 +211,17 @@ def build_settings(name: str, search: str, space, preset_name: str, **values) ->
 
 def default_name(search: str, space) -> str:
     return f"{space_label(space)}-{search}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_splits(settings: SweepSettings) -> Splits:
+    dataset = load_dataset(settings.data_dir, dataset=settings.dataset, image_size=settings.image_size)
+    return make_splits(dataset, settings.val_size, settings.train_subset)
+
+
+def check_models(settings: SweepSettings, splits: Splits) -> None:
+    """Build teacher and student once for these data: a model that cannot take them fails before any work."""
+    for spec in (settings.teacher, settings.student):
+        check_model(spec, splits.num_classes, splits.image_size)
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -301,16 +344,14 @@ def check_storage_writable(storage: str) -> None:
                 break
 
 
-def estimate_throughput(model_name: str, batch_size: int, device, steps: int = 3) -> float:
-    """Training images/s of `model_name` on `device`, from a few timed steps on random data."""
+def estimate_throughput(model_name: str, batch_size: int, device, splits: Splits, steps: int = 3) -> float:
+    """Training images/s of `model_name` on `device`, from a few timed steps on random data shaped as `splits`."""
     import torch
 
-    from kdtune.models import create_model
-
-    model = create_model(model_name).to(device)
+    model = check_model(model_name, splits.num_classes, splits.image_size).train().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    images = torch.randn(batch_size, 3, 32, 32, device=device)
-    labels = torch.randint(0, 10, (batch_size,), device=device)
+    images = torch.randn(batch_size, 3, *splits.image_size, device=device)
+    labels = torch.randint(0, splits.num_classes, (batch_size,), device=device)
     timings = []
     for _ in range(steps + 1):  # the first step warms up
         started = time.perf_counter()
@@ -329,7 +370,7 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
 
     from kdtune.teacher import find_teacher, load_teacher_file
 
-    splits = make_splits(load_dataset(settings.data_dir), settings.val_size, settings.train_subset)
+    splits = load_splits(settings)
     resources = resources.with_default_gpus(torch.cuda.device_count())
     device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
     if settings.teacher_path is not None:  # refused here already when it was trained on other splits
@@ -337,7 +378,7 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
                                    settings.allow_foreign_teacher) is not None
     else:
         stored = find_teacher(settings.teacher_config(), splits, resources.teacher_store) is not None
-    student = estimate_throughput(settings.student, settings.student_config().effective_batch_size, device)
-    teacher = estimate_throughput(settings.teacher, settings.teacher_config().effective_batch_size, device)
+    student = estimate_throughput(settings.student, settings.student_config().effective_batch_size, device, splits)
+    teacher = estimate_throughput(settings.teacher, settings.teacher_config().effective_batch_size, device, splits)
     parallel = resources.max_concurrent or max(1, int((os.cpu_count() or 1) // resources.cpus_per_trial))
     return describe_plan(settings, student, teacher, len(splits.train_labels), stored, parallel)

@@ -33,7 +33,7 @@ from kdtune.checkpoint import file_digest, load_model, save_model
 from kdtune.config import RunConfig
 from kdtune.data import Splits, augmentation_params
 from kdtune.errors import UserError
-from kdtune.models import count_parameters
+from kdtune.models import count_parameters, storage_name
 from kdtune.train import Progress, autocast, predict, prepare, progress_bar, train, training_views, uses_bf16
 
 # Teacher inference batch: large on a GPU; on the CPU small batches stay in cache and run ~1.5x faster.
@@ -61,7 +61,7 @@ def default_store() -> Path:
 
 
 def store_entry(config: RunConfig, splits: Splits, store: str | os.PathLike | None = None) -> Path:
-    return Path(store or default_store()) / f"{config.model}-{teacher_key(config, splits)}"
+    return Path(store or default_store()) / f"{storage_name(config.model)}-{teacher_key(config, splits)}"
 
 
 def find_teacher(config: RunConfig, splits: Splits, store: str | os.PathLike | None = None) -> Teacher | None:
@@ -69,7 +69,7 @@ def find_teacher(config: RunConfig, splits: Splits, store: str | os.PathLike | N
     path = store_entry(config, splits, store) / "model.pt"
     if not path.is_file():
         return None
-    model, meta = load_model(path, expected_arch=config.model)
+    model, meta = load_model(path, expected_arch=config.model, num_classes=splits.num_classes)
     return Teacher(model, meta, path)
 
 
@@ -78,7 +78,7 @@ def add_to_store(entry: Path, model: nn.Module, meta: dict) -> Teacher:
     entry.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".building-{entry.name}-"))
     try:
-        save_model(building / "model.pt", model, meta["config"]["model"], meta)
+        save_model(building / "model.pt", model, meta["config"]["model"], meta, meta["num_classes"])
         save_json(building / "meta.json", meta)
         try:
             building.rename(entry)
@@ -112,7 +112,7 @@ def obtain_teacher(
         if path.exists():
             return load_teacher_file(path, config, splits, allow_foreign)
         model, meta = train_teacher(config, splits, device, progress)
-        save_model(path, model, config.model, meta)
+        save_model(path, model, config.model, meta, splits.num_classes)
         return Teacher(model, meta, path)
     found = find_teacher(config, splits, store)
     if found is not None:
@@ -126,7 +126,7 @@ def load_teacher_file(path: str | os.PathLike, config: RunConfig, splits: Splits
     other splits may have seen this run's validation (or test) images, and every number after it would leak.
     With `allow_foreign` it is used anyway and its metadata says so (`foreign_data`)."""
     path = Path(path)
-    model, meta = load_model(path, expected_arch=config.model)
+    model, meta = load_model(path, expected_arch=config.model, num_classes=splits.num_classes)
     recorded = meta.get("data_key")
     if recorded != splits.key:
         if not allow_foreign:
@@ -148,6 +148,7 @@ def train_teacher(config: RunConfig, splits: Splits, device, progress: Progress 
     meta = {
         "config": config.to_dict(),
         "data_key": splits.key,
+        "num_classes": splits.num_classes,
         "parameters": count_parameters(result.model),
         "val_acc": result.final["val_acc"],
         "test_acc": result.final["test_acc"],
@@ -188,7 +189,8 @@ def cache_entries(teacher: Teacher, splits: Splits, aug_seed: int, epochs: int, 
 def load_cached(files: dict, splits: Splits) -> dict:
     """{name: logits} for the entries present and sound; damaged or missing ones are left out (and rebuilt)."""
     rows = {"val": len(splits.val_labels), "test": len(splits.test_labels)}
-    loaded = {name: _load_logits(path, rows.get(name, len(splits.train_labels))) for name, path in files.items()}
+    loaded = {name: _load_logits(path, (rows.get(name, len(splits.train_labels)), splits.num_classes))
+              for name, path in files.items()}
     return {name: value for name, value in loaded.items() if value is not None}
 
 
@@ -200,9 +202,10 @@ def compute_logits(model: nn.Module, splits: Splits, names: list, aug_seed: int,
     out = {}
     for name in names:
         if name in ("val", "test"):
-            logits = predict(model, splits.val_images if name == "val" else splits.test_images, device, precision)
+            logits = predict(model, splits.val_images if name == "val" else splits.test_images, splits, device,
+                             precision)
         else:
-            logits = epoch_logits(model, splits.train_images, aug_seed, name, device, precision)
+            logits = epoch_logits(model, splits, aug_seed, name, device, precision)
         out[name] = logits.half().cpu()
         if bar is not None:
             bar.update(1)
@@ -246,21 +249,21 @@ def teacher_logits(
 
 
 @torch.no_grad()
-def epoch_logits(model, train_images, aug_seed: int, epoch: int, device, precision: str) -> torch.Tensor:
+def epoch_logits(model, splits: Splits, aug_seed: int, epoch: int, device, precision: str) -> torch.Tensor:
     """Teacher logits (n_train, classes) for exactly the views `kdtune.train` draws in `epoch`."""
-    n = len(train_images)
-    params = augmentation_params(n, aug_seed, epoch)
+    n = len(splits.train_images)
+    params = augmentation_params(n, aug_seed, epoch, splits.image_size)
     batch = CACHE_BATCH.get(device.type, 1024)
     out = []
     with autocast(precision, device):
         for start in range(0, n, batch):
-            images = train_images[start : start + batch].to(device)
-            views = training_views(images, params[start : start + batch])
+            images = splits.train_images[start : start + batch].to(device)
+            views = training_views(images, params[start : start + batch], splits)
             out.append(model(views).float())
     return torch.cat(out)
 
 
-def _load_logits(path: Path, rows: int) -> torch.Tensor | None:
+def _load_logits(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
     """The cached tensor, or None where it is missing or damaged (then it is rebuilt, never trusted)."""
     if not path.is_file():
         return None
@@ -269,7 +272,7 @@ def _load_logits(path: Path, rows: int) -> torch.Tensor | None:
     except Exception:
         return None
     ok = isinstance(logits, torch.Tensor) and logits.dtype == torch.float16 and logits.dim() == 2
-    return logits if ok and len(logits) == rows else None
+    return logits if ok and tuple(logits.shape) == shape else None
 
 
 class CachedTeacher:

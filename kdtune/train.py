@@ -66,24 +66,29 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def training_views(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """The network input for uint8 training images augmented by `params`: the loop and the logit cache
-    both build their views here, so cached teacher logits are those of exactly the student's inputs."""
-    return normalize(augment(images, params)).contiguous(memory_format=torch.channels_last)
+def training_views(images: torch.Tensor, params: torch.Tensor, splits: Splits) -> torch.Tensor:
+    """The network input for uint8 training images augmented by `params`, normalised with `splits`' statistics:
+    the loop and the logit cache both build their views here, so cached teacher logits are those of exactly
+    the student's inputs."""
+    views = normalize(augment(images, params), splits.mean, splits.std)
+    return views.contiguous(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------------- inference
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
-    """Logits (N, classes) in float32 for un-augmented uint8 images, in eval mode, batched."""
+def predict(
+    model: nn.Module, images: torch.Tensor, splits: Splits, device: torch.device, precision: str
+) -> torch.Tensor:
+    """Logits (N, classes) in float32 for un-augmented uint8 images of `splits`, in eval mode, batched."""
     was_training = model.training
     model.eval()
     out = []
     with autocast(precision, device):
         for start in range(0, len(images), EVAL_BATCH):
-            out.append(model(normalize(images[start : start + EVAL_BATCH].to(device))).float())
+            batch = images[start : start + EVAL_BATCH].to(device)
+            out.append(model(normalize(batch, splits.mean, splits.std)).float())
     model.train(was_training)
     return torch.cat(out)
 
@@ -103,7 +108,7 @@ class LiveTeacher:
     def __init__(self, model: nn.Module, splits: Splits, device: torch.device, precision: str):
         self.model = prepare(model, device).eval()
         self.device, self.precision = device, precision
-        self.val_logits = predict(self.model, splits.val_images, device, precision)
+        self.val_logits = predict(self.model, splits.val_images, splits, device, precision)
 
     @torch.no_grad()
     def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
@@ -207,7 +212,7 @@ def training_epochs(
         raise UserError(f"teacher logits were cached for aug_seed {cached_seed}, but the run uses {config.aug_seed}")
     splits = splits.to(device)
     torch.manual_seed(config.seed)
-    model = prepare(create_model(config.model), device)
+    model = prepare(create_model(config.model, splits.num_classes), device)
     optimizer = build_optimizer(model, config)
     n = len(splits.train_labels)
     batch = min(config.effective_batch_size, n)
@@ -265,13 +270,13 @@ def training_epochs(
 def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar) -> dict:
     model.train()
     n = len(splits.train_labels)
-    views = augmentation_params(n, config.aug_seed, epoch).to(device)
+    views = augmentation_params(n, config.aug_seed, epoch, splits.image_size).to(device)
     order = epoch_order(n, config.seed, epoch).to(device)
     label_smoothing = config.label_smoothing
     sums = torch.zeros(3, device=device)  # total, ce, kd; summed on device to avoid a sync per step
     for start in range(0, n, batch):
         idx = order[start : start + batch]
-        images = training_views(splits.train_images[idx], views[idx])
+        images = training_views(splits.train_images[idx], views[idx], splits)
         with autocast(config.precision, device):
             student_logits = model(images)
         teacher_logits = teacher.train_logits(epoch, idx, images) if config.alpha > 0 else None
@@ -295,12 +300,12 @@ def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: 
     each image set's logits computed once."""
     metrics = {}
     if val:
-        val_logits = predict(model, splits.val_images, device, precision)
+        val_logits = predict(model, splits.val_images, splits, device, precision)
         metrics.update(classification_metrics(val_logits, splits.val_labels.to(device), "val"))
         if teacher is not None:
             metrics["agreement"] = agreement(val_logits, teacher.val_logits)
     if test:
-        test_logits = predict(model, splits.test_images, device, precision)
+        test_logits = predict(model, splits.test_images, splits, device, precision)
         metrics.update(classification_metrics(test_logits, splits.test_labels.to(device), "test"))
     return metrics
 

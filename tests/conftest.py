@@ -79,3 +79,11 @@ def readme_experiment(mini_data_dir, tmp_path_factory) -> Path:
         ray.shutdown()
         mp.undo()
     return Path(workdir / namespace["experiment"]).resolve()
+
+
+@pytest.fixture(scope="session")
+def three_class_dir(tmp_path_factory) -> Path:
+    """A 3-class image folder of 40x40 PNGs (60 train and 20 test images per class), written by the test."""
+    from helpers import write_shape_folder
+
+    return write_shape_folder(tmp_path_factory.mktemp("three-class") / "shapes")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from kdtune.data import Splits
+from kdtune.data import Splits, channel_stats
 
 CLASSES = 10
 
@@ -25,7 +25,9 @@ def _learnable(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
 def synthetic_splits(n_train: int = 256, n_val: int = 64, n_test: int = 64, seed: int = 0) -> Splits:
     g = torch.Generator().manual_seed(seed)
     parts = [_learnable(n, g) for n in (n_train, n_val, n_test)]
-    return Splits(*parts[0], *parts[1], *parts[2], tuple(f"c{i}" for i in range(CLASSES)), key=f"synthetic-{seed}")
+    classes = tuple(f"c{i}" for i in range(CLASSES))
+    mean, std = channel_stats(parts[0][0])
+    return Splits(*parts[0], *parts[1], *parts[2], classes, key=f"synthetic-{seed}", mean=mean, std=std)
 
 
 def link_image_subset(source: Path, root: Path, train_per_class: int, test_per_class: int) -> Path:
@@ -37,3 +39,37 @@ def link_image_subset(source: Path, root: Path, train_per_class: int, test_per_c
             for image in sorted(class_dir.iterdir())[:per_class]:
                 (target / image.name).symlink_to(image)
     return root
+
+
+def write_shape_folder(root: Path, classes: int = 3, size: tuple[int, int] = (40, 40), train_per_class: int = 60,
+                       test_per_class: int = 20, seed: int = 0) -> Path:
+    """A learnable image folder of PNGs: noise, and a bright square whose place along the diagonal is the class."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    side = min(h, w) // (classes + 1)
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                image = torch.randint(0, 120, (h, w, 3), dtype=torch.uint8, generator=g)
+                r, col = c * h // classes, c * w // classes
+                image[r : r + side, col : col + side] = 255
+                Image.fromarray(image.numpy()).save(folder / f"{i:03d}.png")
+    return root
+
+
+# Model builders named by `module:callable` specs in tests ("helpers:tiny_a"): the same architecture twice,
+# so that only the spec tells them apart.
+def tiny_a(num_classes: int) -> torch.nn.Module:
+    from kdtune.models import create_model
+
+    return create_model("tinycnn", num_classes)
+
+
+def tiny_b(num_classes: int) -> torch.nn.Module:
+    from kdtune.models import create_model
+
+    return create_model("tinycnn", num_classes)

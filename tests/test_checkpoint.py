@@ -54,6 +54,30 @@ def test_wrong_architecture_is_refused(saved):
     assert "tinycnn" in str(info.value) and "resnet20" in str(info.value) and str(path) in str(info.value)
 
 
+def test_class_count_is_saved_and_checked(tmp_path):
+    path = save_model(tmp_path / "m.pt", create_model("tinycnn", 3), "tinycnn", {}, num_classes=3)
+    loaded, _ = load_model(path, num_classes=3)
+    assert loaded.head[-1].out_features == 3
+    with pytest.raises(UserError, match="3-class model, but the data have 100 classes"):
+        load_model(path, num_classes=100)
+
+
+def test_checkpoint_without_a_class_count_is_cifar10(tmp_path):
+    path = save_model(tmp_path / "old.pt", create_model("tinycnn"), "tinycnn", {})
+    payload = torch.load(path, weights_only=True)
+    del payload["num_classes"]  # as written before class counts were saved
+    torch.save(payload, path)
+    loaded, _ = load_model(path, num_classes=10)
+    assert loaded.head[-1].out_features == 10
+
+
+def test_spec_checkpoint_roundtrip(tmp_path):
+    model = create_model("torchvision:resnet18", 5)
+    path = save_model(tmp_path / "tv.pt", model, "torchvision:resnet18", {}, num_classes=5)
+    loaded, _ = load_model(path, expected_arch="torchvision:resnet18", num_classes=5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
 def test_weights_of_another_architecture_are_refused(tmp_path):
     path = save_model(tmp_path / "liar.pt", create_model("cnn3"), "tinycnn", {})  # says tinycnn, holds cnn3
     with pytest.raises(UserError, match="does not match"):

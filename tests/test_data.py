@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import stat
@@ -19,40 +20,46 @@ from kdtune.data import (
     Dataset,
     augment,
     augmentation_params,
+    channel_stats,
+    crop_padding,
+    detect_dataset,
     epoch_order,
     load_dataset,
     make_splits,
+    normalize,
     resolve_data_dir,
 )
 from kdtune.errors import UserError
 
+SIZE = (32, 32)  # CIFAR's image size: crops pad by 4
 # ----------------------------------------------------------------------------- augmentation
 
 
-def _reference_augment(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """One image at a time: zero-pad by 4, crop 32x32 at (row, col), then mirror left-right if flip."""
+def _reference_augment(images: torch.Tensor, params: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """One image at a time: zero-pad by `pad`, crop H x W at (row, col), then mirror left-right if flip."""
     out = torch.empty_like(images)
+    _, _, h, w = images.shape
     for i in range(len(images)):
         row, col, flip = (int(v) for v in params[i])
-        padded = torch.zeros(3, 40, 40, dtype=images.dtype)
-        padded[:, 4:36, 4:36] = images[i]
-        crop = padded[:, row : row + 32, col : col + 32]
+        padded = torch.zeros(3, h + 2 * pad, w + 2 * pad, dtype=images.dtype)
+        padded[:, pad : pad + h, pad : pad + w] = images[i]
+        crop = padded[:, row : row + h, col : col + w]
         if flip:
-            crop = torch.stack([crop[:, :, 31 - k] for k in range(32)], dim=2)
+            crop = torch.stack([crop[:, :, w - 1 - k] for k in range(w)], dim=2)
         out[i] = crop
     return out
 
 
 def test_augmentation_params_are_a_pure_function_of_their_arguments():
-    a = augmentation_params(500, aug_seed=3, epoch=2)
+    a = augmentation_params(500, aug_seed=3, epoch=2, image_size=SIZE)
     assert a.shape == (500, 3) and a.dtype == torch.int64
-    assert torch.equal(a, augmentation_params(500, aug_seed=3, epoch=2))
-    assert not torch.equal(a, augmentation_params(500, aug_seed=3, epoch=3))
-    assert not torch.equal(a, augmentation_params(500, aug_seed=4, epoch=2))
+    assert torch.equal(a, augmentation_params(500, aug_seed=3, epoch=2, image_size=SIZE))
+    assert not torch.equal(a, augmentation_params(500, aug_seed=3, epoch=3, image_size=SIZE))
+    assert not torch.equal(a, augmentation_params(500, aug_seed=4, epoch=2, image_size=SIZE))
 
 
 def test_augmentation_params_ranges():
-    p = augmentation_params(4000, aug_seed=0, epoch=0)
+    p = augmentation_params(4000, aug_seed=0, epoch=0, image_size=SIZE)
     assert p[:, :2].min() == 0 and p[:, :2].max() == 8
     assert set(p[:, 0].unique().tolist()) == set(range(9))
     assert set(p[:, 1].unique().tolist()) == set(range(9))
@@ -62,7 +69,7 @@ def test_augmentation_params_ranges():
 def test_augment_matches_per_image_reference():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(1, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=g)  # no zeros: padding shows
-    params = augmentation_params(24, aug_seed=1, epoch=0)
+    params = augmentation_params(24, aug_seed=1, epoch=0, image_size=SIZE)
     # Make sure the corner cases are in the batch.
     params[0] = torch.tensor([0, 0, 0])
     params[1] = torch.tensor([8, 8, 1])
@@ -75,9 +82,22 @@ def test_augment_matches_per_image_reference():
     assert (got[0, :, :4, :] == 0).all() and (got[0, :, 4:, 4:] != 0).all()  # shifted by 4: zero border
 
 
+@pytest.mark.parametrize("size, pad", [((40, 40), 5), ((40, 56), 5), ((64, 64), 8), ((8, 8), 1)])
+def test_padding_scales_with_the_image_and_augment_matches_the_reference(size, pad):
+    assert crop_padding(size) == pad
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(1, 256, (40, 3, *size), dtype=torch.uint8, generator=g)
+    params = augmentation_params(40, aug_seed=1, epoch=0, image_size=size)
+    assert params[:, :2].min() >= 0 and params[:, :2].max() <= 2 * pad
+    params[0] = torch.tensor([0, 2 * pad, 1])  # a corner case: the far corner, flipped
+    got = augment(images, params)
+    assert got.shape == images.shape
+    assert torch.equal(got, _reference_augment(images, params, pad))
+
+
 def test_augment_is_deterministic_across_calls():
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    p = augmentation_params(8, aug_seed=9, epoch=1)
+    p = augmentation_params(8, aug_seed=9, epoch=1, image_size=SIZE)
     assert torch.equal(augment(images, p), augment(images.clone(), p.clone()))
 
 
@@ -92,16 +112,16 @@ def test_epoch_order_is_a_seeded_permutation():
 def test_epoch_order_and_augmentation_are_independent_streams():
     # Same seed and epoch, different purpose: the order must not be derived from the crop offsets.
     order = epoch_order(200, seed=5, epoch=0)
-    params = augmentation_params(200, aug_seed=5, epoch=0)
+    params = augmentation_params(200, aug_seed=5, epoch=0, image_size=SIZE)
     assert not torch.equal(order[:50] % 9, params[:50, 0])
 
 
 def test_augmentation_does_not_depend_on_global_rng():
     torch.manual_seed(0)
-    a = augmentation_params(50, aug_seed=2, epoch=4)
+    a = augmentation_params(50, aug_seed=2, epoch=4, image_size=SIZE)
     torch.manual_seed(123)
     torch.rand(10)
-    assert torch.equal(a, augmentation_params(50, aug_seed=2, epoch=4))
+    assert torch.equal(a, augmentation_params(50, aug_seed=2, epoch=4, image_size=SIZE))
 
 
 # ----------------------------------------------------------------------------- splits
@@ -116,7 +136,8 @@ def _unique_dataset(per_class: int = 50, classes: int = 10, n_test: int = 20) ->
     images[:, 0, 0, 1] = (idx // 256).to(torch.uint8)
     labels = idx % classes
     test = torch.zeros(n_test, 3, 32, 32, dtype=torch.uint8)
-    return Dataset(images, labels, test, torch.arange(n_test) % classes, tuple(f"c{i}" for i in range(classes)), "fp")
+    return Dataset(images, labels, test, torch.arange(n_test) % classes, tuple(f"c{i}" for i in range(classes)), "fp",
+                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
 def _ids(images: torch.Tensor) -> list[int]:
@@ -136,6 +157,12 @@ def test_splits_are_stratified_disjoint_and_complete():
     assert torch.equal(s.train_labels, torch.tensor(train_ids) % 10)
     assert torch.equal(s.val_labels, torch.tensor(val_ids) % 10)
     assert torch.equal(s.test_images, dataset.test_images) and s.classes == dataset.classes
+
+
+def test_splits_key_names_the_normalisation():
+    dataset = _unique_dataset()
+    other = dataclasses.replace(dataset, mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
+    assert make_splits(dataset, val_size=100).key != make_splits(other, val_size=100).key
 
 
 def test_splits_are_seeded():
@@ -279,7 +306,7 @@ def _image(seed: int, size: tuple[int, int] = (32, 32)) -> torch.Tensor:
     return torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def _write_image_folder(root: Path, train: dict[str, int], test: dict[str, int]) -> dict:
+def _write_image_folder(root: Path, train: dict[str, int], test: dict[str, int], size=(32, 32)) -> dict:
     """PNG (lossless) images; returns {split: [(class, image), ...]} in file-name order per class."""
     written: dict = {}
     seed = 0
@@ -291,7 +318,7 @@ def _write_image_folder(root: Path, train: dict[str, int], test: dict[str, int])
             written[split][cls] = []
             for i in range(n):
                 seed += 1
-                image = _image(seed)
+                image = _image(seed, size)
                 write_png(image, str(folder / f"{i:03d}.png"))
                 written[split][cls].append(image)
     return written
@@ -405,6 +432,140 @@ def test_damaged_cache_file_is_decoded_again(tmp_path, monkeypatch):
     cached.write_bytes(cached.read_bytes()[:100])
     again = load_dataset(root)
     assert torch.equal(again.train_images, first.train_images)
+
+
+# ----------------------------------------------------------------------------- any classes, sizes and sources
+
+
+def test_image_folder_of_three_classes_at_40x40(three_class_dir):
+    dataset = load_dataset(three_class_dir)
+    assert dataset.classes == ("class0", "class1", "class2")
+    assert dataset.train_images.shape == (180, 3, 40, 40) and dataset.test_images.shape == (60, 3, 40, 40)
+    assert sorted(set(dataset.train_labels.tolist())) == [0, 1, 2]
+    splits = make_splits(dataset, val_size=30)
+    assert splits.num_classes == 3 and splits.image_size == (40, 40)
+    assert (splits.mean, splits.std) == (dataset.mean, dataset.std)
+
+
+def test_images_of_different_sizes_name_both_and_the_flag(tmp_path):
+    root = tmp_path / "images"
+    _write_image_folder(root, {"ant": 1, "bee": 1}, {"ant": 1, "bee": 1}, size=(40, 40))
+    odd = root / "train" / "bee" / "odd.png"
+    write_png(_image(7, size=(24, 36)), str(odd))
+    with pytest.raises(UserError) as info:
+        load_dataset(root)
+    message = str(info.value)
+    assert str(odd) in message and "36x24" in message and "40x40" in message and "--image-size" in message
+
+
+def test_image_size_resizes_every_image_at_decode_time(tmp_path):
+    root = tmp_path / "images"
+    _write_image_folder(root, {"ant": 2, "bee": 2}, {"ant": 1, "bee": 1}, size=(40, 40))
+    write_png(_image(7, size=(24, 36)), str(root / "train" / "bee" / "odd.png"))
+    dataset = load_dataset(root, image_size=16)
+    assert dataset.train_images.shape == (5, 3, 16, 16) and dataset.test_images.shape == (2, 3, 16, 16)
+    original = load_dataset(tmp_path / "images", image_size=40)  # another size: its own cache entry
+    assert original.train_images.shape == (5, 3, 40, 40)
+    # Resizing a constant image keeps it constant.
+    flat = tmp_path / "flat"
+    _write_image_folder(flat, {"ant": 1}, {"ant": 1}, size=(40, 40))
+    for png in flat.rglob("*.png"):
+        write_png(torch.full((3, 40, 40), 90, dtype=torch.uint8), str(png))
+    assert (load_dataset(flat, image_size=24).train_images == 90).all()
+
+
+def test_channel_stats_are_those_of_the_training_split():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=g)
+    images[:, 2] //= 4  # a darker blue channel
+    mean, std = channel_stats(images)
+    pixels = images.double().div(255).transpose(0, 1).reshape(3, -1)
+    assert mean == pytest.approx(pixels.mean(1).tolist(), abs=1e-12)
+    assert std == pytest.approx(pixels.std(1, unbiased=False).tolist(), abs=1e-12)
+    normalized = normalize(images, mean, std)
+    assert normalized.mean((0, 2, 3)).abs().max() < 1e-5 and (normalized.std((0, 2, 3)) - 1).abs().max() < 1e-3
+
+
+def test_stats_come_from_train_and_are_cached_with_the_fingerprint(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    _write_image_folder(root, {"ant": 3, "bee": 3}, {"ant": 1, "bee": 1})
+    for png in (root / "test").rglob("*.png"):
+        write_png(torch.zeros(3, 32, 32, dtype=torch.uint8), str(png))  # black test images: not in the stats
+    dataset = load_dataset(root)
+    assert (dataset.mean, dataset.std) == channel_stats(dataset.train_images)
+    assert min(dataset.mean) > 0.3  # random train images, around 0.5
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded again instead of using the cache")
+
+    monkeypatch.setattr(data, "_decode_image_folder", no_decode)
+    again = load_dataset(root)
+    assert (again.mean, again.std, again.fingerprint) == (dataset.mean, dataset.std, dataset.fingerprint)
+
+
+def _write_fake_cifar100(root: Path, n_train: int = 30, n_test: int = 10) -> dict:
+    """CIFAR-100's python-pickle layout as torchvision reads it: train, test and meta (fine and coarse labels)."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    written = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        fine = [int(v) for v in rng.integers(0, 100, n)]
+        with open(folder / split, "wb") as f:
+            pickle.dump({"data": images, "fine_labels": fine, "coarse_labels": [v // 5 for v in fine],
+                         "filenames": [f"{split}_{i}.png" for i in range(n)]}, f)
+        written[split] = (images, fine)
+    names = [f"fine{i:02d}" for i in range(100)]
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": [f"coarse{i}" for i in range(20)]}, f)
+    written["names"] = names
+    return written
+
+
+def test_cifar100_in_torchvisions_format(tmp_path, trust_fake_cifar):
+    fake = _write_fake_cifar100(tmp_path)
+    assert detect_dataset(tmp_path) == "cifar100"
+    dataset = load_dataset(tmp_path, download=False)
+    assert dataset.classes == tuple(fake["names"]) and len(dataset.classes) == 100
+    assert torch.equal(dataset.train_images, torch.from_numpy(fake["train"][0].reshape(-1, 3, 32, 32)))
+    assert dataset.train_labels.tolist() == fake["train"][1] and dataset.test_labels.tolist() == fake["test"][1]
+    assert (dataset.mean, dataset.std) == channel_stats(dataset.train_images)
+    resized = load_dataset(tmp_path, download=False, dataset="cifar100", image_size=16)
+    assert resized.train_images.shape == (30, 3, 16, 16)
+    assert resized.fingerprint != dataset.fingerprint
+
+
+def test_damaged_cifar100_copy_is_a_user_error(tmp_path):
+    _write_fake_cifar100(tmp_path)  # md5 sums do not match the real files: torchvision refuses it
+    with pytest.raises(UserError, match="cifar-100-python"):
+        load_dataset(tmp_path, download=False)
+
+
+def test_dataset_is_inferred_only_when_unambiguous(tmp_path, trust_fake_cifar):
+    assert detect_dataset(tmp_path / "empty") == "cifar10"  # nothing there: CIFAR-10, downloaded
+    _write_fake_cifar(tmp_path)
+    assert detect_dataset(tmp_path) == "cifar10"
+    _write_fake_cifar100(tmp_path)
+    with pytest.raises(UserError) as info:
+        load_dataset(tmp_path, download=False)
+    assert "cifar10, cifar100" in str(info.value) and "--dataset" in str(info.value)
+    assert len(load_dataset(tmp_path, download=False, dataset="cifar10").classes) == 10
+    assert len(load_dataset(tmp_path, download=False, dataset="cifar100").classes) == 100
+
+
+def test_missing_cifar100_with_download_disabled_names_its_folder(tmp_path):
+    with pytest.raises(UserError) as info:
+        load_dataset(tmp_path, download=False, dataset="cifar100")
+    assert "CIFAR-100" in str(info.value) and "cifar-100-python" in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, needle", [({"dataset": "folder"}, "not an image folder"),
+                                            ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+                                            ({"image_size": 0}, "invalid image size 0")])
+def test_bad_dataset_choices_are_named(tmp_path, kwargs, needle):
+    with pytest.raises(UserError, match=needle):
+        load_dataset(tmp_path, download=False, **kwargs)
 
 
 # ----------------------------------------------------------------------------- resolve_data_dir

@@ -68,6 +68,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needl
         (["--precision", "fp16"], 2, ["--precision", "fp16"]),
         (["--teacher", "nosuchnet"], 1, ["nosuchnet", "resnet20"]),
         (["--student", "nosuchnet"], 1, ["nosuchnet", "tinycnn"]),
+        (["--student", "no_such_module_xyz:build"], 1, ["'no_such_module_xyz:build'", "no module named"]),
+        (["--teacher", "torchvision:nosuchnet"], 1, ["'torchvision:nosuchnet'", "torchvision has no"]),
+        (["--teacher", "kdtune.models:nosuch"], 1, ["'kdtune.models:nosuch'", "has no attribute"]),
+        (["--dataset", "mnist"], 2, ["--dataset", "mnist"]),
+        (["--image-size", "0"], 2, ["--image-size", "'0'"]),
         (["--recipe", "nosuch"], 1, ["nosuch", "strong"]),
         (["--device", "nonsense"], 1, ["nonsense"]),
     ],
@@ -147,6 +152,68 @@ def test_teacher_path_to_another_architecture(tmp_path, real_data):
     args = [*QUICK, "--teacher", "resnet20", "--data-dir", str(real_data), "--train-subset", "100", "--val-size", "100",
             "--teacher-path", str(other)]
     assert_one_line_error(run_main(args, tmp_path), 1, str(other), "tinycnn", "resnet20")
+
+
+# ----------------------------------------------------------------------------- your own models and data
+
+USER_MODELS = """
+from torch import nn
+
+def small_cnn(num_classes):
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+    )
+
+def not_a_model(num_classes):
+    return "a string"
+"""
+
+
+def test_torchvision_teacher_distils_into_a_module_callable_student(tmp_path, three_class_dir):
+    """3 classes of 40x40 images; the student's module is found in the current directory, as Ray's workers find it."""
+    (tmp_path / "usermodels.py").write_text(USER_MODELS)
+    store, output = tmp_path / "store", tmp_path / "run.json"
+    args = ["--mode", "distill", "--teacher", "torchvision:resnet18", "--student", "usermodels:small_cnn",
+            "--epochs", "2", "--val-size", "30", "--batch-size", "50", "--data-dir", str(three_class_dir),
+            "--teacher-store", str(store), "--output", str(output), "--no-progress"]
+    done = run_main(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(output.read_text())
+    assert summary["data"]["classes"] == 3 and summary["data"]["image_size"] == [40, 40]
+    assert summary["data"]["train"] == 150 and summary["data"]["val"] == 30 and summary["data"]["test"] == 60
+    assert summary["data"]["mean"] != [0.4914, 0.4822, 0.4465] and min(summary["data"]["std"]) > 0
+    assert summary["teacher"]["config"]["model"] == "torchvision:resnet18" and summary["teacher"]["num_classes"] == 3
+    assert summary["config"]["model"] == "usermodels:small_cnn"
+    assert [h["epoch"] for h in summary["history"]] == [1, 2] and all(h["train_kd"] > 0 for h in summary["history"])
+    (entry,) = [p for p in store.iterdir() if not p.name.startswith(".")]
+    assert entry.name.startswith("torchvision_resnet18-")
+    cached = [torch.load(p, weights_only=True) for p in entry.rglob("epoch-*.pt")]
+    assert [c.shape for c in cached] == [(150, 3), (150, 3)]  # one row of 3 class logits per training image
+    student = torch.load(output.with_suffix(".pt"), weights_only=True)
+    assert student["arch"] == "usermodels:small_cnn" and student["num_classes"] == 3
+
+
+def test_a_callable_that_is_no_model_fails_before_training(tmp_path, three_class_dir):
+    (tmp_path / "usermodels.py").write_text(USER_MODELS)
+    args = ["--mode", "student", "--student", "usermodels:not_a_model", "--epochs", "1", "--val-size", "30",
+            "--data-dir", str(three_class_dir), "--output", str(tmp_path / "run.json"), "--no-progress"]
+    result = run_main(args, tmp_path)
+    assert_one_line_error(result, 1, "'usermodels:not_a_model'", "returned str, not a torch.nn.Module")
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_timm_student_on_three_classes(tmp_path, three_class_dir):
+    pytest.importorskip("timm", reason="timm is not installed (pip install 'kdtune[timm]')")
+    output = tmp_path / "run.json"
+    args = ["--mode", "student", "--student", "timm:test_resnet", "--epochs", "1", "--val-size", "30",
+            "--image-size", "32", "--data-dir", str(three_class_dir), "--output", str(output), "--no-progress"]
+    done = run_main(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(output.read_text())
+    assert summary["config"]["model"] == "timm:test_resnet" and summary["data"]["image_size"] == [32, 32]
+    assert 0 <= summary["final"]["val_acc"] <= 1
 
 
 # ----------------------------------------------------------------------------- end to end on real images

@@ -1,12 +1,19 @@
-"""The model registry: seed parameter counts, output shapes, unknown names."""
+"""Models: the registry (seed parameter counts, output shapes), torchvision, timm and module:callable specs,
+and every bad spec as a one-line error naming it."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
 
 import pytest
 import torch
 
 from kdtune.errors import UserError
-from kdtune.models import check_model_name, count_parameters, create_model, list_models
+from kdtune.models import (check_model, check_model_name, count_parameters, create_model, list_models, model_spec,
+                           storage_name)
+
+HAS_TIMM = importlib.util.find_spec("timm") is not None
 
 
 def test_seed_teacher_resnet18_parameter_count():
@@ -30,14 +37,25 @@ def test_registry_lists_the_seed_models():
     assert list_models() == sorted(list_models())
 
 
+@pytest.mark.parametrize("size", [(32, 32), (40, 40), (64, 64), (40, 56)])
 @pytest.mark.parametrize("name", list_models())
-def test_forward_shape(name):
+def test_forward_shape(name, size):
     torch.manual_seed(0)
     model = create_model(name).eval()
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 32, 32))
+        out = model(torch.randn(2, 3, *size))
     assert out.shape == (2, 10)
     assert torch.isfinite(out).all()
+
+
+def test_convnet_at_32x32_is_unchanged_by_its_pooling():
+    """The pooling that lets ConvNets take any size is the identity at 32x32: the same numbers as before it."""
+    torch.manual_seed(0)
+    model = create_model("cnn3").eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        without = model.head(model.features[:-1](images))
+        assert torch.equal(model(images), without)
 
 
 def test_num_classes_is_respected():
@@ -62,3 +80,123 @@ def test_unknown_model_lists_known_names(call):
     assert "nosuchnet" in message
     for name in list_models():
         assert name in message
+
+
+# ----------------------------------------------------------------------------- specs from anywhere
+
+
+def test_torchvision_spec_builds_an_untrained_model_with_the_class_count():
+    model = check_model("torchvision:resnet18", num_classes=3, image_size=(40, 40))
+    assert type(model).__name__ == "ResNet" and model.fc.out_features == 3
+
+
+def test_module_callable_spec_is_called_with_num_classes():
+    from helpers import tiny_a
+
+    model = create_model("helpers:tiny_a", num_classes=7)
+    assert model.head[-1].out_features == 7
+    assert count_parameters(model) == count_parameters(tiny_a(num_classes=7))
+
+
+def test_module_callable_spec_resolves_against_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "cwd_models.py").write_text(
+        "from kdtune.models import create_model\n"
+        "def build(num_classes):\n    return create_model('tinycnn', num_classes)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_models", raising=False)
+    assert check_model("cwd_models:build", num_classes=4, image_size=(32, 32)).head[-1].out_features == 4
+
+
+@pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (pip install 'kdtune[timm]')")
+def test_timm_spec_builds_an_untrained_model_with_the_class_count():
+    model = check_model("timm:test_resnet", num_classes=3, image_size=(40, 40))
+    assert model.get_classifier().out_features == 3
+
+
+def test_timm_spec_without_timm_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` now raises ImportError
+    with pytest.raises(UserError) as info:
+        create_model("timm:resnet18")
+    assert "timm:resnet18" in str(info.value) and "kdtune[timm]" in str(info.value)
+
+
+def test_model_spec_names_a_builder_by_module_and_qualname():
+    from helpers import tiny_b
+
+    assert model_spec(tiny_b) == "helpers:tiny_b"
+    assert model_spec("torchvision:resnet18") == "torchvision:resnet18"
+
+
+def test_model_spec_refuses_what_workers_could_not_import():
+    def local(num_classes):
+        return create_model("tinycnn", num_classes)
+
+    for builder in (local, lambda num_classes: local(num_classes)):
+        with pytest.raises(UserError, match="cannot be imported by name"):
+            model_spec(builder)
+
+
+def test_storage_name_is_a_plain_file_name():
+    assert storage_name("resnet18") == "resnet18"
+    assert storage_name("torchvision:resnet18") == "torchvision_resnet18"
+    assert storage_name("my.pkg:Net.build") == "my.pkg_Net.build"
+
+
+BAD_MODULE = """
+import torch
+NOT_CALLABLE = 3
+def returns_int(num_classes):
+    return 3
+def no_num_classes():
+    return torch.nn.Linear(3, 3)
+def raises(num_classes):
+    raise ValueError("refusing to build")
+def wrong_output(num_classes):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes + 1))
+def wrong_input(num_classes):
+    return torch.nn.Linear(5, num_classes)
+"""
+
+
+@pytest.fixture
+def bad_models(tmp_path, monkeypatch):
+    (tmp_path / "bad_models.py").write_text(BAD_MODULE)
+    (tmp_path / "broken_import.py").write_text("import no_such_dependency_xyz\n")
+    (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("bad_models", "broken_import", "raises_on_import"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+BAD_SPECS = [
+    ("nosuchnet", "unknown model"),
+    ("", "invalid model"),
+    (":build", "invalid model"),
+    ("bad_models:", "invalid model"),
+    ("torchvision:nosuchnet", "torchvision has no classification model"),
+    ("torchvision:fasterrcnn_resnet50_fpn", "torchvision has no classification model"),  # detection, not classification
+    ("no_such_module_xyz:build", "no module named 'no_such_module_xyz'"),
+    ("no_such_pkg_xyz.models:build", "no module named 'no_such_pkg_xyz.models'"),
+    ("broken_import:build", "no_such_dependency_xyz"),
+    ("raises_on_import:build", "boom at import"),
+    ("bad_models:missing", "has no attribute 'missing'"),
+    ("bad_models:NOT_CALLABLE", "not a callable"),
+    ("bad_models:returns_int", "returned int, not a torch.nn.Module"),
+    ("bad_models:no_num_classes", "failed to build with num_classes=3"),
+    ("bad_models:raises", "refusing to build"),
+    ("bad_models:wrong_output", "expected logits of shape (1, 3)"),
+    ("bad_models:wrong_input", "fails on a 3x40x40 image"),
+]
+if HAS_TIMM:
+    BAD_SPECS.append(("timm:nosuchnet", "timm has no model"))
+
+
+@pytest.mark.parametrize("spec, why", BAD_SPECS)
+def test_every_bad_spec_is_a_one_line_error_naming_it(bad_models, spec, why):
+    with pytest.raises(UserError) as info:
+        check_model(spec, num_classes=3, image_size=(40, 40))
+    message = str(info.value)
+    assert repr(spec) in message and why in message, message
+    assert "\n" not in message

@@ -45,14 +45,14 @@ def cluster(monkeypatch, tmp_path):
     class Simulated:
         config = None
 
-    monkeypatch.setattr(kdtune.ray_sweep, "connect", lambda address: None)
+    monkeypatch.setattr(kdtune.ray_sweep, "connect", lambda address, runtime_env=None: None)
     monkeypatch.setattr(ray, "nodes", lambda: [HEAD])
     monkeypatch.setattr(state, "get_cluster_config", lambda: Simulated.config)
 
     def stop(*args, **kwargs):
         raise DataLoadingReached("every check passed")
 
-    monkeypatch.setattr(kdtune.ray_sweep, "load_dataset", stop)
+    monkeypatch.setattr(kdtune.ray_sweep, "load_splits", stop)
     return Simulated
 
 

@@ -128,6 +128,51 @@ def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_
     assert configs["complete"].all()
 
 
+USER_MODELS = """
+from torch import nn
+
+from kdtune.models import create_model
+
+def teacher_net(num_classes):
+    return create_model("resnet20", num_classes)
+
+def student_net(num_classes):
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * 16, num_classes))
+"""
+
+
+def test_own_models_and_three_class_images_end_to_end(workdir, three_class_dir, tmp_path):
+    """module:callable teacher and student reach Ray's workers through --py-modules (the driver's directory does
+    not hold them); 3 classes of 40x40 images; then the report."""
+    code = tmp_path / "user-code"
+    code.mkdir()
+    (code / "shapes_models.py").write_text(USER_MODELS)
+    args = ["--grid", "tiny", "--preset", "quick", "--teacher", "shapes_models:teacher_net",
+            "--student", "shapes_models:student_net", "--py-modules", str(code / "shapes_models.py"),
+            "--teacher-epochs", "2", "--epochs", "2", "--seeds", "1", "--train-subset", "150", "--val-size", "30",
+            "--data-dir", str(three_class_dir), "--name", "shapes", "--results-dir", str(workdir / "results"),
+            "--teacher-store", str(workdir / "teachers")]
+    done = run_tune(workdir, args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = trials(workdir, "shapes")
+    assert len(table) == 3 and (table["outcome"] == "finished").all()
+    record = json.loads((workdir / "results" / "shapes" / "experiment.json").read_text())
+    assert record["data"]["classes"] == 3 and record["data"]["image_size"] == [40, 40]
+    assert record["settings"]["student"] == "shapes_models:student_net" and record["teacher"]["num_classes"] == 3
+    assert len(list((workdir / "teachers").glob("shapes_models_teacher_net-*/model.pt"))) == 1
+
+    report = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(workdir / "results" / "shapes")],
+                            env=env(workdir), capture_output=True, text=True, timeout=300, cwd=workdir)
+    assert report.returncode == 0, report.stderr[-3000:]
+    out = workdir / "results" / "shapes" / "report"
+    for name in ("summary.md", "summary.csv", "temperature_analysis.png", "learning_curves.png",
+                 "fidelity_calibration.png"):
+        assert (out / name).stat().st_size > 0, name
+    markdown = (out / "summary.md").read_text()
+    assert "Teacher shapes_models:teacher_net" in markdown and "Students shapes_models:student_net" in markdown
+
+
 def test_optuna_with_asha_stops_some_trials_early(workdir, mini_data_dir):
     # The cosine schedule has no warm-up, so ASHA may decide from the first epoch.
     done = run_tune(workdir, ["--optuna", "tiny", "--num-samples", "6", "--epochs", "3", "--grace-period", "1",

@@ -41,9 +41,9 @@ def counted(monkeypatch):
     calls = {"epochs": [], "predict": 0}
     real_epoch_logits, real_predict = teacher_mod.epoch_logits, teacher_mod.predict
 
-    def epoch_logits(model, images, aug_seed, epoch, device, precision):
+    def epoch_logits(model, splits, aug_seed, epoch, device, precision):
         calls["epochs"].append(epoch)
-        return real_epoch_logits(model, images, aug_seed, epoch, device, precision)
+        return real_epoch_logits(model, splits, aug_seed, epoch, device, precision)
 
     def predict_(*args, **kwargs):
         calls["predict"] += 1
@@ -60,10 +60,11 @@ def _entries(store: Path) -> list[str]:
 
 def _live_views_logits(model, splits: Splits, aug_seed: int, epoch: int) -> torch.Tensor:
     """The teacher run directly on the views kdtune.train draws in `epoch` (one image at a time, no batching)."""
-    params = augmentation_params(len(splits.train_labels), aug_seed, epoch)
+    params = augmentation_params(len(splits.train_labels), aug_seed, epoch, splits.image_size)
     model = model.eval()
     with torch.no_grad():
-        return torch.cat([model(normalize(augment(splits.train_images[i : i + 1], params[i : i + 1])))
+        return torch.cat([model(normalize(augment(splits.train_images[i : i + 1], params[i : i + 1]), splits.mean,
+                                          splits.std))
                           for i in range(len(splits.train_labels))])
 
 
@@ -84,9 +85,9 @@ def test_cached_teacher_reproduces_live_teacher(splits, store):
         live = _live_views_logits(teacher.model, splits, aug_seed=0, epoch=epoch)
         torch.testing.assert_close(cache.train[epoch].float(), live, rtol=2e-3, atol=2e-3)
     assert (cache.train[0].float() - cache.train[1].float()).abs().max() > 0.05
-    torch.testing.assert_close(cache.val.float(), predict(teacher.model, splits.val_images, CPU, "fp32"),
+    torch.testing.assert_close(cache.val.float(), predict(teacher.model, splits.val_images, splits, CPU, "fp32"),
                                rtol=2e-3, atol=2e-3)
-    torch.testing.assert_close(cache.test.float(), predict(teacher.model, splits.test_images, CPU, "fp32"),
+    torch.testing.assert_close(cache.test.float(), predict(teacher.model, splits.test_images, splits, CPU, "fp32"),
                                rtol=2e-3, atol=2e-3)
 
     # A distilled student trains the same with the live teacher and with the cache.
@@ -139,6 +140,26 @@ def test_other_config_gets_another_entry(splits, store, change):
 
 def test_other_splits_get_another_key(splits):
     assert teacher_key(TEACHER, splits) != teacher_key(TEACHER, synthetic_splits(seed=1))
+
+
+def test_two_module_callable_teachers_never_share_an_entry(splits, store):
+    """helpers:tiny_a and helpers:tiny_b build the same architecture: only the spec tells them apart."""
+    a_config = RunConfig(**{**TEACHER.to_dict(), "model": "helpers:tiny_a"})
+    b_config = RunConfig(**{**TEACHER.to_dict(), "model": "helpers:tiny_b"})
+    assert teacher_key(a_config, splits) != teacher_key(b_config, splits)
+    a = obtain_teacher(a_config, splits, CPU, store=store)
+    b = obtain_teacher(b_config, splits, CPU, store=store)
+    assert a.path != b.path
+    assert [name.rsplit("-", 1)[0] for name in _entries(store)] == ["helpers_tiny_a", "helpers_tiny_b"]
+    assert obtain_teacher(a_config, splits, CPU, store=store).path == a.path  # and each is found again
+    assert b.meta["config"]["model"] == "helpers:tiny_b" and b.meta["num_classes"] == 10
+
+
+def test_teacher_of_another_class_count_is_refused(splits, tmp_path):
+    path = tmp_path / "three-class.pt"
+    save_model(path, create_model("tinycnn", 3), "tinycnn", {"val_acc": 0.0, "test_acc": 0.0}, num_classes=3)
+    with pytest.raises(UserError, match="3-class model, but the data have 10 classes"):
+        obtain_teacher(TEACHER, splits, CPU, teacher_path=path)
 
 
 def _count_trainings(monkeypatch) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -56,6 +57,17 @@ def test_it_learns_the_synthetic_task(splits):
     result = train(_config(epochs=4, lr=3e-3), splits, CPU)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.final["val_acc"] > 0.3  # chance is 0.1
+
+
+@pytest.mark.parametrize("model", ["tinycnn", "helpers:tiny_a"])
+def test_it_learns_three_classes_of_40x40_images(three_class_dir, model):
+    from kdtune.data import load_dataset, make_splits
+
+    data = make_splits(load_dataset(three_class_dir), val_size=30)
+    assert data.num_classes == 3 and data.image_size == (40, 40)
+    result = train(_config(model=model, epochs=4, batch_size=30, lr=3e-3), data, CPU)
+    assert result.model(torch.zeros(1, 3, 40, 40)).shape == (1, 3)
+    assert result.final["val_acc"] > 0.6 and result.final["test_acc"] > 0.6, result.final  # chance is 1/3
 
 
 def test_on_epoch_called_once_per_epoch_with_every_metric(splits):
@@ -119,8 +131,8 @@ def test_reported_lr_follows_the_schedule(splits):
 @pytest.mark.parametrize("model, recipe", [("tinycnn", "seed"), ("cnn3", "strong")])
 def test_resume_reproduces_uninterrupted_run(splits, model, recipe):
     """cnn3 has dropout (the global RNG must be restored); strong is SGD + one-cycle (scheduler state)."""
-    small = Splits(splits.train_images[:128], splits.train_labels[:128], splits.val_images, splits.val_labels,
-                   splits.test_images[:16], splits.test_labels[:16], splits.classes, splits.key)
+    small = dataclasses.replace(splits, train_images=splits.train_images[:128], train_labels=splits.train_labels[:128],
+                                test_images=splits.test_images[:16], test_labels=splits.test_labels[:16])
     config = _config(model=model, recipe=recipe, epochs=3, batch_size=32)
     states = {}
 

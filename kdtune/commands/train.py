@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kdtune.cli import ArgumentParser, positive_float, positive_int, run_cli, smoothing, unit_float
 from kdtune.config import PRECISIONS, RunConfig
-from kdtune.data import resolve_data_dir
+from kdtune.data import DATASETS, resolve_data_dir
 from kdtune.runs import MODES, run_mode
 
 
@@ -19,8 +19,9 @@ def parse_args(argv):
     p.add_argument("--epochs", type=positive_int, default=20, help="student epochs (and teacher epochs unless --teacher-epochs)")
     p.add_argument("--temperature", type=positive_float, default=4.0, help="distillation temperature T > 0")
     p.add_argument("--alpha", type=unit_float, default=0.3, help="weight of the KD term in [0, 1]; 1 - alpha weights CE")
-    p.add_argument("--teacher", default="resnet18", help="teacher architecture (default: resnet18)")
-    p.add_argument("--student", default="cnn3", help="student architecture (default: cnn3)")
+    models = "a registry name, torchvision:NAME, timm:NAME or package.module:callable"
+    p.add_argument("--teacher", default="resnet18", help=f"teacher model: {models} (default: resnet18)")
+    p.add_argument("--student", default="cnn3", help=f"student model: {models} (default: cnn3)")
     p.add_argument("--teacher-path", help="teacher checkpoint: loaded if it exists (it must have been trained on "
                    "the same data splits), else trained and saved there")
     p.add_argument("--allow-foreign-teacher", action="store_true",
@@ -28,7 +29,9 @@ def parse_args(argv):
     p.add_argument("--teacher-store", help="where trained teachers are kept (default: results/teachers)")
     p.add_argument("--teacher-epochs", type=positive_int, help="teacher epochs (default: --epochs)")
     p.add_argument("--teacher-recipe", help="teacher recipe (default: --recipe)")
-    p.add_argument("--data-dir", help="CIFAR-10 or an image folder (default: $KDTUNE_DATA_DIR, else ./data)")
+    p.add_argument("--data-dir", help="CIFAR-10, CIFAR-100 or an image folder (default: $KDTUNE_DATA_DIR, else ./data)")
+    p.add_argument("--dataset", choices=DATASETS, help="what --data-dir holds (default: inferred from it)")
+    p.add_argument("--image-size", type=positive_int, metavar="S", help="resize every image to S x S when decoding")
     p.add_argument("--train-subset", type=positive_int, help="train on a stratified subset of N images")
     p.add_argument("--val-size", type=positive_int, default=5000, help="validation images carved from train")
     p.add_argument("--seed", type=int, default=0, help="student seed: init, data order, dropout")
@@ -63,7 +66,8 @@ def main(argv=None) -> int:
         **({"lr": args.lr, "batch_size": args.batch_size} if args.mode == "teacher" else {}),
     )
     run_mode(
-        args.mode, student, teacher, resolve_data_dir(args.data_dir), val_size=args.val_size,
+        args.mode, student, teacher, resolve_data_dir(args.data_dir), dataset=args.dataset,
+        image_size=args.image_size, val_size=args.val_size,
         train_subset=args.train_subset, device=args.device, teacher_path=args.teacher_path,
         teacher_store=args.teacher_store, use_cache=not args.no_cache, output=args.output,
         progress=not args.no_progress, allow_foreign_teacher=args.allow_foreign_teacher,

@@ -13,7 +13,7 @@ import sys
 from kdtune.cli import (ArgumentParser, given_options, non_negative_int, positive_float, positive_int, run_cli,
                         smoothing)
 from kdtune.config import PRECISIONS
-from kdtune.data import resolve_data_dir
+from kdtune.data import DATASETS, resolve_data_dir
 from kdtune.errors import UsageError
 from kdtune.interrupt import exit_at_once_on_ctrl_c
 from kdtune.optuna_search import SAMPLERS
@@ -37,14 +37,17 @@ def parse_args(argv):
     p.add_argument("--dry-run", action="store_true", help="print the trial plan and estimated cost; train nothing")
     p.add_argument("--results-dir", default="results", help="where experiments live (default: results)")
     g = p.add_argument_group("models, data and training (default: the preset's)")
-    g.add_argument("--teacher")
-    g.add_argument("--student")
+    models = "a registry name, torchvision:NAME, timm:NAME or package.module:callable"
+    g.add_argument("--teacher", help=f"teacher model: {models}")
+    g.add_argument("--student", help=f"student model: {models}")
     g.add_argument("--recipe")
     g.add_argument("--teacher-recipe")
     g.add_argument("--epochs", type=positive_int, help="student epochs")
     g.add_argument("--lr", type=positive_float, help="student learning rate (default: the recipe's)")
     g.add_argument("--teacher-epochs", type=positive_int)
-    g.add_argument("--data-dir", help="CIFAR-10 or an image folder (default: $KDTUNE_DATA_DIR, else ./data)")
+    g.add_argument("--data-dir", help="CIFAR-10, CIFAR-100 or an image folder (default: $KDTUNE_DATA_DIR, else ./data)")
+    g.add_argument("--dataset", choices=DATASETS, help="what --data-dir holds (default: inferred from it)")
+    g.add_argument("--image-size", type=positive_int, metavar="S", help="resize every image to S x S when decoding")
     g.add_argument("--train-subset", type=positive_int)
     g.add_argument("--val-size", type=positive_int)
     g.add_argument("--precision", choices=PRECISIONS, default="auto")
@@ -82,6 +85,10 @@ def parse_args(argv):
     r.add_argument("--max-concurrent", type=positive_int)
     r.add_argument("--address", help="a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS, else local)")
     r.add_argument("--storage-path", help="where Tune keeps trials: a folder or a URI such as s3://bucket/path")
+    r.add_argument("--py-modules", action="append", default=[], metavar="PATH",
+                   help="a .py file or package folder of your models, shipped to every Ray node (repeatable)")
+    r.add_argument("--working-dir", metavar="DIR",
+                   help="a folder shipped to every Ray node as the workers' working directory")
     t = p.add_argument_group("tracking (Tune's own TensorBoard, CSV and JSON logs are always in the experiment folder)")
     t.add_argument("--mlflow", metavar="TRACKING_URI", help="log every trial to MLflow, e.g. sqlite:///abs/mlflow.db "
                    "or http://host:5000 (needs kdtune[mlflow])")
@@ -113,6 +120,7 @@ def main(argv=None) -> int:
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
             address=args.address, storage_path=args.storage_path, teacher_store=args.teacher_store,
             autoscale=args.autoscale, mlflow_uri=args.mlflow, wandb_project=args.wandb,
+            py_modules=tuple(args.py_modules), working_dir=args.working_dir,
         ))
         search, space = ("grid", args.grid) if args.grid else ("optuna", args.optuna)
         name = args.name or default_name(search, space)
@@ -131,10 +139,12 @@ def main(argv=None) -> int:
             seeds=args.seeds or (3 if search == "grid" else 1), num_samples=args.num_samples, sampler=args.sampler,
             search_seed=args.search_seed, asha=search == "optuna" if args.asha is None else args.asha,
             grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_failures=args.max_failures,
+            dataset=args.dataset, image_size=args.image_size,
             label_smoothing=args.label_smoothing, teacher_label_smoothing=args.teacher_label_smoothing,
             confirm=args.confirm, teacher_path=args.teacher_path, test_every=args.test_every,
             allow_foreign_teacher=args.allow_foreign_teacher or None,
         )
+    resources.import_user_code()  # model specs are checked here, before any Ray worker imports them
     if args.dry_run:
         print(dry_run(settings, resources))
         return 0
