@@ -73,3 +73,15 @@ def tiny_b(num_classes: int) -> torch.nn.Module:
     from kdtune.models import create_model
 
     return create_model("tinycnn", num_classes)
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False

@@ -109,26 +109,29 @@ def test_an_autoscaling_cluster_needs_storage_every_node_reaches(cluster, tmp_pa
 # ----------------------------------------------------------------------------- resources by default
 
 
-def test_trials_take_a_whole_gpu_by_default_where_the_cluster_has_gpus(cluster, tmp_path, capsys, monkeypatch):
+@pytest.fixture()
+def checked(monkeypatch) -> dict:
+    """{'resources': what check_cluster was given}, after the defaults were resolved against the cluster."""
+    seen = {}
+    real = kdtune.ray_sweep.check_cluster
+    monkeypatch.setattr(kdtune.ray_sweep, "check_cluster",
+                        lambda resources, storage: seen.update(resources=resources) or real(resources, storage))
+    return seen
+
+
+def test_trials_take_a_whole_gpu_by_default_where_the_cluster_has_gpus(cluster, checked, tmp_path, capsys,
+                                                                       monkeypatch):
     gpu_node = {"Alive": True, "NodeID": "gpu", "Resources": {"CPU": 16.0, "GPU": 8.0}}
     monkeypatch.setattr(ray, "nodes", lambda: [HEAD, gpu_node])
-    seen = {}
-    real = kdtune.ray_sweep.check_cluster
-    monkeypatch.setattr(kdtune.ray_sweep, "check_cluster",
-                        lambda resources, storage: seen.update(resources=resources) or real(resources, storage))
     code, out, err = sweep(tmp_path, capsys, *SHARED)
     assert err == "error: every check passed", err
-    assert seen["resources"].gpus_per_trial == 1.0 and "trials use a whole GPU each" in out
-    assert kdtune.ray_sweep.teacher_task_resources(seen["resources"]) == {"num_cpus": 1.0, "num_gpus": 1}
+    assert checked["resources"].gpus_per_trial == 1.0 and "trials use a whole GPU each" in out
+    assert kdtune.ray_sweep.teacher_task_resources(checked["resources"]) == {"num_cpus": 1.0, "num_gpus": 1}
 
 
-def test_no_gpus_by_default_on_a_cpu_cluster_and_the_teacher_gets_a_whole_node(cluster, tmp_path, capsys, monkeypatch):
-    seen = {}
-    real = kdtune.ray_sweep.check_cluster
-    monkeypatch.setattr(kdtune.ray_sweep, "check_cluster",
-                        lambda resources, storage: seen.update(resources=resources) or real(resources, storage))
+def test_no_gpus_by_default_on_a_cpu_cluster_and_the_teacher_gets_a_whole_node(cluster, checked, tmp_path, capsys):
     code, out, err = sweep(tmp_path, capsys, *SHARED)
     assert err == "error: every check passed", err
-    assert seen["resources"].gpus_per_trial == 0.0 and "GPU" not in out
+    assert checked["resources"].gpus_per_trial == 0.0 and "GPU" not in out
     # Not one trial's share: every CPU of the largest node (HEAD has 4).
-    assert kdtune.ray_sweep.teacher_task_resources(seen["resources"]) == {"num_cpus": 4.0}
+    assert kdtune.ray_sweep.teacher_task_resources(checked["resources"]) == {"num_cpus": 4.0}

@@ -12,11 +12,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import wait_for
 
 from kdtune.cli import ArgumentParser, given_options, run_cli
 from kdtune.resume import (absolute, kept_by_tune, recorded_resources, resume_command, save_record, start_record,
@@ -123,15 +123,6 @@ def test_resume_command_names_the_results_folder_only_when_it_is_not_the_default
 # ----------------------------------------------------------------------------- Ctrl-C and resume, through the CLI
 
 SPACE = "grid:\n  temperature: [4]\n  alpha: 0.5\n"
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.3)
-    return False
 
 
 @pytest.mark.slow

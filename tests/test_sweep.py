@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = ROOT / "scripts" / "tune.py"
@@ -187,15 +187,6 @@ def test_optuna_with_asha_stops_some_trials_early(workdir, mini_data_dir):
     assert sweep["temperature"].nunique() == 6  # sampled, not one point repeated
     assert (sweep["outcome"] == "stopped early").any() and (sweep["outcome"] == "finished").any()
     assert (sweep.loc[sweep["outcome"] == "stopped early", "epochs_run"] < 3).all()
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(1)
-    return False
 
 
 def test_resume_after_the_driver_is_killed_runs_only_what_was_unfinished(workdir, mini_data_dir):
