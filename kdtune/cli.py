@@ -24,9 +24,15 @@ def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace, arg
     defaults are all a sentinel parses `argv` again; what differs from the sentinel was typed.
     """
     unset = object()
+
+    class Unset(list):
+        """The sentinel of an append option: argparse copies it and appends what was typed."""
+
     probe = copy.deepcopy(parser)
-    probe.set_defaults(**{dest: unset for dest in vars(args)})
-    return {dest for dest, value in vars(probe.parse_args(argv)).items() if value is not unset}
+    appending = {a.dest for a in probe._actions if isinstance(a, argparse._AppendAction)}
+    probe.set_defaults(**{dest: Unset() if dest in appending else unset for dest in vars(args)})
+    return {dest for dest, value in vars(probe.parse_args(argv)).items()
+            if value is not unset and not (isinstance(value, Unset) and not value)}
 
 
 def positive_int(text: str) -> int:

@@ -34,8 +34,10 @@ def test_given_options_are_those_typed_whatever_their_defaults():
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--preset", default="paper")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--py-modules", action="append", default=[])
     for argv, typed in [([], set()), (["--resume"], {"resume"}), (["--epochs", "3"], {"epochs"}),
-                        (["--epo", "4", "--preset=paper"], {"epochs", "preset"})]:
+                        (["--epo", "4", "--preset=paper"], {"epochs", "preset"}),
+                        (["--py-modules", "a.py", "--py-modules", "b.py"], {"py_modules"})]:
         assert given_options(p, p.parse_args(argv), argv) == typed, argv
 
 
