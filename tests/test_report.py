@@ -529,3 +529,18 @@ def test_experiment_without_a_finished_epoch_is_one_line(tmp_path, capsys):
 def test_bad_format_is_a_usage_error(tmp_path, capsys):
     code, err = one_line_error([str(tmp_path), "--format", "bmp"], capsys)
     assert code == 2 and "invalid choice: 'bmp'" in err
+
+
+def test_a_foreign_teacher_is_said_in_the_first_lines(tmp_path):
+    from kdtune.report import summary_markdown
+
+    sweep = settings(seeds=1)
+    exp = made_up_experiment(tmp_path, sweep, [(4.0, 0.5)], ["finished"])
+    exp.record["teacher"] = {**TEACHER, "foreign_data": {"recorded_splits": None, "run_splits": "abc"}}
+    configs = config_table(exp.trials)
+    lines = summary_markdown(exp, configs, headline(configs, TEACHER), [], []).splitlines()
+    assert lines[0] == "# Report: synthetic"
+    assert lines[2].startswith("**Warning: the teacher was not trained on this experiment's data splits** (its "
+                               "splits: none recorded; this experiment's: abc; used with --allow-foreign-teacher)")
+    del exp.record["teacher"]["foreign_data"]
+    assert "Warning" not in summary_markdown(exp, configs, headline(configs, TEACHER), [], [])
