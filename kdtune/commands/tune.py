@@ -112,8 +112,9 @@ def main(argv=None) -> int:
         root = experiment_root(args.name, args.results_dir)
         previous = load_record(root)
         check_resume_options(args.given)
-        settings = recorded_settings(previous)
         resources = recorded_resources(previous, {k: getattr(args, k) for k in args.given & set(PLACEMENT_OPTIONS)})
+        resources.import_user_code()  # model specs are checked here, before any Ray worker imports them
+        settings = recorded_settings(previous)
         print(f"resuming {root} with its saved settings")
     else:
         resources = absolute(Resources(
@@ -122,6 +123,7 @@ def main(argv=None) -> int:
             autoscale=args.autoscale, mlflow_uri=args.mlflow, wandb_project=args.wandb,
             py_modules=tuple(args.py_modules), working_dir=args.working_dir,
         ))
+        resources.import_user_code()
         search, space = ("grid", args.grid) if args.grid else ("optuna", args.optuna)
         name = args.name or default_name(search, space)
         root = experiment_root(name, args.results_dir)
@@ -144,7 +146,6 @@ def main(argv=None) -> int:
             confirm=args.confirm, teacher_path=args.teacher_path, test_every=args.test_every,
             allow_foreign_teacher=args.allow_foreign_teacher or None,
         )
-    resources.import_user_code()  # model specs are checked here, before any Ray worker imports them
     if args.dry_run:
         print(dry_run(settings, resources))
         return 0
