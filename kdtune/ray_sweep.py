@@ -99,7 +99,7 @@ def default_gpus(resources: Resources) -> Resources:
     gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     resolved = resources.with_default_gpus(gpus)
     if resources.gpus_per_trial is None and resolved.gpus_per_trial:
-        print(f"trials use a whole GPU each (the cluster has GPUs; --gpus-per-trial 0 for none, 0.25 for four to a GPU)")
+        print("trials use a whole GPU each (the cluster has GPUs; --gpus-per-trial 0 for none, 0.25 for four to a GPU)")
     return resolved
 
 
