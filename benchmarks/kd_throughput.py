@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,10 +45,11 @@ import torch
 
 from kdtune.config import RunConfig
 from kdtune.data import Dataset, make_splits
+from kdtune.device import autocast, device_name, load_average, resolve_device, uses_bf16
 from kdtune.errors import UserError
 from kdtune.losses import kd_loss
 from kdtune.models import check_model_name, create_model
-from kdtune.train import autocast, build_optimizer, resolve_device, train, uses_bf16
+from kdtune.train import build_optimizer, train
 
 SEED_MEAN = (0.4914, 0.4822, 0.4465)
 SEED_STD = (0.2023, 0.1994, 0.2010)
@@ -239,7 +239,7 @@ def run(args) -> dict:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before = _load_average()
+    load_before = load_average()
     if load_before is not None and load_before >= (os.cpu_count() or 1):
         log(f"warning: the machine is busy (load average {load_before:.1f} on {os.cpu_count()} cores): "
             f"expect noisy, low numbers")
@@ -302,7 +302,7 @@ def run(args) -> dict:
         "seed_style_timed_images": seed["images"],
         "kdtune_timed_images": n_train * MEASURED_EPOCHS,
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "precision": mode,
         "teacher": args.teacher,
         "student": args.student,
@@ -311,7 +311,7 @@ def run(args) -> dict:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_avg_start": load_before,
-        "load_avg_end": _load_average(),
+        "load_avg_end": load_average(),
         "torch": torch.__version__,
     }
 
@@ -319,19 +319,6 @@ def run(args) -> dict:
 def _spread(runs: list[float]) -> str:
     """(max - min) / median of the repeats, as a percentage: how much to trust the median."""
     return f"{100 * (max(runs) - min(runs)) / statistics.median(runs):.0f}%" if len(runs) > 1 else "-"
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)  # 1-minute load: other processes competing for the cores
-    except (AttributeError, OSError):
-        return None
 
 
 def log(message: str) -> None:

@@ -10,6 +10,18 @@ same student for the same epochs on the same training images.  Prints a table, t
 a JSON last line with seed_loop_s, kdtune_s and speedup.
 
     python benchmarks/sweep_speed.py --data-dir ../shared/datasets/cifar10-jpeg
+
+With --preset, it instead times the command a new user types,
+
+    python scripts/tune.py --grid temperature --preset P --seeds K --data-dir DIR
+
+from an empty teacher store, and asks how much of that wall clock was learning: `floor_s` is the
+training-step time measured inside the same run — the teacher's training steps, its logit cache, and
+every student's training steps divided by the parallel slots they shared — and `wall_over_floor` is
+wall_s / floor_s (1.0 would be nothing but training).  `--dry-run`'s estimate for the same command,
+made first, is printed beside it (`estimate_s`, `estimate_error`).
+
+    python benchmarks/sweep_speed.py --preset quick --seeds 3 --data-dir ../shared/datasets/cifar10-jpeg
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,7 +55,11 @@ def main() -> None:
     p.add_argument("--teacher", default="resnet20")
     p.add_argument("--student", default="cnn3")
     p.add_argument("--teacher-epochs", type=int, default=1)
+    p.add_argument("--preset", help="time `scripts/tune.py --grid temperature --preset PRESET` instead (see above)")
+    p.add_argument("--seeds", type=int, default=3, help="with --preset: seeds per configuration")
     args = p.parse_args()
+    if args.preset:
+        return time_user_command(args)
     temperatures = [float(t) for t in args.temperatures.split(",")]
     work = Path(tempfile.mkdtemp(prefix="kdtune-sweep-speed-"))
     env = {**os.environ, "KDTUNE_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(ROOT)}
@@ -88,6 +105,53 @@ def main() -> None:
                       "speedup": round(seed_loop_s / kdtune_s, 2), "temperatures": temperatures,
                       "epochs": args.epochs, "train_images": len(splits.train_labels), "teacher": args.teacher,
                       "student": args.student}))
+
+
+def time_user_command(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="kdtune-sweep-speed-"))
+    env = {**os.environ, "KDTUNE_CACHE_DIR": str(work / "cache"), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--grid", "temperature", "--preset", args.preset,
+               "--seeds", str(args.seeds), "--data-dir", args.data_dir, "--name", "bench",
+               "--results-dir", str(work / "results"), "--teacher-store", str(work / "teachers")]
+    dry = subprocess.run([*command, "--dry-run"], env=env, capture_output=True, text=True, check=True)
+    estimate_s = float(re.search(r"estimated wall clock on this machine: [\d.]+ min = (\d+) s", dry.stdout).group(1))
+    print(f"dry run: {estimate_s:.0f} s estimated; timing {' '.join(command[1:])}", flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall_s = time.perf_counter() - started
+
+    root = work / "results" / "bench"
+    record = json.loads((root / "experiment.json").read_text())
+    n_train = record["data"]["train"]
+    meta = json.loads((Path(record["teacher"]["path"]).parent / "meta.json").read_text())
+    teacher_s = sum(n_train / epoch["images_per_s"] for epoch in meta["history"])
+    cache_s = meta["cache_seconds"]
+    student_s = sum(n_train / epoch["images_per_s"] for epoch in student_epochs(root))
+    slots = min(record["resources"].get("max_concurrent") or 10**9,
+                int((os.cpu_count() or 1) // record["resources"]["cpus_per_trial"]))
+    floor_s = teacher_s + cache_s + student_s / slots
+    figures = {"wall_s": round(wall_s, 1), "floor_s": round(floor_s, 1), "wall_over_floor": round(wall_s / floor_s, 2),
+               "estimate_s": estimate_s, "estimate_error": round(estimate_s / wall_s - 1, 3),
+               "teacher_train_s": round(teacher_s, 1), "cache_s": round(cache_s, 1),
+               "student_train_s": round(student_s, 1), "slots": slots, "preset": args.preset, "seeds": args.seeds,
+               "train_images": n_train, "cpus": os.cpu_count()}
+    for name in ("wall_s", "floor_s", "estimate_s", "teacher_train_s", "cache_s", "student_train_s"):
+        print(f"{name:<18}{figures[name]:>10.1f}")
+    print(f"wall / floor {figures['wall_over_floor']:.2f}; the dry run was off by {100 * figures['estimate_error']:+.0f}%; "
+          f"work folder {work}")
+    print(json.dumps(figures))
+
+
+def student_epochs(root: Path) -> list[dict]:
+    """Every student's every reported epoch, from the result.json files Tune wrote (a pack's `<member>/` keys)."""
+    epochs = []
+    for result in root.glob("*/kd_trainable_*/result.json"):
+        for line in result.read_text().splitlines():
+            if line.strip():
+                report = json.loads(line)
+                members = {key.split("/", 1)[0] for key in report if "/" in key and key.endswith("/images_per_s")}
+                epochs += [{"images_per_s": report[f"{m}/images_per_s"]} for m in members]
+    return epochs
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from kdtune.errors import UserError
+from kdtune.losses import METHODS
 from kdtune.models import check_model_name
 
 
@@ -43,6 +44,8 @@ RECIPES: dict[str, Recipe] = {
 WARMUP_FRACTION = 0.2
 
 PRECISIONS = ("auto", "fp32", "bf16")
+CTKD_RANGE = (1.0, 21.0)  # the learned temperature's bounds in Li et al. 2023
+CTKD_RAMP = 10 / 240  # the fraction of training over which CTKD's gradient reversal ramps up (10 of 240 epochs)
 
 
 def check_recipe_name(name: str) -> Recipe:
@@ -59,6 +62,10 @@ class RunConfig:
     without a teacher.  `seed` sets model init, data order and dropout;
     `aug_seed` sets the augmented view of every image in every epoch, and is
     shared by the seeds of a sweep so that one teacher-logit cache serves them.
+
+    `method` (kdtune.losses) is how T is used: `kd` a fixed T, `ls` the base T of standardised logits,
+    `ctkd` the initial value of a learned T bounded by `ctkd_range`, whose gradient reversal ramps up
+    over `ctkd_ramp_epochs` (None: the paper's 10 of 240 epochs, scaled to this run, at least 1).
     """
 
     model: str
@@ -72,6 +79,9 @@ class RunConfig:
     batch_size: int | None = None  # None: the recipe's
     label_smoothing: float = 0.0  # the same for distilled students and their no-KD baseline
     precision: str = "auto"
+    method: str = "kd"
+    ctkd_range: tuple[float, float] = CTKD_RANGE
+    ctkd_ramp_epochs: int | None = None
 
     def __post_init__(self):
         check_model_name(self.model)
@@ -83,6 +93,14 @@ class RunConfig:
         _check(self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "a number in [0, 1)")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        _check(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
+        low, high = self.ctkd_range
+        _check(0 < low < high and math.isfinite(high), "ctkd_range", self.ctkd_range, "two numbers 0 < low < high")
+        _check(self.ctkd_ramp_epochs is None or self.ctkd_ramp_epochs >= 1, "ctkd_ramp_epochs", self.ctkd_ramp_epochs,
+               "an integer >= 1")
+        if self.method == "ctkd" and self.alpha > 0:
+            _check(low < self.temperature < high, "temperature", self.temperature,
+                   f"strictly inside ctkd_range ({low:g}, {high:g}): it is the learned temperature's initial value")
 
     @property
     def recipe_spec(self) -> Recipe:
@@ -100,8 +118,19 @@ class RunConfig:
     def warmup_epochs(self) -> int:
         return warmup_epochs(self.recipe, self.epochs)
 
+    @property
+    def learns_temperature(self) -> bool:
+        return self.method == "ctkd" and self.alpha > 0
+
+    @property
+    def effective_ctkd_ramp_epochs(self) -> int:
+        if self.ctkd_ramp_epochs is not None:
+            return self.ctkd_ramp_epochs
+        return ctkd_ramp_epochs(self.epochs)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON types: ctkd_range as a list, as a JSON file or a checkpoint reads it back."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunConfig":
@@ -120,6 +149,11 @@ def warmup_epochs(recipe: str, epochs: int) -> int:
     if check_recipe_name(recipe).schedule != "onecycle":
         return 0
     return math.ceil(WARMUP_FRACTION * epochs)
+
+
+def ctkd_ramp_epochs(epochs: int) -> int:
+    """CTKD's default ramp of its gradient reversal: the paper's 10 of 240 epochs, scaled to `epochs`, at least 1."""
+    return max(1, round(CTKD_RAMP * epochs))
 
 
 def _is_required(f: dataclasses.Field) -> bool:
@@ -149,4 +183,7 @@ def _coerce(name: str, value, type_name: str):
         return int(value)
     if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if base.startswith("tuple[float") and isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)  # JSON has no tuples: a checkpoint's config holds a list
     raise UserError(f"invalid {name} {value!r}: expected {type_name}")

@@ -1,34 +1,66 @@
-"""The knowledge-distillation loss (Hinton, Vinyals & Dean 2015, "Distilling the
-Knowledge in a Neural Network", arXiv:1503.02531).
+"""The distillation losses: how the teacher's temperature-softened logits teach the student.
+
+Every method is the knowledge-distillation loss of Hinton, Vinyals & Dean 2015 ("Distilling the
+Knowledge in a Neural Network", arXiv:1503.02531),
 
     loss = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
 
-The KL term is averaged over the batch; the T^2 factor keeps its gradient
-magnitude comparable across temperatures.  alpha weights the KD term, as in the
-seed project; alpha = 0 is plain supervised training and needs no teacher.
+with the KL term averaged over the batch and the T^2 factor keeping its gradient comparable across
+temperatures; alpha = 0 is plain supervised training and needs no teacher.  They differ in the T and
+the logits the softmax sees (`method`):
+
+- `kd`: raw logits, a fixed T.
+- `ls`: logit standardisation (Sun et al., CVPR 2024, "Logit Standardization in Knowledge
+  Distillation"): each sample's teacher and student logits are z-scored (minus their mean, over their
+  standard deviation) before the division by the base temperature T, so the student matches the
+  shape of the teacher's logits, not their scale.  As in the authors' code, the standard deviation is
+  the unbiased one and 1e-7 guards the division.
+- `ctkd`: curriculum temperature (Li et al., AAAI 2023, "Curriculum Temperature for Knowledge
+  Distillation"): T is learned (`LearnedTemperature`), adversarially: its gradient is reversed and
+  scaled by lambda (`reverse_gradient`), so T moves to make the KD term harder, with lambda rising from
+  0 to 1 on a cosine schedule (`ctkd_lambda`).  The loss itself is `kd`'s, at that T.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+METHODS = ("kd", "ls", "ctkd")
+LS_EPS = 1e-7  # the authors' guard against a constant logit vector
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample z-scores of (N, classes) logits: the `ls` method's input to the softmax."""
+    mean = logits.mean(dim=1, keepdim=True)
+    return (logits - mean) / (LS_EPS + logits.std(dim=1, keepdim=True))
 
 
 def kd_loss_terms(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,
     targets: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     alpha: float,
     label_smoothing: float = 0.0,
+    method: str = "kd",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (total, ce, kd) as scalar tensors; kd is the T^2-scaled KL before alpha weighting."""
+    """Return (total, ce, kd) as scalar tensors; kd is the T^2-scaled KL before alpha weighting.
+
+    `temperature` is a number, or for `ctkd` the learned temperature as a 0-d tensor (which carries the
+    reversed gradient back to its parameter)."""
     ce = F.cross_entropy(student_logits.float(), targets, label_smoothing=label_smoothing)
     if alpha == 0:
         return ce, ce, torch.zeros_like(ce)
     assert teacher_logits is not None, "alpha > 0 needs teacher logits"
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    student, teacher = student_logits.float(), teacher_logits.float()
+    if method == "ls":
+        student, teacher = standardize(student), standardize(teacher)
+    log_p_student = F.log_softmax(student / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     kd = kl * temperature**2
     return alpha * kd + (1 - alpha) * ce, ce, kd
@@ -40,6 +72,56 @@ def kd_loss(
     targets: torch.Tensor,
     temperature: float,
     alpha: float,
+    method: str = "kd",
 ) -> torch.Tensor:
-    """The scalar KD loss of the module docstring."""
-    return kd_loss_terms(student_logits, teacher_logits, targets, temperature, alpha)[0]
+    """The scalar loss of the module docstring."""
+    return kd_loss_terms(student_logits, teacher_logits, targets, temperature, alpha, method=method)[0]
+
+
+# ----------------------------------------------------------------------------- curriculum temperature (ctkd)
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by -strength backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, strength: float) -> torch.Tensor:
+        ctx.strength = strength
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.strength * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, strength: float) -> torch.Tensor:
+    return _ReverseGradient.apply(x, strength)
+
+
+class LearnedTemperature(nn.Module):
+    """CTKD's global temperature T = low + (high - low) * sigmoid(theta), starting at `initial`.
+
+    The sigmoid keeps T inside (low, high) whatever the optimiser does; `forward(strength)` returns T
+    with its gradient reversed and scaled by `strength` (lambda)."""
+
+    def __init__(self, initial: float, low: float, high: float):
+        super().__init__()
+        if not low < initial < high:
+            raise ValueError(f"initial temperature {initial} must lie strictly inside ({low}, {high})")
+        self.low, self.high = float(low), float(high)
+        fraction = (initial - low) / (high - low)
+        self.theta = nn.Parameter(torch.tensor(math.log(fraction / (1 - fraction)), dtype=torch.float32))
+
+    def value(self) -> torch.Tensor:
+        return self.low + (self.high - self.low) * torch.sigmoid(self.theta)
+
+    def forward(self, strength: float) -> torch.Tensor:
+        return reverse_gradient(self.value(), strength)
+
+
+def ctkd_lambda(step: int, ramp_steps: int) -> float:
+    """The reversal strength at optimiser step `step`: 0 at the start, rising to 1 after `ramp_steps` on a
+    cosine (the paper ramps per epoch over its first 10 of 240; per step here, so short runs ramp smoothly)."""
+    if step >= ramp_steps:
+        return 1.0
+    return 0.5 * (1 - math.cos(math.pi * step / ramp_steps))

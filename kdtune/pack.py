@@ -20,6 +20,7 @@ import torch
 
 from kdtune.config import RunConfig
 from kdtune.data import Splits
+from kdtune.stack import choose_pack_mode, train_stacked
 from kdtune.train import TeacherSignal, TrainResult, training_epochs
 
 # on_epoch(per-member metrics, per-member checkpoint states), after every member finished the epoch
@@ -34,11 +35,16 @@ def train_pack(
     on_epoch: PackCallback | None = None,
     resume: list[dict] | None = None,
     test_every: int = 0,
+    mode: str = "loop",
 ) -> list[TrainResult]:
     """Train every config in lockstep; `resume` holds one checkpoint state per member (from on_epoch).
 
     The pack stops after an epoch in which any member diverged: its configuration has failed.
+    `mode` "stack" trains the members as one batched computation (kdtune.stack), "auto" stacks where
+    that pays (kdtune.stack.choose_pack_mode); "loop" runs them one after another, as below.
     """
+    if mode != "loop" and choose_pack_mode(mode, configs, device) == "stack":
+        return train_stacked(configs, splits, device, teacher, on_epoch, resume, test_every)
     if resume is not None and len(resume) != len(configs):
         raise ValueError(f"checkpoint holds {len(resume)} members, the pack has {len(configs)}")
     splits = splits.to(device)  # once, for every member
@@ -82,9 +88,10 @@ def _own_rng(states: list, i: int, device: torch.device):
         states[i] = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
 
 
-def pack_metrics(metrics: list[dict], configs: list[RunConfig]) -> dict:
+def pack_metrics(metrics: list[dict], configs: list[RunConfig], names: list[str] | None = None) -> dict:
     """One epoch's report of a pack: the mean over members of every metric all of them measured (what a
-    scheduler sees), `diverged` if any member diverged, and each member's own metrics as `s<seed>/<name>`."""
+    scheduler sees), `diverged` if any member diverged, and each member's own metrics as `<name>/<metric>`,
+    where a member's name is `s<seed>` (a configuration's seeds) unless `names` are given."""
     shared = set.intersection(*(set(m) for m in metrics))
     report = {}
     for key in sorted(shared):
@@ -93,6 +100,7 @@ def pack_metrics(metrics: list[dict], configs: list[RunConfig]) -> dict:
             report[key] = any(values)
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             report[key] = values[0] if key == "epoch" else float(sum(values) / len(values))
-    for m, config in zip(metrics, configs):
-        report.update({f"s{config.seed}/{key}": value for key, value in m.items()})
+    names = names or [f"s{config.seed}" for config in configs]
+    for m, name in zip(metrics, names):
+        report.update({f"{name}/{key}": value for key, value in m.items()})
     return report

@@ -13,16 +13,14 @@ from pathlib import Path
 
 import torch
 
-from kdtune.atomic import save_torch
+from kdtune import teacher as teachers
 from kdtune.data import Splits
 from kdtune.errors import UserError
 from kdtune.interrupt import StopRequest
 from kdtune.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
 from kdtune.sweep import (METRIC, Resources, SweepSettings, check_models, check_storage_writable, grid_axes,
-                          load_splits, plan, planned_seeds,
-                          sweep_points, tune_storage)
-from kdtune.teacher import (add_to_store, assemble, cache_entries, cache_mode, compute_logits, find_teacher,
-                            load_cached, load_teacher_file, store_entry, train_teacher)
+                          load_splits, pack_members, plan, planned_seeds, sweep_points, tune_storage)
+from kdtune.teacher import cache_mode, heavy_part_from_state, model_from_state
 from kdtune.tracking import tracking_callbacks
 from kdtune.trainable import from_shared, kd_trainable, to_shared, trial_device
 
@@ -135,65 +133,41 @@ def autoscaling_node_types() -> list[dict]:
 # ----------------------------------------------------------------------------- teacher and cache
 
 
-def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list, aug_seed: int, precision: str):
-    """Ray task: train the teacher when `state` is None, then compute the missing logits."""
+def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list, aug_seed: int, mode: str):
+    """Ray task: `teacher.heavy_part_from_state` on the device Ray assigned, with the splits of the object store."""
     from ray.experimental.tqdm_ray import tqdm as ray_tqdm  # bars the driver draws, not a line per update
-
-    from kdtune.models import create_model
 
     device = trial_device()
     splits = from_shared(Splits, shared_splits)
-    if state is None:
-        model, meta = train_teacher(config, splits, device, progress=ray_tqdm)
-    else:
-        model, meta = create_model(config.model, splits.num_classes), None
-        model.load_state_dict(state)
-    logits = compute_logits(model, splits, names, aug_seed, device, precision, progress=ray_tqdm)
-    return ({k: v.cpu() for k, v in model.state_dict().items()} if meta else None), meta, logits
+    return heavy_part_from_state(config, splits, state, names, aug_seed, device, mode, progress=ray_tqdm)
 
 
 def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Splits, shared_ref, mode: str,
                     recorded: str | None = None):
     """The teacher (from the store, or trained as a Ray task) and the complete logit cache for the students.
 
-    `mode` is the cache's precision ("fp32" or "bf16"), whatever device computes missing entries.
-    `recorded` is the checkpoint of the teacher a resumed experiment already used: it must be in the store.
+    `teacher.prepare_teacher` with its heavy part (training, missing cache entries) run as a Ray task with
+    `teacher_task_resources`.  `mode` is the cache's precision ("fp32" or "bf16"), whatever device computes
+    missing entries.  `recorded` is the checkpoint of the teacher a resumed experiment already used: it must
+    be in the store.
     """
     import ray
 
-    config = settings.teacher_config()
-    if settings.teacher_path is not None:
-        teacher = load_teacher_file(settings.teacher_path, config, splits, settings.allow_foreign_teacher)
-    else:
-        teacher = find_teacher(config, splits, resources.teacher_store)
-    if teacher is None and recorded is not None:
-        raise UserError(f"the experiment's teacher ({recorded}) is not in the teacher store {resources.teacher_store}; "
-                        f"pass --teacher-store with the store that holds it (it is never retrained silently)")
-    if teacher is not None:
-        files = cache_entries(teacher, splits, settings.aug_seed, settings.epochs, mode)
-        loaded = load_cached(files, splits)
-        missing = [name for name in files if name not in loaded]
-        if not missing:
-            return teacher, assemble(loaded, settings.epochs, settings.aug_seed, splits)
-        state = teacher.model.state_dict()
-        print(f"computing {len(missing)} missing teacher-logit cache entries as a Ray task")
-    else:
-        loaded, state = {}, None
-        missing = ["val", "test", *range(settings.epochs)]
-        print(f"training teacher {config.model} ({config.recipe}, {config.epochs} epochs) as a Ray task")
-    task = ray.remote(_prepare_remote).options(**teacher_task_resources(resources))
-    new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, missing, settings.aug_seed, mode))
-    if teacher is None:
-        from kdtune.models import create_model
+    def as_ray_task(config, model, names: list):
+        if model is None:
+            print(f"training teacher {config.model} ({config.recipe}, {config.epochs} epochs) as a Ray task")
+        else:
+            print(f"computing {len(names)} missing teacher-logit cache entries as a Ray task")
+        task = ray.remote(_prepare_remote).options(**teacher_task_resources(resources))
+        state = None if model is None else model.state_dict()
+        new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, names, settings.aug_seed, mode))
+        trained = None if new_state is None else model_from_state(config, splits.num_classes, new_state)
+        return trained, meta, logits
 
-        model = create_model(config.model, splits.num_classes)
-        model.load_state_dict(new_state)
-        teacher = add_to_store(store_entry(config, splits, resources.teacher_store), model.eval(), meta)
-    files = cache_entries(teacher, splits, settings.aug_seed, settings.epochs, mode)
-    for name, value in logits.items():
-        save_torch(files[name], value)
-        loaded[name] = value
-    return teacher, assemble(loaded, settings.epochs, settings.aug_seed, splits)
+    return teachers.prepare_teacher(
+        settings.teacher_config(), splits, resources.teacher_store, settings.aug_seed, settings.epochs, mode,
+        teacher_path=settings.teacher_path, allow_foreign=settings.allow_foreign_teacher, recorded=recorded,
+        run_heavy=as_ray_task)
 
 
 # ----------------------------------------------------------------------------- Tune experiments
@@ -216,9 +190,10 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
         return {"alpha": 0.0, "temperature": 1.0, "seeds": seeds}, None, None, 1
     if phase == "confirm":
         # The chosen configuration and the baseline, paired on fresh seeds; no early stopping.
-        chosen_t = float(chosen["temperature"])
+        chosen_t, chosen_method = float(chosen["temperature"]), chosen.get("method", "kd")
         return {"alpha": tune.grid_search([0.0, float(chosen["alpha"])]),
                 "temperature": tune.sample_from(lambda spec: chosen_t if spec.config.alpha > 0 else 1.0),
+                "method": tune.sample_from(lambda spec: chosen_method if spec.config.alpha > 0 else "kd"),
                 "seeds": list(chosen["seeds"])}, None, None, 1
     scheduler = None
     if settings.asha:
@@ -226,15 +201,14 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
             time_attr="training_iteration", max_t=settings.epochs, grace_period=settings.grace_period,
             reduction_factor=settings.reduction_factor,
         )
+    if settings.pack:
+        return {"members": tune.grid_search(pack_members(settings))}, None, None, 1
     if settings.search == "grid":
         space = {k: tune.grid_search(v) for k, v in grid_axes(settings).items()}
         return {**settings.space.fixed, **space, "seeds": seeds}, None, scheduler, 1
     from kdtune.optuna_search import PruningAwareOptunaSearch, make_sampler
 
-    distributions = {
-        k: (tune.loguniform(low, high) if dist == "loguniform" else tune.uniform(low, high))
-        for k, (dist, low, high) in settings.space.distributions.items()
-    }
+    distributions = {k: _tune_distribution(spec) for k, spec in settings.space.distributions.items()}
     searcher = PruningAwareOptunaSearch(
         metric=METRIC, mode="max", sampler=make_sampler(settings.sampler, settings.search_seed),
         full_epochs=settings.epochs,
@@ -242,10 +216,18 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
     return {**settings.space.fixed, **distributions, "seeds": seeds}, searcher, scheduler, settings.num_samples
 
 
+def _tune_distribution(spec):
+    from ray import tune
+
+    if spec[0] == "categorical":
+        return tune.choice(list(spec[1]))
+    dist, low, high = spec
+    return tune.loguniform(low, high) if dist == "loguniform" else tune.uniform(low, high)
+
+
 def phase_epochs(settings: SweepSettings, phase: str) -> int:
-    """The most epochs the phase's trials can report (ASHA may stop some early); a trial is a pack of seeds."""
-    seeds = settings.confirm if phase == "confirm" else settings.seeds
-    return plan(settings)[f"{phase}_trials"] // max(1, seeds) * settings.epochs
+    """The most epochs the phase's Tune trials can report (ASHA may stop some early); a trial is a pack."""
+    return plan(settings)["tune_trials"][phase] * settings.epochs
 
 
 def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage: str, splits_ref, cache_ref,
@@ -257,7 +239,7 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
 
     trainable = tune.with_resources(
         tune.with_parameters(kd_trainable, base=_base(settings), splits=splits_ref, cache=cache_ref,
-                             test_every=settings.test_every),
+                             test_every=settings.test_every, pack_mode=settings.pack_mode),
         resources.trial_resources,
     )
     path = storage.rstrip("/") + "/" + phase
@@ -294,7 +276,8 @@ def choose_for_confirmation(settings: SweepSettings, record: dict) -> dict | Non
     best = choose_best(config_table(trial_table(record), planned_seeds(settings)))
     if best is None:
         return None
-    return {"temperature": float(best["temperature"]), "alpha": float(best["alpha"]), "seeds": settings.confirm_seeds,
+    return {"temperature": float(best["temperature"]), "alpha": float(best["alpha"]), "method": str(best["method"]),
+            "seeds": settings.confirm_seeds,
             "search_val_acc": float(best["val_acc_mean"])}
 
 
@@ -309,7 +292,9 @@ def confirm_choice(settings: SweepSettings, record: dict, root: Path) -> bool:
     if chosen is None:
         print("confirmation skipped: no search configuration finished all its seeds")
         return False
-    print(f"confirming T = {chosen['temperature']:g}, alpha = {chosen['alpha']:g} against the baseline on fresh "
+    method = chosen.get("method", "kd")
+    print(f"confirming {'' if method == 'kd' else method + ', '}T = {chosen['temperature']:g}, "
+          f"alpha = {chosen['alpha']:g} against the baseline on fresh "
           f"seeds {chosen['seeds']}")
     return True
 
@@ -356,6 +341,8 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
                     break
                 if phase == "confirm" and not confirm_choice(settings, record, root):
                     break
+                if phase == "baseline" and settings.pack:
+                    continue  # --pack: the baseline's students are packed with the sweep's
                 tuner = run_phase(phase, settings, resources, storage, shared_splits, shared_cache,
                                   resume=previous is not None, chosen=record.get("confirm"))
                 kept = kept_by_tune(previous, resources) if phase in (previous or {}).get("phases_started", []) else []

@@ -8,10 +8,10 @@ seeds only, paired gains over the no-KD baseline, Holm's correction, which confi
 chosen) are `kdtune.stats`'s; the figures are drawn by `kdtune.report_plots`.  Accuracies are
 fractions in summary.csv and percentages in summary.md and the figures.
 
-summary.csv, one row per configuration: phase, temperature, alpha, trials, seeds_finished, complete
+summary.csv, one row per configuration: phase, method, temperature, alpha, trials, seeds_finished, complete
 (every planned seed finished: only complete configurations can be chosen); mean, std (and for
 val_acc / test_acc the 95% CI half-width, t distribution, NaN below 2 seeds) of the final val_acc,
-test_acc, agreement and val_ece and of the best-epoch best_epoch_val_acc / best_epoch_test_acc (the
+test_acc, agreement, val_ece and (ctkd) the learned temperature, and of the best-epoch best_epoch_val_acc / best_epoch_test_acc (the
 epoch of highest validation accuracy: optimistic); the paired gain in final test accuracy over the
 no-KD students of the same seeds (gain_pairs, gain_mean, gain_ci95, p_paired) and its Holm-adjusted
 p-value over the search's configurations (p_holm); epochs_run_min/max; one count column per outcome.
@@ -27,13 +27,16 @@ from pathlib import Path
 import pandas as pd
 
 from kdtune.atomic import atomic_write
+from kdtune.config import CTKD_RANGE, ctkd_ramp_epochs
 from kdtune.errors import UserError
 from kdtune.results import read_record, trial_frames, trial_table, write_trial_summary
-from kdtune.stats import (OUTCOMES, PHASES, SIGNIFICANCE, baseline_row_of, choose_best, config_table,
+from kdtune.search_spaces import describe_distribution, format_value
+from kdtune.stats import (OUTCOMES, PHASES, SIGNIFICANCE, baseline_row_of, best_per_method, choose_best, config_table,
                           incomplete_reasons, planned_seeds, summary_columns)
 
 FORMATS = ("png", "pdf", "svg")
-EPOCH_COLUMNS = ["epoch", "val_acc", "test_acc", "val_ece", "agreement"]
+EPOCH_COLUMNS = ["epoch", "val_acc", "test_acc", "val_ece", "agreement", "learned_temperature"]
+METHOD_NAME = {"kd": "KD", "ls": "LS", "ctkd": "CTKD"}
 __all__ = ["OUTCOMES", "config_table", "summary_columns", "write_report", "load_experiment", "headline"]
 
 
@@ -106,7 +109,7 @@ def epoch_table(frames: dict) -> pd.DataFrame:
                 continue
             frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
             part = frame.reindex(columns=EPOCH_COLUMNS)
-            parts.append(part.assign(phase=phase, trial_id=trial.trial_id))
+            parts.append(part.assign(phase=getattr(trial, "phase", None) or phase, trial_id=trial.trial_id))
     if not parts:
         return pd.DataFrame(columns=["phase", "trial_id", *EPOCH_COLUMNS])
     return pd.concat(parts, ignore_index=True)[["phase", "trial_id", *EPOCH_COLUMNS]]
@@ -126,6 +129,7 @@ class Headline:
     complete: int  # of which every seed finished: those that could be chosen
     confirm: dict | None = None  # the confirmation's distilled row (fresh seeds), when it has run
     confirm_baseline: dict | None = None
+    per_method: dict | None = None  # when the method varies: {method: its best complete configuration}
 
     @property
     def gain(self) -> float | None:
@@ -156,6 +160,7 @@ def headline(configs: pd.DataFrame, teacher: dict) -> Headline:
         competed=len(sweep), complete=int(sweep["complete"].sum()),
         confirm=confirm.iloc[0].to_dict() if len(confirm) else None,
         confirm_baseline=confirm_base if confirm_base and confirm_base["seeds_finished"] > 0 else None,
+        per_method=best_per_method(configs) if sweep["method"].nunique() > 1 else None,
     )
 
 
@@ -170,19 +175,37 @@ def pct(value, std=None, digits: int = 2) -> str:
     return text + (f" ± {100 * std:.{digits}f}" if std is not None and math.isfinite(std) else "")
 
 
-def config_label(row: dict) -> str:
+def config_label(row: dict, show_method: bool = False) -> str:
+    """'T = 4, α = 0.5'; with the method ('LS: T = 2, α = 0.9') when asked or when it is not plain KD. A CTKD
+    configuration's T is its learned temperature's start, T₀."""
     if row["phase"] == "baseline":
         return "no KD (α = 0)"
-    label = "no KD (α = 0)" if row["alpha"] == 0 else f"T = {row['temperature']:.3g}, α = {row['alpha']:.3g}"
+    method = row.get("method", "kd")
+    if row["alpha"] == 0:
+        label = "no KD (α = 0)"
+    else:
+        t = "T₀" if method == "ctkd" else "T"
+        label = f"{t} = {row['temperature']:.3g}, α = {row['alpha']:.3g}"
+        if show_method or method != "kd":
+            label = f"{METHOD_NAME.get(method, method)}: {label}"
     return f"confirmation: {label}, fresh seeds" if row["phase"] == "confirm" else label
+
+
+def learned_text(row: dict) -> str:
+    """' (learned T 20.8 ± 0.1)' for a CTKD row with finished seeds, else ''."""
+    mean = row.get("learned_temperature_mean", math.nan)
+    if mean is None or not math.isfinite(mean):
+        return ""
+    std = row.get("learned_temperature_std", math.nan)
+    return f" (learned T {mean:.2f}" + (f" ± {std:.2f})" if math.isfinite(std) else ")")
 
 
 def describe_experiment(exp: Experiment) -> str:
     s = exp.settings
     space = s["space"]
-    varied = [f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in space["axes"].items()]
-    varied += [f"{k} ~ {d}[{lo:g}, {hi:g}]" for k, (d, lo, hi) in space["distributions"].items()]
-    fixed = [f"{k} = {v:g}" for k, v in space["fixed"].items()]
+    varied = [f"{k} ∈ {{{', '.join(format_value(v) for v in vals)}}}" for k, vals in space["axes"].items()]
+    varied += [f"{k} ~ {describe_distribution(spec)}" for k, spec in space["distributions"].items()]
+    fixed = [f"{k} = {format_value(v)}" for k, v in space["fixed"].items()]
     search = "grid search" if s["search"] == "grid" else f"Optuna search ({s['num_samples']} points, {s['sampler']})"
     asha = f", ASHA early stopping (grace {_count(s['grace_period'], 'epoch')})" if s["asha"] else ""
     text = (f"{search} over {'; '.join(varied + fixed)}{asha}. Students {s['student']} ({s['recipe']}, "
@@ -192,7 +215,17 @@ def describe_experiment(exp: Experiment) -> str:
     if students:
         text += (f" Every student, distilled or not, is trained alike (lr {students['lr']:g}, batch "
                  f"{students['batch_size']}, label smoothing {students['label_smoothing']:g}, augmentation seed "
-                 f"{students['aug_seed']}): only α, T and the seed differ.")
+                 f"{students['aug_seed']}): only α, T{', the method' if 'method' in exp.varied else ''} and the seed "
+                 f"differ.")
+    methods = {*space["axes"].get("method", []), space["fixed"].get("method")}
+    methods |= set((space["distributions"].get("method") or [None, []])[1])
+    if "ctkd" in methods:
+        low, high = s.get("ctkd_range", CTKD_RANGE)
+        ramp = s.get("ctkd_ramp_epochs")
+        scaled = ctkd_ramp_epochs(s["epochs"])
+        text += (f" CTKD learns T within [{low:g}, {high:g}] from T₀, its gradient reversal ramping up over "
+                 + (_count(ramp, "epoch") if ramp else f"{_count(scaled, 'epoch')} (the paper's 10 of 240, scaled)")
+                 + ".")
     return text
 
 
@@ -274,6 +307,7 @@ def foreign_teacher_warning(record: dict) -> str | None:
 def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figures: list[str],
                      skipped: list[str]) -> str:
     one_seed = int(exp.settings["seeds"]) == 1
+    show = "method" in exp.varied  # name every configuration's method
     lines = [f"# Report: {exp.settings['name']}", ""]
     warning = foreign_teacher_warning(exp.record)
     if warning:
@@ -292,17 +326,24 @@ def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figure
                      f"its seeds")
     else:
         lines.append(f"- Chosen configuration — the best mean validation accuracy among the {h.complete} complete of "
-                     f"{h.competed} configurations that competed: **{config_label(h.best)}** "
-                     f"({_count(h.best['seeds_finished'], 'seed')}): {_accuracies(h.best, bold_test=h.confirm is None)}")
+                     f"{h.competed} configurations that competed: **{config_label(h.best, show)}**"
+                     f"{learned_text(h.best)} ({_count(h.best['seeds_finished'], 'seed')}): "
+                     f"{_accuracies(h.best, bold_test=h.confirm is None)}")
     confirmation = confirm_verdict(h, exp.settings)
     if confirmation:
         lines.append(f"- {confirmation}")
     lines.append(f"- {search_verdict(h, one_seed)}")
+    if h.per_method:
+        lines.append("- Best of each method (its complete configuration with the best mean validation accuracy; gains "
+                     "paired on the same seeds, p Holm-adjusted over all configurations compared):")
+        for method, row in h.per_method.items():
+            lines.append(f"  - {config_label(row, True)}{learned_text(row)}: test "
+                         f"{pct(row['test_acc_mean'], row['test_acc_std'])}%, gain {method_gain(row)}")
     for row, why in incomplete_reasons(configs):
-        lines.append(f"- Not eligible, incomplete: {config_label(row)} — {why}")
+        lines.append(f"- Not eligible, incomplete: {config_label(row, show)} — {why}")
     if one_seed:
         lines.append("- One seed per configuration: no standard deviations, confidence bands or significance tests.")
-    lines += ["", markdown_table(configs, h.best), "",
+    lines += ["", markdown_table(configs, h.best, show), "",
               "Accuracies in %, mean ± std over finished seeds (final epoch); ECE in % on validation; agreement: "
               "top-1 agreement with the teacher on validation. Gain: test accuracy minus that of the no-KD student "
               "of the same seed (same initialisation, data order and augmentation), mean ± 95% CI half-width over "
@@ -318,6 +359,15 @@ def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figure
     if skipped:
         lines += ["Not drawn:", *[f"- {reason}" for reason in skipped]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def method_gain(row: dict) -> str:
+    if not math.isfinite(row["gain_mean"]):
+        return "not known"
+    text = gain_text(row)
+    if math.isfinite(row["p_paired"]):
+        text += f", p = {row['p_paired']:.3g} (Holm {row['p_holm']:.3g}: {_within_noise(row['p_holm'])})"
+    return text
 
 
 def _accuracies(row: dict, bold_test: bool = False) -> str:
@@ -337,12 +387,14 @@ def _p_cell(row: dict) -> str:
     return f"{row['p_paired']:.3g}" + (f" ({row['p_holm']:.3g})" if math.isfinite(row["p_holm"]) else "")
 
 
-def markdown_table(configs: pd.DataFrame, best: dict | None = None) -> str:
+def markdown_table(configs: pd.DataFrame, best: dict | None = None, show_method: bool = False) -> str:
+    """One row per configuration, grouped by phase and then by method (the config table's order)."""
     # The test set is evaluated at the best epoch only with --test-every: otherwise that column is left out.
     best_test = bool(configs["best_epoch_test_acc_mean"].notna().any())
+    learned = bool(configs["learned_temperature_mean"].notna().any())
     header = ["configuration", "seeds finished", "val acc", "test acc", "gain vs no KD", "p (Holm)",
               "best-epoch val †", *(["test at best-val epoch †"] if best_test else []), "agreement", "ECE",
-              "epochs", "status"]
+              *(["learned T"] if learned else []), "epochs", "status"]
     rows = [header, ["---"] * len(header)]
     for row in configs.to_dict("records"):
         epochs = f"{row['epochs_run_min']}" if row["epochs_run_min"] == row["epochs_run_max"] else \
@@ -350,18 +402,26 @@ def markdown_table(configs: pd.DataFrame, best: dict | None = None) -> str:
         status = ", ".join(f"{row[o.replace(' ', '_')]} {o}" for o in OUTCOMES if row[o.replace(" ", "_")])
         if row["phase"] == "sweep" and not row["complete"]:
             status += "; incomplete, not eligible"
-        label = config_label(row)
-        if best is not None and row["phase"] == "sweep" and (row["temperature"], row["alpha"]) == \
-                (best["temperature"], best["alpha"]):
+        label = config_label(row, show_method)
+        if best is not None and row["phase"] == "sweep" and (row["method"], row["temperature"], row["alpha"]) == \
+                (best["method"], best["temperature"], best["alpha"]):
             label = f"**{label}** (chosen)"
         rows.append([
             label, f"{row['seeds_finished']}/{row['trials']}",
             pct(row["val_acc_mean"], row["val_acc_std"]), pct(row["test_acc_mean"], row["test_acc_std"]),
             _gain_cell(row), _p_cell(row),
             pct(row["best_epoch_val_acc_mean"]), *([pct(row["best_epoch_test_acc_mean"])] if best_test else []),
-            pct(row["agreement_mean"], digits=1), pct(row["val_ece_mean"], digits=1), epochs, status,
+            pct(row["agreement_mean"], digits=1), pct(row["val_ece_mean"], digits=1),
+            *([_number(row["learned_temperature_mean"], row["learned_temperature_std"])] if learned else []),
+            epochs, status,
         ])
     return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows)
+
+
+def _number(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "")
 
 
 # ----------------------------------------------------------------------------- the report

@@ -3,6 +3,7 @@
 Each plot function takes tables from `kdtune.report` and plain values and writes one file.
 Accuracies are drawn in %, temperature on a log axis; the no-KD student and the teacher are
 horizontal references (the no-KD student with its 95% band over seeds; the teacher is one model).
+When the temperature method varies, each method is its own curve (same axes, its own colour).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
-from kdtune.stats import ci95  # noqa: E402
+from kdtune.stats import ci95, method_order, with_method  # noqa: E402
+
+METHOD_LABEL = {"kd": "KD (fixed T)", "ls": "LS (standardised logits)", "ctkd": "CTKD (learned T, from T₀)"}
 
 if TYPE_CHECKING:  # the report calls these functions; importing it here would be a circle
     from kdtune.report import Experiment, Headline
@@ -50,8 +53,13 @@ class Space:
     @classmethod
     def of(cls, exp: Experiment) -> "Space":
         s = exp.settings
-        bounds = {k: (float(lo), float(hi)) for k, (_, lo, hi) in s["space"]["distributions"].items()}
+        bounds = {k: (float(spec[1]), float(spec[2])) for k, spec in s["space"]["distributions"].items()
+                  if spec[0] != "categorical"}
         return cls(exp.varied, s["search"] == "grid", int(s["seeds"]), bounds, bool(s["asha"]))
+
+    @property
+    def by_method(self) -> bool:
+        return "method" in self.varied
 
     def set_axis(self, ax, param: str, values, axis: str = "x") -> None:
         """Log scale for T; ticks at the grid's values, or over an Optuna distribution's whole range."""
@@ -106,6 +114,12 @@ def _draw_all(exp: Experiment, configs: pd.DataFrame, h: Headline, out: Path, fm
         draw("optuna_trials", None if len(tried) else "no Optuna trial has finished an epoch yet",
              lambda path: plot_optuna(tried, h, space, path))
     draw("learning_curves", None, lambda path: plot_learning_curves(exp, space, path))
+    trials = with_method(exp.trials)
+    ctkd = trials[(trials["method"] == "ctkd") & (trials["alpha"] > 0)]
+    if len(ctkd):
+        learned = exp.epochs[exp.epochs["trial_id"].isin(ctkd["trial_id"])].dropna(subset=["learned_temperature"])
+        draw("learned_temperature", None if len(learned) else "no CTKD trial has reported an epoch yet",
+             lambda path: plot_learned_temperature(exp, ctkd, learned, path))
     x = "temperature" if "temperature" in varied else "alpha"
     draw("fidelity_calibration", no_finished, lambda path: plot_fidelity_calibration(sweep, x, h, space, path))
     return figures, skipped
@@ -129,7 +143,8 @@ def _save(fig, path: Path, legend_from=None) -> Path:
     """Write the figure; with `legend_from`, that axes' legend goes in a row below the panels."""
     if legend_from is not None:
         handles, labels = legend_from.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
+        long = sum(map(len, labels)) > 150  # four long entries in a row would run past the figure's edges
+        fig.legend(handles, labels, loc="lower center", ncol=min(3 if long else 4, len(labels)), frameon=False)
         fig.tight_layout(rect=(0, 0.09, 1, 1))
     else:
         fig.tight_layout()
@@ -194,9 +209,12 @@ def plot_parameter_analysis(rows: pd.DataFrame, param: str, h: Headline, space: 
         if base is not None:
             _reference(ax, base[f"{split}_mean"], base[f"{split}_ci95"], BASELINE,
                        f"no KD ({_seeds_label(space.seeds, base['seeds_finished'])})", "-")
-        _student(ax, rows[param], rows[f"{split}_mean"], _ci(rows, split),
-                 f"KD student ({_seeds_label(space.seeds)})", space.grid, seeds=rows["seeds_finished"],
-                 planned=space.seeds)
+        for k, (method, part) in enumerate(_curves(rows, space)):
+            part = part.sort_values(param)
+            label = METHOD_LABEL.get(method, method) if space.by_method else f"KD student ({_seeds_label(space.seeds)})"
+            _student(ax, part[param], part[f"{split}_mean"], _ci(part, split), label,
+                     space.grid, color=f"C{k}" if space.by_method else STUDENT, seeds=part["seeds_finished"],
+                     planned=space.seeds)
         best = h.best
         if best is not None and best[param] in set(rows[param]):
             ax.plot(best[param], 100 * best[f"{split}_mean"], marker="*", markersize=16, color=BEST, linestyle="none",
@@ -204,13 +222,22 @@ def plot_parameter_analysis(rows: pd.DataFrame, param: str, h: Headline, space: 
         space.set_axis(ax, param, rows[param])
         if best is not None and split == "test_acc" and best[param] in set(rows[param]):
             test = _pm(best["test_acc_mean"], best["test_acc_std"])
-            label = f"chosen {SYMBOL[param]} = {best[param]:.3g}\ntest {test}%\n{_gain_label(h)}"
+            method = f"{best['method'].upper()}, " if space.by_method else ""
+            label = f"chosen {method}{SYMBOL[param]} = {best[param]:.3g}\ntest {test}%\n{_gain_label(h)}"
             _annotate(ax, best[param], 100 * best["test_acc_mean"], label)
         ax.set(xlabel=AXIS_LABEL[param], title=f"{title} accuracy")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
-    fig.suptitle(f"Student accuracy against {SYMBOL[param]} — {note}; finished seeds only")
+    per_method = f"; each method {_seeds_label(space.seeds)}" if space.by_method else ""
+    fig.suptitle(f"Student accuracy against {SYMBOL[param]} — {note}; finished seeds only{per_method}")
     return _save(fig, path, legend_from=axes[0])
+
+
+def _curves(rows: pd.DataFrame, space: Space) -> list[tuple[str | None, pd.DataFrame]]:
+    """One curve per method when the method varies (in kdtune.losses.METHODS order), else one."""
+    if not space.by_method:
+        return [(None, rows)]
+    return [(m, rows[rows["method"] == m]) for m in method_order(rows["method"])]
 
 
 def _annotate(ax, x: float, y: float, text: str) -> None:
@@ -352,12 +379,17 @@ def plot_learning_curves(exp: Experiment, space: Space, path: Path) -> Path:
 def plot_fidelity_calibration(sweep: pd.DataFrame, x: str, h: Headline, space: Space, path: Path) -> Path:
     """Top-1 agreement with the teacher and validation ECE against T (one line per α on a joint grid)."""
     other = "alpha" if x == "temperature" else "temperature"
-    groups = list(sweep.groupby(other)) if space.grid and other in space.varied else [(None, sweep)]
+    if space.by_method:
+        groups = [(METHOD_LABEL.get(m, m), rows) for m, rows in _curves(sweep, space)]
+    elif space.grid and other in space.varied:
+        groups = [(f"{SYMBOL[other]} = {value:g}", rows) for value, rows in sweep.groupby(other)]
+    else:
+        groups = [(None, sweep)]
     fig, (ax_agree, ax_ece) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for k, (value, rows) in enumerate(groups):
+    for k, (name, rows) in enumerate(groups):
         rows = rows.sort_values(x)
-        color = f"C{k}" if value is not None else STUDENT
-        label = f"{SYMBOL[other]} = {value:g}" if value is not None else "KD student"
+        color = f"C{k}" if name is not None else STUDENT
+        label = name if name is not None else "KD student"
         for ax, name in ((ax_agree, "agreement"), (ax_ece, "val_ece")):
             _student(ax, rows[x], rows[f"{name}_mean"], _ci(rows, name), label, space.grid, color=color,
                      seeds=rows["seeds_finished"], planned=space.seeds)
@@ -372,3 +404,32 @@ def plot_fidelity_calibration(sweep: pd.DataFrame, x: str, h: Headline, space: S
         ax.grid(alpha=0.3)
     fig.suptitle("Mean over finished seeds, 95% CI where there are 2 or more")
     return _save(fig, path, legend_from=ax_ece)
+
+
+def plot_learned_temperature(exp: Experiment, ctkd: pd.DataFrame, epochs: pd.DataFrame, path: Path) -> Path:
+    """CTKD's learned temperature against epoch, one line per trial (seed), coloured by its initial T."""
+    starts = sorted(ctkd["temperature"].unique())
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for trial in ctkd.to_dict("records"):
+        curve = epochs[epochs["trial_id"] == trial["trial_id"]].sort_values("epoch")
+        if curve.empty:
+            continue
+        color = f"C{starts.index(trial['temperature']) % 10}"
+        style = "-" if trial["phase"] == "sweep" else "--"
+        # Epoch 0: the initial value, so that the line shows where T started.
+        ax.plot([0, *curve["epoch"]], [trial["temperature"], *curve["learned_temperature"]], color=color,
+                linestyle=style, marker="o", markersize=3, linewidth=1.3, alpha=0.85)
+    low, high = exp.settings.get("ctkd_range", (1.0, 21.0))
+    for bound in (low, high):
+        ax.axhline(bound, color="gray", linestyle=":", linewidth=1)
+    handles = [Line2D([], [], color=f"C{i % 10}", label=f"T₀ = {t:g}") for i, t in enumerate(starts)]
+    handles.append(Line2D([], [], color="gray", linestyle=":", label=f"bounds [{low:g}, {high:g}]"))
+    if (ctkd["phase"] == "confirm").any():
+        handles.append(Line2D([], [], color="gray", linestyle="--", label="confirmation (fresh seeds)"))
+    ax.legend(handles=handles, loc="best")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel="learned temperature T", yscale="log",
+           title=f"CTKD: the temperature each of {len(ctkd)} trials learned (one line per seed)")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -16,11 +16,11 @@ import pandas as pd
 
 from kdtune.atomic import atomic_write, save_json
 from kdtune.errors import UserError
-from kdtune.stats import PHASES
+from kdtune.stats import DEFAULT_METHOD, PHASES, method_order
 TRIAL_COLUMNS = [
-    "phase", "trial_id", "temperature", "alpha", "seed", "status", "outcome", "epochs_run", "failures",
+    "phase", "trial_id", "method", "temperature", "alpha", "seed", "status", "outcome", "epochs_run", "failures",
     "final_val_acc", "final_test_acc", "best_val_acc", "best_epoch", "test_acc_at_best_val",
-    "final_agreement", "final_val_ece", "final_val_nll",
+    "final_agreement", "final_val_ece", "final_val_nll", "final_learned_temperature",
 ]
 
 
@@ -44,35 +44,42 @@ def trial_frames(storage: str, phase: str) -> list[tuple[object, pd.DataFrame]]:
     pairs = []
     for trial in analysis.trials:
         frame = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
-        pairs += unpack(trial, frame) if "seeds" in trial.config else [(trial, frame)]
+        pairs += unpack(trial, frame) if "seeds" in trial.config or "members" in trial.config else [(trial, frame)]
     return pairs
 
 
 @dataclass(frozen=True)
 class Member:
-    """One seed of a packed Tune trial, with the attributes of a Tune trial that the results read."""
+    """One student of a packed Tune trial, with the attributes of a Tune trial that the results read."""
 
-    trial_id: str  # the pack's id and the seed
-    config: dict  # the pack's config with this member's "seed"
+    trial_id: str  # the pack's id and the member's name (s<seed>, or m<i> in a --pack N trial)
+    config: dict  # the member's own: the pack's config with its "seed", or its entry of the pack's "members"
     status: str  # the pack's
     num_failures: int
     experiment_tag: str
+    phase: str | None = None  # --pack N packs baseline students into the sweep's trials; None: the folder's phase
 
 
 def unpack(trial, frame: pd.DataFrame) -> list[tuple[Member, pd.DataFrame]]:
-    """A pack's members, each with its own per-epoch frame (`s<seed>/<name>` columns renamed to `<name>`)."""
+    """A pack's members, each with its own per-epoch frame (`<name>/<metric>` columns renamed to `<metric>`)."""
+    if "members" in trial.config:
+        named = [(f"m{i}", dict(m)) for i, m in enumerate(trial.config["members"])]
+    else:
+        shared = {k: v for k, v in trial.config.items() if k != "seeds"}
+        named = [(f"s{seed}", shared | {"seed": int(seed)}) for seed in trial.config["seeds"]]
     members = []
-    for seed in trial.config["seeds"]:
-        prefix = f"s{seed}/"
-        config = {k: v for k, v in trial.config.items() if k != "seeds"} | {"seed": int(seed)}
-        member = Member(f"{trial.trial_id}_s{seed}", config, trial.status, int(getattr(trial, "num_failures", 0)),
-                        str(getattr(trial, "experiment_tag", "")))
+    for name, config in named:
+        prefix = f"{name}/"
+        phase = config.pop("phase", None)
+        member = Member(f"{trial.trial_id}_{name}", config, trial.status, int(getattr(trial, "num_failures", 0)),
+                        str(getattr(trial, "experiment_tag", "")), phase)
         own = [c for c in frame.columns if c.startswith(prefix)]
         if frame.empty or not own:
             members.append((member, pd.DataFrame()))
             continue
         part = frame[own].rename(columns=lambda c: c[len(prefix):])
-        part = part.assign(temperature=frame["temperature"], alpha=frame["alpha"], seed=int(seed))
+        part = part.assign(temperature=float(config.get("temperature", math.nan)), alpha=float(config["alpha"]),
+                           seed=int(config["seed"]), method=config.get("method", DEFAULT_METHOD))
         members.append((member, part.dropna(subset=["epoch"])))
     return members
 
@@ -87,11 +94,13 @@ def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
     """
     full_epochs = record["settings"]["epochs"]
     rows = []
-    for phase in PHASES:
-        for trial, frame in (frames[phase] if frames is not None else trial_frames(record["storage"], phase)):
+    for folder in PHASES:
+        for trial, frame in (frames[folder] if frames is not None else trial_frames(record["storage"], folder)):
+            phase = getattr(trial, "phase", None) or folder
             config = trial.config
             row = {
                 "phase": phase, "trial_id": trial.trial_id, "status": trial.status,
+                "method": str(config.get("method", DEFAULT_METHOD)),
                 "temperature": float(config.get("temperature", math.nan)), "alpha": float(config.get("alpha", math.nan)),
                 "seed": int(config.get("__trial_index__", config.get("seed", 0))),  # __trial_index__: older kdtune
                 "failures": int(getattr(trial, "num_failures", 0)), "epochs_run": 0,
@@ -107,7 +116,7 @@ def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
                     final_test_acc=last.get("test_acc", math.nan), best_val_acc=best["val_acc"],
                     best_epoch=int(best["epoch"]), test_acc_at_best_val=best.get("test_acc", math.nan),
                     final_agreement=last.get("agreement", math.nan), final_val_ece=last["val_ece"],
-                    final_val_nll=last["val_nll"],
+                    final_val_nll=last["val_nll"], final_learned_temperature=last.get("learned_temperature", math.nan),
                 )
                 diverged = bool(frame["diverged"].astype(bool).any()) if "diverged" in frame else False
             else:
@@ -148,11 +157,18 @@ def write_trial_summary(root: Path, record: dict, table: pd.DataFrame | None = N
 
 def temperature_results(table: pd.DataFrame, record: dict) -> dict:
     """The seed's `{"T": mean test accuracy}` of the search's finished distilled students; when alpha
-    varies, one such mapping per alpha: `{"alpha": {"T": ...}}`."""
+    varies, one such mapping per alpha: `{"alpha": {"T": ...}}`; when the method varies, one such result
+    per method: `{"kd": ..., "ls": ...}`."""
     distilled = table[(table["phase"] == "sweep") & (table["outcome"] == "finished") & (table["alpha"] > 0)]
     space = record["settings"]["space"]
-    if "alpha" not in space["axes"] and "alpha" not in space["distributions"]:
-        curve = distilled.groupby("temperature")["final_test_acc"].mean()
-        return {f"{t:g}": float(v) for t, v in curve.items()}
-    return {f"{a:g}": {f"{t:g}": float(v) for t, v in rows.groupby("temperature")["final_test_acc"].mean().items()}
-            for a, rows in distilled.groupby("alpha")}
+    varied = set(space["axes"]) | set(space["distributions"])
+
+    def curve(rows: pd.DataFrame) -> dict:
+        if "alpha" not in varied:
+            return {f"{t:g}": float(v) for t, v in rows.groupby("temperature")["final_test_acc"].mean().items()}
+        return {f"{a:g}": {f"{t:g}": float(v) for t, v in part.groupby("temperature")["final_test_acc"].mean().items()}
+                for a, part in rows.groupby("alpha")}
+
+    if "method" not in varied:
+        return curve(distilled)
+    return {method: curve(distilled[distilled["method"] == method]) for method in method_order(distilled["method"])}

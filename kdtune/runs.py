@@ -20,7 +20,8 @@ from kdtune.errors import UserError
 from kdtune.models import check_model, count_parameters
 from kdtune.plots import plot_training_curves
 from kdtune.teacher import CachedTeacher, obtain_teacher, teacher_logits
-from kdtune.train import LiveTeacher, resolve_device, train
+from kdtune.device import resolve_device
+from kdtune.train import LiveTeacher, train
 
 MODES = ("teacher", "student", "distill")
 
@@ -73,13 +74,16 @@ def run_mode(
             signal = CachedTeacher(cache, splits, torch_device)
         else:
             signal = LiveTeacher(found.model, splits, torch_device, config.precision)
-    label = f"student {config.model}" + (f" (T={config.temperature:g}, alpha={config.alpha:g})" if config.alpha > 0 else "")
+    method = "" if config.method == "kd" else f"{config.method}, "
+    label = f"student {config.model}" + (f" ({method}T={config.temperature:g}, alpha={config.alpha:g})"
+                                         if config.alpha > 0 else "")
     result = train(config, splits, torch_device, teacher=signal, progress=progress, desc=label)
     summary.update(config=config.to_dict(), parameters=count_parameters(result.model), history=result.history,
                    final=result.final)
     save_model(output.with_suffix(".pt"), result.model, config.model, {"config": config.to_dict(), "data_key": splits.key,
                "val_acc": result.final["val_acc"], "test_acc": result.final["test_acc"]}, splits.num_classes)
-    print(f"{label}: val {result.final['val_acc']:.2%}  test {result.final['test_acc']:.2%}")
+    learned = f"  learned T {result.final['learned_temperature']:.3g}" if "learned_temperature" in result.final else ""
+    print(f"{label}: val {result.final['val_acc']:.2%}  test {result.final['test_acc']:.2%}{learned}")
     _write(output, summary, config.model, label)
     return summary
 

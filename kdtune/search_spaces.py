@@ -7,6 +7,10 @@ as `kdtune.builtin_spaces`), any other YAML file given by its path, or the same 
     optuna:                   # for --optuna NAME
       temperature: {loguniform: [1, 20]}
       alpha: {uniform: [0, 1]}
+      method: {categorical: [kd, ls]}
+
+`method` (kdtune.losses.METHODS: kd, ls, ctkd) may be fixed, a grid axis or a categorical; a space that
+does not name it is `kd`, plain distillation.
 
 Files are read with `yaml.safe_load`: tags such as `!!python/object` are refused.
 """
@@ -21,9 +25,11 @@ from pathlib import Path
 import yaml
 
 from kdtune.errors import UserError
+from kdtune.losses import METHODS
 
 PARAMETERS = {"temperature": (0.0, math.inf, False), "alpha": (0.0, 1.0, True)}  # (low, high, high inclusive)
-DISTRIBUTIONS = ("uniform", "loguniform")
+CATEGORICAL = {"method": METHODS}  # parameters whose values are names; optional, with the first as default
+DISTRIBUTIONS = ("uniform", "loguniform", "categorical")
 KINDS = ("grid", "optuna")
 
 
@@ -31,9 +37,10 @@ KINDS = ("grid", "optuna")
 class SearchSpace:
     name: str
     kind: str  # "grid" or "optuna"
-    fixed: dict[str, float]  # parameter -> value
-    axes: dict[str, list[float]]  # grid: parameter -> values
-    distributions: dict[str, tuple[str, float, float]]  # optuna: parameter -> (distribution, low, high)
+    fixed: dict[str, float | str]  # parameter -> value
+    axes: dict[str, list[float | str]]  # grid: parameter -> values
+    # optuna: parameter -> (distribution, low, high), or ("categorical", [choices])
+    distributions: dict[str, tuple]
     description: str = ""
 
     @property
@@ -107,8 +114,8 @@ def parse_search_space(document, kind: str, name: str, where: str) -> SearchSpac
         raise UserError(f"{where} has no '{kind}:' section (it has: {sections or 'none'})")
     fixed, axes, distributions = {}, {}, {}
     for param, spec in document[kind].items():
-        if param not in PARAMETERS:
-            raise UserError(f"{where}: unknown parameter {param!r}; allowed: {', '.join(PARAMETERS)}")
+        if param not in PARAMETERS and param not in CATEGORICAL:
+            raise UserError(f"{where}: unknown parameter {param!r}; allowed: {', '.join([*PARAMETERS, *CATEGORICAL])}")
         at = f"{where}, {kind}.{param}"
         if isinstance(spec, list):
             if kind != "grid" or not spec:
@@ -120,13 +127,17 @@ def parse_search_space(document, kind: str, name: str, where: str) -> SearchSpac
             fixed[param] = _check_value(param, spec, at)
     if not axes and not distributions:
         raise UserError(f"{where}: '{kind}:' varies nothing; give at least one parameter a list or distribution")
-    for param in PARAMETERS:
+    for param in PARAMETERS:  # CATEGORICAL ones may be left out: their first value
         if param not in fixed and param not in axes and param not in distributions:
             raise UserError(f"{where}: '{kind}:' does not set {param!r}")
     return SearchSpace(name, kind, fixed, axes, distributions, str(document.get("description", "")))
 
 
-def _check_value(param: str, value, where: str) -> float:
+def _check_value(param: str, value, where: str) -> float | str:
+    if param in CATEGORICAL:
+        if value not in CATEGORICAL[param]:
+            raise UserError(f"{where}: invalid value {value!r}; must be one of {', '.join(CATEGORICAL[param])}")
+        return value
     low, high, inclusive = PARAMETERS[param]
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if param == "temperature" else low <= value) and (value <= high if inclusive else value < high)
@@ -136,16 +147,32 @@ def _check_value(param: str, value, where: str) -> float:
     return float(value)
 
 
-def _check_distribution(param: str, spec: dict, kind: str, where: str) -> tuple[str, float, float]:
+def _check_distribution(param: str, spec: dict, kind: str, where: str) -> tuple:
     if kind != "optuna" or len(spec) != 1:
         raise UserError(f"{where}: a distribution is one of {', '.join(DISTRIBUTIONS)} in an 'optuna:' section")
     (dist, bounds), = spec.items()
+    if param in CATEGORICAL or dist == "categorical":
+        if param not in CATEGORICAL or dist != "categorical" or not isinstance(bounds, list) or len(bounds) < 2:
+            raise UserError(f"{where}: {param} takes {{categorical: [two or more of {', '.join(CATEGORICAL.get(param, ()))}]}}"
+                            if param in CATEGORICAL else f"{where}: {param} is a number: use uniform or loguniform")
+        return dist, [_check_value(param, b, where) for b in bounds]
     if dist not in DISTRIBUTIONS or not isinstance(bounds, list) or len(bounds) != 2:
         raise UserError(f"{where}: unknown distribution {spec!r}; use {{uniform: [low, high]}} or {{loguniform: [low, high]}}")
     low, high = (_check_value(param, b, where) for b in bounds)
     if not low < high or (dist == "loguniform" and low <= 0):
         raise UserError(f"{where}: invalid bounds {bounds!r}; need low < high (and low > 0 for loguniform)")
     return dist, low, high
+
+
+def describe_distribution(spec) -> str:
+    """'loguniform[1, 20]' or 'one of kd, ls' (spec as stored, or as read back from JSON)."""
+    if spec[0] == "categorical":
+        return "one of " + ", ".join(map(str, spec[1]))
+    return f"{spec[0]}[{spec[1]:g}, {spec[2]:g}]"
+
+
+def format_value(value) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def apply_overrides(space: SearchSpace, overrides: dict) -> SearchSpace:

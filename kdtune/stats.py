@@ -1,6 +1,6 @@
 """The statistics of a comparison, shared by the report's tables, its figures and the sweep's confirmation.
 
-A configuration is one (phase, T, alpha).  Its statistics are over the seeds that *finished* (ran
+A configuration is one (phase, method, T, alpha).  Its statistics are over the seeds that *finished* (ran
 every epoch); trials stopped early, errored, diverged or still running are counted, never averaged in.
 
 Distilled students and the no-KD baseline of the same seed share initialisation, data order and
@@ -20,14 +20,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from kdtune.losses import METHODS
+
 PHASES = ("baseline", "sweep", "confirm")  # confirm: the chosen configuration and the baseline on fresh seeds
 OUTCOMES = ("finished", "stopped early", "diverged", "errored", "in progress", "running", "pending", "paused")
-CONFIG_KEYS = ["phase", "temperature", "alpha"]
+CONFIG_KEYS = ["phase", "method", "temperature", "alpha"]
+DEFAULT_METHOD = METHODS[0]  # a trial table without `method` (an older kdtune) is plain KD
 # Statistics over finished seeds: summary.csv column -> trial_table column.
 STATISTICS = {
     "val_acc": "final_val_acc", "test_acc": "final_test_acc",
     "best_epoch_val_acc": "best_val_acc", "best_epoch_test_acc": "test_acc_at_best_val",
     "agreement": "final_agreement", "val_ece": "final_val_ece",
+    "learned_temperature": "final_learned_temperature",  # ctkd: the temperature it ended with
 }
 GAIN_COLUMNS = ["gain_pairs", "gain_mean", "gain_ci95", "p_paired", "p_holm"]
 SIGNIFICANCE = 0.05
@@ -105,6 +109,7 @@ def config_table(trials: pd.DataFrame, planned_seeds: dict | None = None) -> pd.
     is complete when all its trials finished.
     """
     keys = CONFIG_KEYS
+    trials = with_method(trials)
     finished = trials[trials["outcome"] == "finished"]
     aggregations = {"seeds_finished": ("trial_id", "size")}
     for name, column in STATISTICS.items():
@@ -125,12 +130,28 @@ def config_table(trials: pd.DataFrame, planned_seeds: dict | None = None) -> pd.
     table["seeds_finished"] = table["seeds_finished"].fillna(0).astype(int)
     table = table.reset_index()
     table["phase"] = pd.Categorical(table["phase"], categories=list(PHASES), ordered=True)
+    table["method"] = pd.Categorical(table["method"], categories=method_order(table["method"]), ordered=True)
     table = table.sort_values(keys).reset_index(drop=True)
     table["phase"] = table["phase"].astype(str)
+    table["method"] = table["method"].astype(str)
     planned = [(planned_seeds or {}).get(phase, trials_) for phase, trials_ in zip(table["phase"], table["trials"])]
     table["complete"] = (table["seeds_finished"] >= planned) & (table["seeds_finished"] > 0)
     table = _add_gains(table, finished)
     return table[summary_columns()]
+
+
+def with_method(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trial table with the columns methods added: a table of an older kdtune (no `method`) is plain KD,
+    which learns no temperature."""
+    method = trials["method"].fillna(DEFAULT_METHOD) if "method" in trials else DEFAULT_METHOD
+    learned = trials["final_learned_temperature"] if "final_learned_temperature" in trials else math.nan
+    return trials.assign(method=method, final_learned_temperature=learned)
+
+
+def method_order(methods: pd.Series) -> list[str]:
+    """The methods present, in kdtune.losses.METHODS order (kd, ls, ctkd), any unknown after them."""
+    known = [m for m in METHODS if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
 
 
 def _add_gains(table: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
@@ -169,8 +190,9 @@ def baseline_row_of(table: pd.DataFrame, phase: str) -> dict | None:
 
 def seed_values(trials: pd.DataFrame, config: dict, column: str = PAIRED_ON) -> pd.Series:
     """The finished seeds' values of `column` for one configuration (a row of the config table), by seed."""
+    trials = with_method(trials)
     mask = (trials["outcome"] == "finished") & (trials["phase"] == config["phase"])
-    for key in ("temperature", "alpha"):
+    for key in ("method", "temperature", "alpha"):
         mask &= trials[key] == config[key]
     rows = trials.loc[mask]
     return pd.Series(rows[column].to_numpy(dtype=float), index=rows["seed"].astype(int).to_numpy())
@@ -191,6 +213,18 @@ def choose_best(configs: pd.DataFrame) -> dict | None:
     """The complete search configuration with the highest mean validation accuracy; None when none is complete."""
     eligible = configs[(configs["phase"] == "sweep") & configs["complete"]]
     return eligible.loc[eligible["val_acc_mean"].idxmax()].to_dict() if len(eligible) else None
+
+
+def best_per_method(configs: pd.DataFrame) -> dict[str, dict]:
+    """{method: its complete search configuration with the highest mean validation accuracy}, for methods
+    with one.  Each is a choice among that method's configurations; p_holm still counts all of them."""
+    sweep = configs[configs["phase"] == "sweep"]
+    out = {}
+    for method in method_order(sweep["method"]):
+        best = choose_best(sweep[sweep["method"] == method])
+        if best is not None:
+            out[method] = best
+    return out
 
 
 def incomplete_reasons(configs: pd.DataFrame) -> list[tuple[dict, str]]:

@@ -1,10 +1,10 @@
-"""Ray Tune sweeps over temperature and alpha.
+"""Ray Tune sweeps over temperature, alpha and the temperature method.
 
     settings -> data -> teacher + logit cache (a Ray task) -> baseline experiment
     (alpha = 0, every seed) -> sweep experiment (grid or Optuna) -> confirm experiment
     (with --confirm K: the chosen configuration and the baseline on K fresh seeds) -> summaries
 
-Baseline and distilled students share every training setting but alpha and T
+Baseline and distilled students share every training setting but alpha, T and the method
 (`SweepSettings.student_config`): the comparison measures distillation alone.
 
 Everything of an experiment lives under `results/<name>/`: `experiment.json`
@@ -17,6 +17,7 @@ written at the end.  A resume restores the Tune experiments from their state
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -24,13 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdtune import stats
-from kdtune.config import RunConfig, check_recipe_name, warmup_epochs
+from kdtune.config import CTKD_RANGE, RunConfig, check_recipe_name, warmup_epochs
 from kdtune.data import Splits, check_dataset, load_dataset, make_splits
 from kdtune.errors import UserError
 from kdtune.models import check_model, check_model_name
 from kdtune.optuna_search import SAMPLERS
 from kdtune.presets import get_preset
-from kdtune.search_spaces import SearchSpace, apply_overrides, resolve_search_space, space_label
+from kdtune.search_spaces import (SearchSpace, apply_overrides, describe_distribution, format_value, resolve_search_space,
+                                  space_label)
+from kdtune.stack import PACK_MODES
 from kdtune.tracking import check_tracking
 
 METRIC = "val_acc"
@@ -72,6 +75,10 @@ class SweepSettings:
     test_every: int = 0  # students' test set: after the last epoch, and every N epochs too (0: only then)
     dataset: str | None = None  # cifar10, cifar100 or folder; None: inferred from data_dir
     image_size: int | None = None  # resize every image to S x S at decode time; None: as stored
+    ctkd_range: tuple[float, float] = CTKD_RANGE  # method ctkd: the learned temperature's bounds
+    ctkd_ramp_epochs: int | None = None  # method ctkd: epochs of the gradient reversal's ramp (None: the paper's share)
+    pack: int = 0  # students per Tune trial, of any configurations, baseline included; 0: a configuration's seeds
+    pack_mode: str = "auto"  # how a pack trains its members: kdtune.stack.PACK_MODES
 
     def __post_init__(self):
         check_model_name(self.teacher)
@@ -84,9 +91,15 @@ class SweepSettings:
         check_recipe_name(self.teacher_recipe)
         for field, low in (("seeds", 1), ("num_samples", 1), ("epochs", 1), ("teacher_epochs", 1),
                            ("grace_period", 1), ("reduction_factor", 2), ("max_failures", 0), ("confirm", 0),
-                           ("test_every", 0)):
+                           ("test_every", 0), ("pack", 0)):
             if getattr(self, field) < low:
                 raise UserError(f"invalid {field.replace('_', '-')} {getattr(self, field)}: must be an integer >= {low}")
+        if self.pack and (self.search != "grid" or self.asha):
+            # A scheduler stops trials and a searcher scores them: a pack of several configurations is neither.
+            raise UserError(f"--pack {self.pack} packs students of different configurations into one trial: it needs "
+                            f"a grid search without early stopping (--grid, --no-asha)")
+        if self.pack_mode not in PACK_MODES:
+            raise UserError(f"unknown pack-mode {self.pack_mode!r}; choose one of {', '.join(PACK_MODES)}")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         for field in ("label_smoothing", "teacher_label_smoothing"):
@@ -103,18 +116,48 @@ class SweepSettings:
         if not sweep_points(self):
             raise UserError(f"search space {self.space.name!r} has no distilled configuration: alpha = 0 is the "
                             f"no-KD baseline, which every experiment trains anyway; give alpha a value > 0")
+        self._check_points()
+
+    def _check_points(self) -> None:
+        """Every configuration the search can try is a valid run (a grid point's method and T, say), before any work."""
+        low, high = self.ctkd_range
+        for point in sweep_points(self):
+            if "temperature" in point:  # an Optuna point samples its T: its distribution is checked below
+                try:
+                    self.student_config(**{"alpha": 1.0, **point})
+                except UserError as error:
+                    where = ", ".join(f"{k} {format_value(v)}" for k, v in point.items())
+                    raise UserError(f"search space {self.space.name!r}, point {where}: {error}") from None
+        dists = self.space.distributions
+        methods = {self.space.fixed.get("method", "kd"), *self.space.axes.get("method", []),
+                   *(dists["method"][1] if "method" in dists else [])}
+        if self.pack_mode == "stack" and methods - {"kd"}:
+            raise UserError(f"pack-mode stack trains method kd only; this space also has "
+                            f"{', '.join(sorted(methods - {'kd'}))}: use --pack-mode loop or auto")
+        can_ctkd = self.space.fixed.get("method") == "ctkd" or "ctkd" in self.space.axes.get("method", []) or (
+            "method" in dists and "ctkd" in dists["method"][1])
+        if self.search == "optuna" and can_ctkd and "temperature" in dists:
+            _, t_low, t_high = dists["temperature"]
+            if not low <= t_low < t_high <= high:
+                raise UserError(f"invalid temperature distribution [{t_low:g}, {t_high:g}] for method ctkd: its T is "
+                                f"the learned temperature's start and must lie within ctkd-range [{low:g}, {high:g}]")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON types (tuples as lists), equal to what experiment.json reads back."""
+        return _as_json(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, values: dict) -> "SweepSettings":
-        return cls(**{**values, "space": SearchSpace(**values["space"])})
+        values = {**values, "space": SearchSpace(**values["space"])}
+        if "ctkd_range" in values:
+            values["ctkd_range"] = tuple(values["ctkd_range"])  # JSON's list
+        return cls(**values)
 
     def student_config(self, **varied) -> RunConfig:
-        """The one set of student settings: every trial, baseline or distilled, adds only alpha, T and seed."""
+        """The one set of student settings: every trial, baseline or distilled, adds only alpha, T, method and seed."""
         return RunConfig(model=self.student, epochs=self.epochs, recipe=self.recipe, precision=self.precision,
-                         aug_seed=self.aug_seed, lr=self.lr, label_smoothing=self.label_smoothing, **varied)
+                         aug_seed=self.aug_seed, lr=self.lr, label_smoothing=self.label_smoothing,
+                         ctkd_range=tuple(self.ctkd_range), ctkd_ramp_epochs=self.ctkd_ramp_epochs, **varied)
 
     def teacher_config(self) -> RunConfig:
         return RunConfig(model=self.teacher, epochs=self.teacher_epochs, recipe=self.teacher_recipe,
@@ -123,10 +166,10 @@ class SweepSettings:
     def students_record(self) -> dict:
         """What every student of the experiment is trained with, resolved (no 'the recipe's' left), for experiment.json."""
         config = self.student_config()
-        shared = {k: v for k, v in config.to_dict().items() if k not in ("temperature", "alpha", "seed")}
+        shared = {k: v for k, v in config.to_dict().items() if k not in ("temperature", "alpha", "seed", "method")}
         return {**shared, "lr": config.effective_lr, "batch_size": config.effective_batch_size,
                 "seeds": list(range(self.seeds)), "confirm_seeds": self.confirm_seeds,
-                "varied_per_trial": ["alpha", "temperature", "seed"]}
+                "varied_per_trial": ["alpha", "temperature", "method", "seed"]}
 
     @property
     def confirm_seeds(self) -> list[int]:
@@ -194,6 +237,14 @@ class Resources:
                 sys.path.insert(0, folder)
 
 
+def _as_json(value):
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    return value
+
+
 def build_settings(name: str, search: str, space, preset_name: str, **values) -> SweepSettings:
     """Settings from a preset, with any value given (not None) overriding it.  `space`: a built-in name, a YAML
     path, a dict or a SearchSpace (see kdtune.search_spaces.resolve_search_space).  ASHA's grace period
@@ -246,20 +297,35 @@ def grid_axes(settings: SweepSettings) -> dict[str, list[float]]:
 
 
 def plan(settings: SweepSettings) -> dict:
-    """How many trials of each kind, and how many student epochs in total (ASHA may stop some early)."""
+    """How many students of each kind (a Tune trial is a pack of them), how many Tune trials, and how many
+    student epochs in total (ASHA may stop some early)."""
     seeds = settings.seeds
     sweep_trials = seeds * (settings.num_samples if settings.search == "optuna" else len(sweep_points(settings)))
     confirm_trials = 2 * settings.confirm
+    if settings.pack:  # the baseline's students and the sweep's, packed together
+        tune_trials = {"baseline": 0, "sweep": math.ceil((seeds + sweep_trials) / settings.pack)}
+    else:
+        tune_trials = {"baseline": 1, "sweep": sweep_trials // seeds}
+    tune_trials["confirm"] = 2 if settings.confirm else 0
     return {"baseline_trials": seeds, "sweep_trials": sweep_trials, "confirm_trials": confirm_trials,
-            "student_epochs": (seeds + sweep_trials + confirm_trials) * settings.epochs}
+            "student_epochs": (seeds + sweep_trials + confirm_trials) * settings.epochs, "tune_trials": tune_trials}
+
+
+def pack_members(settings: SweepSettings) -> list[list[dict]]:
+    """--pack N: the baseline's students and the grid's, N to a Tune trial, each as {phase, alpha, T, method, seed}.
+
+    Packing the baseline with the sweep leaves no slot idle while the baseline trains."""
+    seeds = range(settings.seeds)
+    members = [{"phase": "baseline", "alpha": 0.0, "temperature": 1.0, "seed": s} for s in seeds]
+    members += [{"phase": "sweep", **point, "seed": s} for point in sweep_points(settings) for s in seeds]
+    return [members[i:i + settings.pack] for i in range(0, len(members), settings.pack)]
 
 
 def planned_seeds(settings: SweepSettings) -> dict:
     return stats.planned_seeds(settings.seeds, settings.confirm)
 
 
-def describe_plan(settings: SweepSettings, student_img_s: float | None, teacher_img_s: float | None,
-                  n_train: int, teacher_stored: bool, parallel: int) -> str:
+def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool, estimate: str | None = None) -> str:
     counts = plan(settings)
     space = settings.space
     lines = [f"experiment {settings.name}: {settings.search} search over {space.name!r} ({space.description})",
@@ -269,16 +335,16 @@ def describe_plan(settings: SweepSettings, student_img_s: float | None, teacher_
              + (f", label smoothing {settings.teacher_label_smoothing:g}" if settings.teacher_label_smoothing else ""),
              f"  students {settings.student} ({settings.recipe}, {settings.epochs} epochs) on {n_train} training images,"
              f" seeds 0..{settings.seeds - 1}",
-             f"  every student: {_shared_settings(settings)}; only alpha, T and the seed differ",
+             f"  every student: {_shared_settings(settings)}; only alpha, T, the method and the seed differ",
              f"  baseline (no distillation, alpha 0): {counts['baseline_trials']} trials"]
     if settings.search == "grid":
         for point in sweep_points(settings):
-            lines.append("  " + ", ".join(f"{k}={v:g}" for k, v in point.items()) + f" x {settings.seeds} seeds")
+            lines.append("  " + ", ".join(f"{k}={format_value(v)}" for k, v in point.items()) + f" x {settings.seeds} seeds")
         if 0 in space.axes.get("alpha", []):
             lines.append("  (alpha = 0 is the baseline above, not a distilled configuration: left out of the grid)")
     else:
-        for param, (dist, low, high) in space.distributions.items():
-            lines.append(f"  {param} ~ {dist}[{low:g}, {high:g}]")
+        for param, spec in space.distributions.items():
+            lines.append(f"  {param} ~ {describe_distribution(spec)}")
         lines.append(f"  fixed: {space.fixed}; {settings.num_samples} points x {settings.seeds} seeds, sampler {settings.sampler}")
     if settings.asha:
         lines.append(f"  ASHA early stopping: grace {settings.grace_period} epochs (warm-up: "
@@ -287,17 +353,13 @@ def describe_plan(settings: SweepSettings, student_img_s: float | None, teacher_
         lines.append(f"  confirmation: the chosen configuration and the baseline again on {settings.confirm} fresh "
                      f"seeds {settings.confirm_seeds[0]}..{settings.confirm_seeds[-1]}: {counts['confirm_trials']} trials")
     total = counts["baseline_trials"] + counts["sweep_trials"] + counts["confirm_trials"]
-    lines.append(f"  total: {total} trials, up to {counts['student_epochs']} student epochs")
-    if student_img_s:
-        student_s = counts["student_epochs"] * n_train / student_img_s / max(1, parallel)
-        teacher_s = 0.0 if teacher_stored or not teacher_img_s else settings.teacher_epochs * n_train / teacher_img_s
-        # A forward pass costs about a third of a training step.
-        cache_s = 0.0 if not teacher_img_s else settings.epochs * n_train / (3 * teacher_img_s)
-        lines.append(
-            f"  estimated cost on this machine (training steps only, {parallel} trial(s) at a time): teacher "
-            f"{teacher_s / 60:.1f} min, logit cache {cache_s / 60:.1f} min, students {student_s / 60:.1f} min "
-            f"(measured {student_img_s:.0f} student img/s" + (f", {teacher_img_s:.0f} teacher img/s)" if teacher_img_s else ")")
-        )
+    tune_trials = sum(counts["tune_trials"].values())
+    packing = (f"{settings.pack} students per trial, the baseline's packed with the sweep's" if settings.pack else
+               "a configuration's seeds per trial")
+    lines.append(f"  total: {total} students in {tune_trials} Tune trials ({packing}; pack mode {settings.pack_mode}), "
+                 f"up to {counts['student_epochs']} student epochs")
+    if estimate:
+        lines.append(estimate)
     return "\n".join(lines)
 
 
@@ -344,41 +406,46 @@ def check_storage_writable(storage: str) -> None:
                 break
 
 
-def estimate_throughput(model_name: str, batch_size: int, device, splits: Splits, steps: int = 3) -> float:
-    """Training images/s of `model_name` on `device`, from a few timed steps on random data shaped as `splits`."""
-    import torch
-
-    model = check_model(model_name, splits.num_classes, splits.image_size).train().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    images = torch.randn(batch_size, 3, *splits.image_size, device=device)
-    labels = torch.randint(0, splits.num_classes, (batch_size,), device=device)
-    timings = []
-    for _ in range(steps + 1):  # the first step warms up
-        started = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - started)
-    return batch_size / (sum(timings[1:]) / steps)
+def phase_packs(settings: SweepSettings) -> dict:
+    """phase -> the number of students in each of its Tune trials, in the order Tune launches them."""
+    counts = plan(settings)
+    if settings.pack:
+        packs = {"baseline": [], "sweep": [len(p) for p in pack_members(settings)]}
+    else:
+        packs = {"baseline": [settings.seeds], "sweep": [settings.seeds] * (counts["sweep_trials"] // settings.seeds)}
+    packs["confirm"] = [settings.confirm] * counts["tune_trials"]["confirm"]
+    return packs
 
 
 def dry_run(settings: SweepSettings, resources: Resources) -> str:
+    """The plan, and its wall clock estimated from throughput measured here (see kdtune.cost)."""
     import torch
 
-    from kdtune.teacher import find_teacher, load_teacher_file
+    from kdtune import cost
+    from kdtune.teacher import cache_entries, cache_mode, find_teacher, load_teacher_file
 
     splits = load_splits(settings)
-    resources = resources.with_default_gpus(torch.cuda.device_count())
+    gpus = torch.cuda.device_count()
+    resources = resources.with_default_gpus(gpus)
     device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
     if settings.teacher_path is not None:  # refused here already when it was trained on other splits
-        stored = load_teacher_file(settings.teacher_path, settings.teacher_config(), splits,
-                                   settings.allow_foreign_teacher) is not None
+        teacher = load_teacher_file(settings.teacher_path, settings.teacher_config(), splits,
+                                    settings.allow_foreign_teacher)
     else:
-        stored = find_teacher(settings.teacher_config(), splits, resources.teacher_store) is not None
-    student = estimate_throughput(settings.student, settings.student_config().effective_batch_size, device, splits)
-    teacher = estimate_throughput(settings.teacher, settings.teacher_config().effective_batch_size, device, splits)
-    parallel = resources.max_concurrent or max(1, int((os.cpu_count() or 1) // resources.cpus_per_trial))
-    return describe_plan(settings, student, teacher, len(splits.train_labels), stored, parallel)
+        teacher = find_teacher(settings.teacher_config(), splits, resources.teacher_store)
+    cached = teacher is not None and all(path.is_file() for path in cache_entries(
+        teacher, splits, settings.aug_seed, settings.epochs, cache_mode(settings.precision, device)).values())
+    cpus = os.cpu_count() or 1
+    threads = max(1, int(resources.cpus_per_trial))
+    size, classes = splits.image_size, splits.num_classes
+    student = cost.measure(check_model(settings.student, classes, size), settings.student_config().effective_batch_size,
+                           splits, device, threads)
+    teacher_speed = cost.measure(check_model(settings.teacher, classes, size),
+                                 settings.teacher_config().effective_batch_size, splits, device, cpus)
+    speeds = cost.Speeds(*student, *teacher_speed)
+    work = cost.Work(len(splits.train_labels), len(splits.val_labels), len(splits.test_labels), settings.epochs,
+                     settings.teacher_epochs, settings.test_every, phase_packs(settings), teacher is None, not cached)
+    slots = cost.slots_here(resources.cpus_per_trial, resources.gpus_per_trial, resources.max_concurrent, cpus, gpus)
+    where = "on the GPU" if device.type == "cuda" else f"{threads} thread{'s' * (threads > 1)} per trial"
+    line = cost.describe(cost.estimate(work, speeds, slots), speeds, where)
+    return describe_plan(settings, len(splits.train_labels), teacher is not None, line)

@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -32,9 +33,10 @@ from kdtune.atomic import save_json, save_torch
 from kdtune.checkpoint import file_digest, load_model, save_model
 from kdtune.config import RunConfig
 from kdtune.data import Splits, augmentation_params
+from kdtune.device import autocast, prepare, uses_bf16
 from kdtune.errors import UserError
-from kdtune.models import count_parameters, storage_name
-from kdtune.train import Progress, autocast, predict, prepare, progress_bar, train, training_views, uses_bf16
+from kdtune.models import count_parameters, create_model, storage_name
+from kdtune.train import Progress, predict, progress_bar, train, training_views
 
 # Teacher inference batch: large on a GPU; on the CPU small batches stay in cache and run ~1.5x faster.
 CACHE_BATCH = {"cpu": 64, "cuda": 8192}
@@ -50,9 +52,14 @@ class Teacher:
     path: Path  # the checkpoint file
 
 
+# A teacher is trained without distillation: these never change its weights, and leaving them out keeps the
+# names of teachers stored before they existed.
+DISTILLATION_FIELDS = ("temperature", "alpha", "method", "ctkd_range", "ctkd_ramp_epochs")
+
+
 def teacher_key(config: RunConfig, splits: Splits) -> str:
     """Names a teacher by everything that decides its weights."""
-    fields = {k: v for k, v in config.to_dict().items() if k not in ("temperature", "alpha")}
+    fields = {k: v for k, v in config.to_dict().items() if k not in DISTILLATION_FIELDS}
     return hashlib.sha256(json.dumps([fields, splits.key], sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -104,21 +111,14 @@ def obtain_teacher(
     progress: Progress = False,
     allow_foreign: bool = False,
 ) -> Teacher:
-    """Load the teacher from `teacher_path` or the store; train and save it first when it is missing.
+    """Load the teacher from `teacher_path` or the store; train and save it first (here, on `device`) when it is
+    missing: `prepare_teacher` without a cache.
 
     A `teacher_path` checkpoint must have been trained on these very splits (see `load_teacher_file`)."""
-    if teacher_path is not None:
-        path = Path(teacher_path)
-        if path.exists():
-            return load_teacher_file(path, config, splits, allow_foreign)
-        model, meta = train_teacher(config, splits, device, progress)
-        save_model(path, model, config.model, meta, splits.num_classes)
-        return Teacher(model, meta, path)
-    found = find_teacher(config, splits, store)
-    if found is not None:
-        return found
-    model, meta = train_teacher(config, splits, device, progress)
-    return add_to_store(store_entry(config, splits, store), model, meta)
+    teacher, _ = prepare_teacher(config, splits, store, config.aug_seed, None, cache_mode(config.precision, device),
+                                 teacher_path=teacher_path, allow_foreign=allow_foreign, train_missing_path=True,
+                                 device=device, progress=progress)
+    return teacher
 
 
 def load_teacher_file(path: str | os.PathLike, config: RunConfig, splits: Splits, allow_foreign: bool = False) -> Teacher:
@@ -178,12 +178,16 @@ def cache_folder(teacher_path: Path, splits: Splits, aug_seed: int, precision: s
     return teacher_path.parent / f"{teacher_path.stem}-logits" / name
 
 
+def cache_names(epochs: int) -> list:
+    """The entries of a full cache: "val", "test" and each epoch number."""
+    return ["val", "test", *range(epochs)]
+
+
 def cache_entries(teacher: Teacher, splits: Splits, aug_seed: int, epochs: int, mode: str) -> dict:
-    """{name: file} of a full cache: "val", "test" and each epoch number."""
+    """{name: file} of a full cache (see `cache_names`)."""
     folder = cache_folder(teacher.path, splits, aug_seed, mode)
-    files = {"val": folder / "val.pt", "test": folder / "test.pt"}
-    files.update({e: folder / f"epoch-{e:04d}.pt" for e in range(epochs)})
-    return files
+    return {name: folder / (f"{name}.pt" if isinstance(name, str) else f"epoch-{name:04d}.pt")
+            for name in cache_names(epochs)}
 
 
 def load_cached(files: dict, splits: Splits) -> dict:
@@ -238,14 +242,126 @@ def teacher_logits(
     precision: str = "auto",
     progress: Progress = False,
 ) -> LogitCache:
-    """The cache for `epochs` epochs of `aug_seed`'s views: loaded where present, computed where missing."""
-    files = cache_entries(teacher, splits, aug_seed, epochs, cache_mode(precision, device))
-    loaded = load_cached(files, splits)
-    missing = [name for name in files if name not in loaded]
-    for name, logits in compute_logits(teacher.model, splits, missing, aug_seed, device, precision, progress).items():
-        save_torch(files[name], logits)
-        loaded[name] = logits
-    return assemble(loaded, epochs, aug_seed, splits)
+    """The cache for `epochs` epochs of `aug_seed`'s views: loaded where present, computed here (on `device`)
+    where missing: `prepare_teacher` for a teacher already at hand."""
+    _, cache = prepare_teacher(None, splits, None, aug_seed, epochs, cache_mode(precision, device), teacher=teacher,
+                               device=device, progress=progress)
+    return cache
+
+
+# ----------------------------------------------------------------------------- preparation: the whole sequence, once
+
+# run_heavy(config, model, names) -> (trained, meta, logits): train a teacher for `config` when `model` is None
+# (`trained`, `meta`: it, eval mode on the CPU, and its metadata; else both None), then compute the cache entries
+# `names` with it or with `model` ({name: fp16 CPU logits}).  `in_process` runs it here; kdtune.ray_sweep as a
+# Ray task (through `heavy_part_from_state`).
+HeavyRunner = Callable[[RunConfig, "nn.Module | None", list], "tuple[nn.Module | None, dict | None, dict]"]
+
+
+def prepare_teacher(
+    config: RunConfig | None,
+    splits: Splits,
+    store: str | os.PathLike | None,
+    aug_seed: int,
+    epochs: int | None,
+    mode: str,
+    *,
+    teacher: Teacher | None = None,
+    teacher_path: str | os.PathLike | None = None,
+    allow_foreign: bool = False,
+    train_missing_path: bool = False,
+    recorded: str | None = None,
+    run_heavy: HeavyRunner | None = None,
+    device: torch.device | None = None,
+    progress: Progress = False,
+) -> tuple[Teacher, LogitCache | None]:
+    """The teacher and its complete logit cache for `epochs` epochs of `aug_seed`'s views, in `mode` ("fp32" or
+    "bf16", see `cache_mode`).
+
+    The teacher is `teacher` when given, else the checkpoint at `teacher_path` (refused unless trained on these
+    splits, see `load_teacher_file`; when it does not exist it is trained and saved there with
+    `train_missing_path`, else refused), else the store's entry for `config`, trained and added when missing.
+    `recorded` is the checkpoint of the teacher a resumed experiment already used: it is never retrained, so
+    its absence from the store is refused.  Cache entries are loaded where present and sound; the heavy part
+    (training the teacher, computing the missing entries) goes through `run_heavy`, by default `in_process` on
+    `device` (the CPU when None), and is not run at all when nothing is missing.  `epochs` None: the teacher
+    alone (the cache is None)."""
+    if teacher is None:
+        teacher = _find(config, splits, store, teacher_path, allow_foreign, train_missing_path)
+    if teacher is None and recorded is not None:
+        raise UserError(f"the experiment's teacher ({recorded}) is not in the teacher store {store}; "
+                        f"pass --teacher-store with the store that holds it (it is never retrained silently)")
+    loaded = {}
+    if teacher is not None and epochs is not None:
+        loaded = load_cached(cache_entries(teacher, splits, aug_seed, epochs, mode), splits)
+    missing = [] if epochs is None else [name for name in cache_names(epochs) if name not in loaded]
+    if teacher is None or missing:
+        run_heavy = run_heavy or in_process(splits, aug_seed, mode, device or torch.device("cpu"), progress)
+        trained, meta, logits = run_heavy(config, None if teacher is None else teacher.model, missing)
+        if teacher is None:
+            teacher = _keep(config, splits, store, teacher_path, trained, meta)
+        if logits:
+            files = cache_entries(teacher, splits, aug_seed, epochs, mode)
+            for name, value in logits.items():
+                save_torch(files[name], value)
+                loaded[name] = value
+    return teacher, (None if epochs is None else assemble(loaded, epochs, aug_seed, splits))
+
+
+def heavy_part(config: RunConfig, splits: Splits, model: nn.Module | None, names: list, aug_seed: int, device,
+               mode: str, progress: Progress = False) -> tuple[nn.Module | None, dict | None, dict]:
+    """What needs a GPU or a whole node, run on `device`: see `HeavyRunner`."""
+    trained, meta = (None, None) if model is not None else train_teacher(config, splits, device, progress)
+    model = trained if model is None else model
+    started = time.time()
+    logits = compute_logits(model, splits, names, aug_seed, device, mode, progress) if names else {}
+    if meta is not None:
+        meta["cache_seconds"] = time.time() - started  # the cache built with it (benchmarks/sweep_speed.py reads it)
+    return trained, meta, logits
+
+
+def in_process(splits: Splits, aug_seed: int, mode: str, device, progress: Progress = False) -> HeavyRunner:
+    """The runner of the heavy part in this process, on `device`."""
+
+    def run(config: RunConfig, model: nn.Module | None, names: list):
+        return heavy_part(config, splits, model, names, aug_seed, device, mode, progress)
+
+    return run
+
+
+def heavy_part_from_state(config: RunConfig, splits: Splits, state: dict | None, names: list, aug_seed: int, device,
+                          mode: str, progress: Progress = False) -> tuple[dict | None, dict | None, dict]:
+    """`heavy_part` with plain values in and out, for another process (a Ray task): the teacher's state dict
+    (None: train one), and the trained teacher's state dict (rebuild it with `model_from_state`)."""
+    model = None if state is None else model_from_state(config, splits.num_classes, state)
+    trained, meta, logits = heavy_part(config, splits, model, names, aug_seed, device, mode, progress)
+    return (None if trained is None else {k: v.cpu() for k, v in trained.state_dict().items()}), meta, logits
+
+
+def model_from_state(config: RunConfig, num_classes: int, state: dict) -> nn.Module:
+    """`config`'s model, eval mode on the CPU, with the weights of `state`."""
+    model = create_model(config.model, num_classes)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _find(config: RunConfig, splits: Splits, store, teacher_path, allow_foreign: bool,
+          train_missing_path: bool) -> Teacher | None:
+    """The teacher at `teacher_path` or in the store; None where it is still to be trained."""
+    if teacher_path is None:
+        return find_teacher(config, splits, store)
+    if Path(teacher_path).exists() or not train_missing_path:
+        return load_teacher_file(teacher_path, config, splits, allow_foreign)  # refuses a missing file
+    return None
+
+
+def _keep(config: RunConfig, splits: Splits, store, teacher_path, model: nn.Module, meta: dict) -> Teacher:
+    """A newly trained teacher, saved at `teacher_path`, else added to the store."""
+    if teacher_path is None:
+        return add_to_store(store_entry(config, splits, store), model, meta)
+    path = Path(teacher_path)
+    save_model(path, model, config.model, meta, splits.num_classes)
+    return Teacher(model, meta, path)
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ checkpoint or print.  With alpha > 0 it needs a teacher signal, live
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -22,8 +21,9 @@ from torch import nn
 
 from kdtune.config import WARMUP_FRACTION, RunConfig
 from kdtune.data import Splits, augment, augmentation_params, epoch_order, normalize
+from kdtune.device import autocast, prepare
 from kdtune.errors import UserError
-from kdtune.losses import kd_loss_terms
+from kdtune.losses import LearnedTemperature, ctkd_lambda, kd_loss_terms
 from kdtune.metrics import agreement, classification_metrics
 from kdtune.models import create_model
 
@@ -32,38 +32,7 @@ EpochCallback = Callable[[dict, Callable[[], dict]], None]
 Progress = Union[bool, Callable[..., Any]]  # False, True (tqdm) or a tqdm-like class: see progress_bar
 
 
-# ----------------------------------------------------------------------------- devices and precision
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"invalid device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"invalid device {name!r}: use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """auto = bf16 on CUDA (fast and accurate there), fp32 on CPU (bf16 is slower on most CPUs)."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-
-def autocast(precision: str, device: torch.device):
-    if uses_bf16(precision, device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    # channels_last: cuDNN's fastest NHWC kernels, and on the CPU oneDNN trains 20-60% faster in it
-    # (measured with torch 2.14 on AVX-512; benchmarks/kd_throughput.py).
-    return model.to(device=device, memory_format=torch.channels_last)
+# ----------------------------------------------------------------------------- inference
 
 
 def training_views(images: torch.Tensor, params: torch.Tensor, splits: Splits) -> torch.Tensor:
@@ -72,9 +41,6 @@ def training_views(images: torch.Tensor, params: torch.Tensor, splits: Splits) -
     the student's inputs."""
     views = normalize(augment(images, params), splits.mean, splits.std)
     return views.contiguous(memory_format=torch.channels_last)
-
-
-# ----------------------------------------------------------------------------- inference
 
 
 @torch.no_grad()
@@ -119,12 +85,17 @@ class LiveTeacher:
 # ----------------------------------------------------------------------------- optimisation
 
 
-def build_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: RunConfig, temperature: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimiser; a learned temperature (ctkd) is stepped by it too, as in the paper, without
+    weight decay (which would pull its parameter, not T, towards zero)."""
     recipe = config.recipe_spec
+    groups = [{"params": list(model.parameters())}]
+    if temperature is not None:
+        groups.append({"params": list(temperature.parameters()), "weight_decay": 0.0})
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.effective_lr, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(groups, lr=config.effective_lr, weight_decay=recipe.weight_decay)
     return torch.optim.SGD(
-        model.parameters(),
+        groups,
         lr=config.effective_lr,
         momentum=recipe.momentum,
         nesterov=True,
@@ -213,7 +184,8 @@ def training_epochs(
     splits = splits.to(device)
     torch.manual_seed(config.seed)
     model = prepare(create_model(config.model, splits.num_classes), device)
-    optimizer = build_optimizer(model, config)
+    learned = LearnedTemperature(config.temperature, *config.ctkd_range).to(device) if config.learns_temperature else None
+    optimizer = build_optimizer(model, config, learned)
     n = len(splits.train_labels)
     batch = min(config.effective_batch_size, n)
     steps_per_epoch = math.ceil(n / batch)
@@ -221,6 +193,8 @@ def training_epochs(
     history: list[dict] = []
     if resume is not None:
         model.load_state_dict(resume["model"])
+        if learned is not None:
+            learned.load_state_dict(resume["temperature"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         torch.set_rng_state(resume["rng"])
@@ -239,6 +213,8 @@ def training_epochs(
             "history": list(history),
             "config": config.to_dict(),
         }
+        if learned is not None:
+            state["temperature"] = {k: v.detach().cpu().clone() for k, v in learned.state_dict().items()}
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(device)  # this device's only: nodes differ in GPU count
         return state
@@ -246,9 +222,11 @@ def training_epochs(
     bar = progress_bar(progress, steps_per_epoch * config.epochs, desc, initial=steps_per_epoch * len(history))
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
-        losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar)
+        losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned)
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"]}
+        if learned is not None:
+            metrics["learned_temperature"] = learned.value().detach().item()
         last = epoch + 1 == config.epochs
         metrics.update(evaluate(model, splits, device, config.precision, teacher,
                                 val=last or (epoch + 1) % val_every == 0,
@@ -267,9 +245,10 @@ def training_epochs(
     return TrainResult(model=model, history=history)
 
 
-def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar) -> dict:
+def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned=None) -> dict:
     model.train()
     n = len(splits.train_labels)
+    ramp_steps = config.effective_ctkd_ramp_epochs * math.ceil(n / batch)
     views = augmentation_params(n, config.aug_seed, epoch, splits.image_size).to(device)
     order = epoch_order(n, config.seed, epoch).to(device)
     label_smoothing = config.label_smoothing
@@ -280,9 +259,10 @@ def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, e
         with autocast(config.precision, device):
             student_logits = model(images)
         teacher_logits = teacher.train_logits(epoch, idx, images) if config.alpha > 0 else None
-        loss, ce, kd = kd_loss_terms(
-            student_logits, teacher_logits, splits.train_labels[idx], config.temperature, config.alpha, label_smoothing
-        )
+        # scheduler.last_epoch counts optimiser steps: every schedule is stepped per batch.
+        temperature = learned(ctkd_lambda(scheduler.last_epoch, ramp_steps)) if learned is not None else config.temperature
+        loss, ce, kd = kd_loss_terms(student_logits, teacher_logits, splits.train_labels[idx], temperature,
+                                     config.alpha, label_smoothing, config.method)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,7 +1,7 @@
 """The Ray Tune trainable: a pack of students (`kdtune.pack`) reporting and checkpointing every epoch.
 
 A trial trains every seed of one configuration in lockstep: its config holds what varies (temperature,
-alpha) and `seeds`; everything else comes in `base`.  Each epoch it reports the mean over its seeds
+alpha, method) and `seeds`; everything else comes in `base`.  Each epoch it reports the mean over its seeds
 (`val_acc` is what Tune, ASHA and Optuna see: one value per configuration) and every seed's own
 metrics as `s<seed>/<name>`, which `kdtune.results` unpacks into one row per (configuration, seed).
 Its checkpoint holds every member, so a retried or resumed pack continues from its last epoch.
@@ -54,14 +54,25 @@ def trial_device() -> torch.device:
 
 
 def member_configs(config: dict, base: dict) -> list[RunConfig]:
-    """The runs of a trial: one per seed in config["seeds"] (a trial of an older kdtune has one "seed")."""
+    """The runs of a trial: one per entry of config["members"] (--pack N: students of any configurations),
+    else one per seed in config["seeds"] (a trial of an older kdtune has one "seed")."""
+    if "members" in config:
+        return [RunConfig.from_dict({**base, **{k: v for k, v in m.items() if k != "phase"}}) for m in config["members"]]
     varied = {k: v for k, v in config.items() if k != "seeds"}
     seeds = config["seeds"] if "seeds" in config else [varied.pop("seed", 0)]
     varied.pop("seed", None)
     return [RunConfig.from_dict({**base, **varied, "seed": int(seed)}) for seed in seeds]
 
 
-def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, test_every: int = 0) -> None:
+def member_names(config: dict, runs: list[RunConfig]) -> list[str]:
+    """The prefix of each member's own metrics: `s<seed>` in a pack of one configuration's seeds, else `m<i>`."""
+    if "members" in config:
+        return [f"m{i}" for i in range(len(runs))]
+    return [f"s{run.seed}" for run in runs]
+
+
+def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, test_every: int = 0,
+                 pack_mode: str = "loop") -> None:
     from ray import tune
 
     # Ray Train logs "Checkpoint successfully created at ..." for every epoch of every trial.
@@ -70,7 +81,8 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, 
     runs = member_configs(config, base)
     device = trial_device()
     data = from_shared(Splits, splits)
-    teacher = CachedTeacher(from_shared(LogitCache, cache), data, device) if runs[0].alpha > 0 else None
+    names = member_names(config, runs)
+    teacher = CachedTeacher(from_shared(LogitCache, cache), data, device) if any(r.alpha > 0 for r in runs) else None
 
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -83,9 +95,11 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, 
         _maybe_fail(metrics[0]["epoch"])
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"members": states}, os.path.join(folder, STATE_FILE))
-            tune.report(_tune_metrics(pack_metrics(metrics, runs), runs), checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(_tune_metrics(pack_metrics(metrics, runs, names), runs),
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train_pack(runs, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume, test_every=test_every)
+    train_pack(runs, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume, test_every=test_every,
+               mode=pack_mode)
 
 
 def load_trial_state(path: str) -> dict:
@@ -101,7 +115,9 @@ def _tune_metrics(metrics: dict, runs: list[RunConfig]) -> dict:
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    return {**metrics, "temperature": runs[0].temperature, "alpha": runs[0].alpha, "node_id": node}
+    shared = {key: getattr(runs[0], key) for key in ("temperature", "alpha", "method")
+              if all(getattr(run, key) == getattr(runs[0], key) for run in runs)}  # a --pack N trial mixes them
+    return {**metrics, **shared, "node_id": node}
 
 
 def _maybe_fail(epoch: int) -> None:

@@ -104,7 +104,7 @@ def test_installed_command_from_an_unrelated_folder(installed, mini_data_dir, re
     assert done.returncode == 0, done.stderr
     # The built-in space, read from the installed package: its ten temperatures.
     assert "alpha=0.5, temperature=1 x 1 seeds" in done.stdout and "alpha=0.5, temperature=20 x 1 seeds" in done.stdout
-    assert "total: 11 trials" in done.stdout and not (tmp_path / "teachers").exists()
+    assert "total: 11 students in 11 Tune trials" in done.stdout and not (tmp_path / "teachers").exists()
     report = subprocess.run([installed / "kdtune", "report", str(readme_experiment), "--out", "report"],
                             capture_output=True, text=True, cwd=tmp_path, env=clean_env(), timeout=300)
     assert report.returncode == 0, report.stderr

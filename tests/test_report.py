@@ -203,7 +203,8 @@ def expected_row(trials: list[dict], baseline: list[dict]) -> dict:
     to expected_summary, which sees every configuration."""
     finished = [trial_numbers(t) for t in trials if t["outcome"] == "finished"]
     n = len(finished)
-    row = {"phase": trials[0]["phase"], "temperature": trials[0]["temperature"], "alpha": trials[0]["alpha"],
+    # The synthetic trials' configs name no method, as an older kdtune's: they read as plain KD.
+    row = {"phase": trials[0]["phase"], "method": "kd", "temperature": trials[0]["temperature"], "alpha": trials[0]["alpha"],
            "trials": len(trials), "seeds_finished": n, "complete": n == len(SEEDS),
            "epochs_run_min": min(t["epochs"] for t in trials), "epochs_run_max": max(t["epochs"] for t in trials)}
     for name in ("val_acc", "test_acc", "best_epoch_val_acc", "best_epoch_test_acc", "agreement", "val_ece"):
@@ -212,6 +213,7 @@ def expected_row(trials: list[dict], baseline: list[dict]) -> dict:
         row[f"{name}_std"] = values.std(ddof=1) if n > 1 else math.nan
         if name in ("val_acc", "test_acc"):
             row[f"{name}_ci95"] = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    row["learned_temperature_mean"] = row["learned_temperature_std"] = math.nan  # no ctkd: no learned T
     row.update(expected_gain(trials, baseline) if trials[0]["phase"] == "sweep" else
                dict(gain_pairs=0, gain_mean=math.nan, gain_ci95=math.nan, p_paired=math.nan))
     for outcome in OUTCOMES:
@@ -262,7 +264,7 @@ def assert_same_table(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert len(actual) == len(expected)
     for column in expected.columns:
         got, want = actual[column].to_numpy(), expected[column].to_numpy()
-        if column in ("phase", "complete"):
+        if column in ("phase", "method", "complete"):
             assert list(got) == list(want), column
         else:
             np.testing.assert_allclose(got.astype(float), want.astype(float), rtol=1e-9, atol=1e-12, equal_nan=True,

@@ -115,6 +115,38 @@ def test_bad_distributions_are_refused(tmp_path, spec, message):
         load_search_space("bad", "optuna", folder)
 
 
+def test_method_is_a_named_parameter_fixed_swept_or_categorical(tmp_path):
+    methods = load_search_space("methods", "grid")
+    assert methods.axes == {"method": ["kd", "ls", "ctkd"], "temperature": [2, 4, 8]} and methods.fixed == {"alpha": 0.9}
+    assert load_search_space("methods", "optuna").distributions["method"] == ("categorical", ["kd", "ls", "ctkd"])
+    folder = write(tmp_path, "fixed", "grid:\n  method: ls\n  temperature: [2, 3]\n  alpha: 0.7\n")
+    assert load_search_space("fixed", "grid", folder).fixed == {"method": "ls", "alpha": 0.7}
+    # A space that does not name a method is plain KD: it is not required.
+    assert "method" not in load_search_space("temperature", "grid").fixed
+
+
+@pytest.mark.parametrize(
+    "section, spec, message",
+    [
+        ("grid", "[kd, dkd]", "invalid value 'dkd'; must be one of kd, ls, ctkd"),
+        ("grid", "3", "invalid value 3; must be one of kd, ls, ctkd"),
+        ("optuna", "{categorical: [kd]}", "method takes {categorical: [two or more of kd, ls, ctkd]}"),
+        ("optuna", "{uniform: [0, 1]}", "method takes {categorical"),
+    ],
+)
+def test_bad_methods_are_refused(tmp_path, section, spec, message):
+    other = "temperature: [2]" if section == "grid" else "temperature: {uniform: [1, 2]}"
+    folder = write(tmp_path, "bad", f"{section}:\n  method: {spec}\n  {other}\n  alpha: 0.5\n")
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("{", r"\{")):
+        load_search_space("bad", section, folder)
+
+
+def test_a_categorical_is_only_for_names(tmp_path):
+    folder = write(tmp_path, "bad", "optuna:\n  temperature: {categorical: [1, 2]}\n  alpha: 0.5\n")
+    with pytest.raises(UserError, match="temperature is a number: use uniform or loguniform"):
+        load_search_space("bad", "optuna", folder)
+
+
 def test_preset_overrides_replace_only_values_of_the_same_shape():
     seed_values = {"temperature": [1, 2, 3], "alpha": 0.3}
     temperature = apply_overrides(load_search_space("temperature", "grid"), seed_values)

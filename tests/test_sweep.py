@@ -107,7 +107,7 @@ def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_
         for b in distilled:
             differing = {k for k in a if a[k] != b[k]}
             assert differing == {"alpha", "temperature"} | ({"seed"} if a["seed"] != b["seed"] else set()), differing
-        shared = {k: v for k, v in a.items() if k not in ("alpha", "temperature", "seed", "lr", "batch_size")}
+        shared = {k: v for k, v in a.items() if k not in ("alpha", "temperature", "seed", "lr", "batch_size", "method")}
         assert shared == {k: students[k] for k in shared}  # as experiment.json records them
 
     # The confirmation: the chosen configuration and the baseline again on fresh seeds 2 and 3.
@@ -140,6 +140,25 @@ def student_net(num_classes):
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
                          nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * 16, num_classes))
 """
+
+
+def test_packs_of_any_configurations_reproduce_the_unpacked_grid(workdir, mini_data_dir):
+    """--pack 4: the baseline's 2 students and the grid's 4 in 2 Tune trials (no baseline experiment of its own),
+    each student exactly as the grid run above trained it alone in its configuration's pack."""
+    done = run_tune(workdir, ["--grid", "tiny", "--seeds", "2", "--epochs", "2", "--pack", "4",
+                              *small_args(workdir, mini_data_dir, "packed")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (workdir / "results" / "packed" / "baseline").exists()
+    assert len(list((workdir / "results" / "packed" / "sweep").glob("kd_trainable_*"))) == 2
+    packed = trials(workdir, "packed")
+    grid = trials(workdir, "grid")
+    grid = grid[grid["phase"] != "confirm"]
+    key = ["phase", "temperature", "alpha", "seed"]
+    assert sorted(map(tuple, packed[key].to_numpy())) == sorted(map(tuple, grid[key].to_numpy()))
+    merged = packed.merge(grid, on=key, suffixes=("_packed", "_alone"))
+    assert len(merged) == 6 and (merged["outcome_packed"] == "finished").all()
+    for column in ("final_val_acc", "final_test_acc", "final_val_nll"):
+        assert (merged[f"{column}_packed"] == merged[f"{column}_alone"]).all(), column
 
 
 def test_own_models_and_three_class_images_end_to_end(workdir, three_class_dir, tmp_path):

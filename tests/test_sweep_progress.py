@@ -26,6 +26,10 @@ def test_one_line_per_ended_trial(capsys):
     progress.on_trial_complete(5, [], trial(distilled, epoch=2, val_acc=0.1, test_acc=0.1, diverged=True))
     progress.on_trial_recover(6, [], trial(distilled, epoch=1, val_acc=0.2, test_acc=0.1))
     progress.on_trial_error(7, [], trial({"temperature": 2.0, "alpha": 0.5, "seeds": [2]}))
+    progress.on_trial_complete(8, [], trial({"temperature": 4.0, "alpha": 0.9, "method": "ctkd", "seeds": [0, 1]},
+                                            epoch=3, val_acc=0.5, test_acc=0.5))
+    progress.on_trial_complete(9, [], trial({"members": [{"seed": 0, "alpha": 0.0}, {"seed": 0, "alpha": 0.5}]},
+                                            epoch=3, val_acc=0.5, test_acc=0.5))
     assert progress.bar.n == 3
     progress.on_experiment_end([])
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
@@ -35,6 +39,8 @@ def test_one_line_per_ended_trial(capsys):
         "sweep T=4 alpha=0.5 seeds 0, 1, 2: diverged after 2 epochs: val 10.00%, test 10.00%",
         "sweep T=4 alpha=0.5 seeds 0, 1, 2: failed, retrying from its last checkpoint",
         "sweep T=2 alpha=0.5 seed 2: errored (see /runs/t1/error.txt)",
+        "sweep ctkd T=4 alpha=0.9 seeds 0, 1: finished after 3 epochs: val 50.00%, test 50.00%",
+        "sweep pack of 2 students (mean over them): finished after 3 epochs: val 50.00%, test 50.00%",
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from kdtune.config import RunConfig
 from kdtune.data import Splits, augment, augmentation_params, normalize
 from kdtune.errors import UserError
 from kdtune.models import create_model
-from kdtune.teacher import CachedTeacher, obtain_teacher, teacher_key, teacher_logits
+from kdtune.teacher import (CachedTeacher, heavy_part_from_state, model_from_state, obtain_teacher, prepare_teacher,
+                            teacher_key, teacher_logits)
 from helpers import synthetic_splits
 from kdtune.train import LiveTeacher, predict, train
 
@@ -293,3 +295,69 @@ def test_cache_for_other_splits_is_refused(splits, store):
     other = synthetic_splits(seed=1)
     with pytest.raises(UserError, match="splits"):
         CachedTeacher(cache, other, CPU)
+
+
+# ----------------------------------------------------------------------------- preparation: where the heavy part runs
+
+
+def _fake_remote(splits: Splits, calls: list):
+    """A run_heavy that does what kdtune.ray_sweep's Ray task does, in this process: plain values across a copy."""
+
+    def run(config, model, names):
+        calls.append((model is None, list(names)))
+        state = None if model is None else copy.deepcopy(model.state_dict())  # what crosses the process boundary
+        new_state, meta, logits = heavy_part_from_state(config, splits, state, list(names), 0, CPU, "fp32")
+        new_state = copy.deepcopy(new_state)
+        return (None if new_state is None else model_from_state(config, splits.num_classes, new_state)), meta, logits
+
+    return run
+
+
+def _assert_same_cache(a, b):
+    assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val) and torch.equal(a.test, b.test)
+    assert (a.aug_seed, a.splits_key) == (b.aug_seed, b.splits_key)
+
+
+def test_in_process_and_remote_heavy_part_give_the_same_teacher_and_cache(splits, tmp_path):
+    here, there = tmp_path / "here", tmp_path / "there"
+    calls = []
+    local_teacher, local = prepare_teacher(TEACHER, splits, here, 0, 2, "fp32")
+    remote_teacher, remote = prepare_teacher(TEACHER, splits, there, 0, 2, "fp32", run_heavy=_fake_remote(splits, calls))
+    assert calls == [(True, ["val", "test", 0, 1])]  # trained, then every entry computed, in one task
+    assert remote_teacher.path == there / local_teacher.path.relative_to(here) and remote_teacher.path.is_file()
+    for a, b in zip(local_teacher.model.state_dict().values(), remote_teacher.model.state_dict().values()):
+        assert torch.equal(a, b)
+    _assert_same_cache(local, remote)
+    assert remote.train.shape == (2, 256, 10) and remote.train.dtype == torch.float16
+
+    # Nothing missing: found in the store and read from the cache, run_heavy not called at all.
+    again_teacher, again = prepare_teacher(TEACHER, splits, there, 0, 2, "fp32", run_heavy=_fake_remote(splits, calls))
+    assert len(calls) == 1 and again_teacher.path == remote_teacher.path
+    _assert_same_cache(again, remote)
+
+    # One more epoch: only it, with the stored teacher (not retrained), is computed; the same as in-process.
+    _, longer = prepare_teacher(TEACHER, splits, there, 0, 3, "fp32", run_heavy=_fake_remote(splits, calls))
+    assert calls[1:] == [(False, [2])]
+    _, local_longer = prepare_teacher(TEACHER, splits, here, 0, 3, "fp32")
+    _assert_same_cache(longer, local_longer)
+    assert torch.equal(longer.train[:2], remote.train)
+    # And the public non-Ray entry points read the same files.
+    _assert_same_cache(teacher_logits(obtain_teacher(TEACHER, splits, CPU, store=there), splits, 0, 3, CPU, "fp32"),
+                       longer)
+
+
+def test_recorded_teacher_missing_from_the_store_is_refused_not_retrained(splits, store):
+    def never(*args):
+        pytest.fail("ran the heavy part for a recorded teacher")
+
+    with pytest.raises(UserError, match="never retrained silently"):
+        prepare_teacher(TEACHER, splits, store, 0, 1, "fp32", recorded="/gone/model.pt", run_heavy=never)
+    assert not store.exists()
+
+
+def test_missing_teacher_path_is_refused_unless_it_may_be_trained(splits, tmp_path):
+    path = tmp_path / "absent.pt"
+    with pytest.raises(UserError, match="does not exist"):
+        prepare_teacher(TEACHER, splits, None, 0, 1, "fp32", teacher_path=path)  # a sweep's --teacher-path
+    teacher, cache = prepare_teacher(TEACHER, splits, None, 0, 1, "fp32", teacher_path=path, train_missing_path=True)
+    assert teacher.path == path and path.is_file() and cache.train.shape == (1, 256, 10)

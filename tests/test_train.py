@@ -13,7 +13,8 @@ from kdtune.data import Splits
 from kdtune.errors import UserError
 from kdtune.models import create_model
 from helpers import synthetic_splits
-from kdtune.train import LiveTeacher, lr_factor, resolve_device, train
+from kdtune.device import resolve_device
+from kdtune.train import LiveTeacher, lr_factor, train
 
 CPU = torch.device("cpu")
 TIMING_KEYS = ("epoch_s", "images_per_s")  # wall-clock measurements: never compared between runs

@@ -58,9 +58,21 @@ def assert_nothing_trained(tmp_path: Path) -> None:
         ([], 2, ["--grid SPACE or --optuna SPACE"]),
     ],
 )
-def test_bad_flags_are_refused_in_one_line(tmp_path, args, code, fragments):
-    assert_refused(tune(tmp_path, *args), code, *fragments)
+def test_bad_flags_are_refused_in_one_line(tmp_path, capsys, monkeypatch, args, code, fragments):
+    monkeypatch.chdir(tmp_path)
+    got, _, err = tune_main(args, capsys, tmp_path)
+    assert_one_error_line(got, err, code, *fragments)
     assert_nothing_trained(tmp_path)
+
+
+def assert_one_error_line(got: int, err: str, code: int, *fragments: str) -> None:
+    """An in-process run's refusal: the exit code, and one error line, the last on stderr, naming what was wrong."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    assert got == code, err
+    assert len(errors) == 1 and errors[0] == lines[-1], err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
 
 
 @pytest.mark.parametrize(
@@ -71,11 +83,14 @@ def test_bad_flags_are_refused_in_one_line(tmp_path, args, code, fragments):
         ("grid:\n  temperature: [1, 2\n", "not valid YAML"),
     ],
 )
-def test_bad_search_space_files_are_refused(tmp_path, text, fragment):
+def test_bad_search_space_files_are_refused(tmp_path, capsys, monkeypatch, text, fragment):
     spaces = tmp_path / "spaces"
     spaces.mkdir()
     (spaces / "mine.yaml").write_text(text)
-    assert_refused(tune(tmp_path, "--grid", "mine", spaces=spaces), 1, fragment)
+    monkeypatch.chdir(tmp_path)  # where the hostile file's `touch pwned` would land, were it ever run
+    monkeypatch.setenv("KDTUNE_SEARCH_SPACES", str(spaces))
+    got, _, err = tune_main(["--grid", "mine"], capsys, tmp_path)
+    assert_one_error_line(got, err, 1, fragment)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -112,8 +127,9 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, mini_data_dir):
     out = done.stdout
     assert "baseline (no distillation, alpha 0): 2 trials" in out
     assert "alpha=0.5, temperature=20 x 2 seeds" in out
-    assert "total: 22 trials, up to 132 student epochs" in out
-    assert "estimated cost on this machine" in out and "student img/s" in out
+    assert ("total: 22 students in 11 Tune trials (a configuration's seeds per trial; pack mode auto), up to 132 "
+            "student epochs") in out
+    assert "estimated wall clock on this machine" in out and "1 thread per trial" in out
     assert_nothing_trained(tmp_path)
 
 
@@ -148,6 +164,19 @@ def tune_main(argv: list[str], capsys, tmp_path: Path) -> tuple[int, str, str]:
         (["--grid", "temperature", "--teacher-label-smoothing", "-0.1"], 2, "--teacher-label-smoothing"),
         (["--grid", "temperature", "--confirm", "-1"], 2, "--confirm: invalid value '-1'"),
         (["--grid", "onlyzero"], 1, "has no distilled configuration: alpha = 0 is the no-KD baseline"),
+        (["--grid", "methods", "--preset", "seed"], 1,
+         "point alpha 0.3, method ctkd, temperature 1: invalid temperature 1: must be strictly inside ctkd_range"),
+        (["--grid", "methods", "--ctkd-range", "5", "21"], 1, "method ctkd, temperature 2: invalid temperature 2"),
+        (["--grid", "methods", "--ctkd-range", "8", "2"], 1, "invalid ctkd_range (8.0, 2.0)"),
+        (["--grid", "methods", "--ctkd-range", "1"], 2, "--ctkd-range: expected 2 arguments"),
+        (["--grid", "methods", "--ctkd-ramp-epochs", "0"], 2, "--ctkd-ramp-epochs: invalid value '0'"),
+        (["--grid", "methods", "--pack-mode", "stack"], 1, "pack-mode stack trains method kd only; this space also "
+                                                             "has ctkd, ls"),
+        (["--grid", "temperature", "--pack", "4", "--asha"], 1, "--pack 4 packs students of different configurations"),
+        (["--optuna", "joint", "--pack", "4"], 1, "it needs a grid search without early stopping"),
+        (["--grid", "temperature", "--pack-mode", "fused"], 2, "--pack-mode: invalid choice: 'fused'"),
+        (["--optuna", "methods", "--ctkd-range", "2", "21"], 1,
+         "invalid temperature distribution [1.5, 16] for method ctkd"),
     ],
 )
 def test_comparison_guards_refuse_in_one_line(tmp_path, capsys, monkeypatch, args, code, fragment):
@@ -174,7 +203,8 @@ def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, mini_data_
     assert "every student: recipe strong, 6 epochs, lr 0.1, batch 256, label smoothing 0" in out
     assert "ASHA early stopping: grace 3 epochs (warm-up: 2)" in out  # the first epoch after the warm-up
     assert "confirmation: the chosen configuration and the baseline again on 2 fresh seeds 2..3: 4 trials" in out
-    assert "total: 10 trials" in out  # 2 baseline + 2 points x 2 seeds + 4 confirmation
+    # 2 baseline + 2 points x 2 seeds + 4 confirmation students, in 1 + 2 + 2 packs
+    assert "total: 10 students in 5 Tune trials" in out
 
 
 def test_teacher_path_from_other_data_is_refused_before_any_work(tmp_path, capsys, mini_data_dir):

@@ -3,12 +3,14 @@
     python scripts/main.py --mode teacher --epochs 20
     python scripts/main.py --mode student --epochs 20
     python scripts/main.py --mode distill --temperature 4 --alpha 0.3 --epochs 20
+    python scripts/main.py --mode distill --method ctkd --temperature 4 --alpha 0.9 --epochs 20
 """
 
 from __future__ import annotations
 
 from kdtune.cli import ArgumentParser, positive_float, positive_int, run_cli, smoothing, unit_float
-from kdtune.config import PRECISIONS, RunConfig
+from kdtune.config import CTKD_RANGE, PRECISIONS, RunConfig
+from kdtune.losses import METHODS
 from kdtune.data import DATASETS, resolve_data_dir
 from kdtune.runs import MODES, run_mode
 
@@ -19,6 +21,13 @@ def parse_args(argv):
     p.add_argument("--epochs", type=positive_int, default=20, help="student epochs (and teacher epochs unless --teacher-epochs)")
     p.add_argument("--temperature", type=positive_float, default=4.0, help="distillation temperature T > 0")
     p.add_argument("--alpha", type=unit_float, default=0.3, help="weight of the KD term in [0, 1]; 1 - alpha weights CE")
+    p.add_argument("--method", choices=METHODS, default="kd",
+                   help="kd: fixed T; ls: standardised logits over base T; ctkd: T learned from --temperature "
+                        "(default: kd)")
+    p.add_argument("--ctkd-range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"), default=list(CTKD_RANGE),
+                   help="method ctkd: bounds of the learned temperature (default: 1 21)")
+    p.add_argument("--ctkd-ramp-epochs", type=positive_int, metavar="N",
+                   help="method ctkd: epochs of the gradient reversal's ramp (default: 10/240 of --epochs, at least 1)")
     models = "a registry name, torchvision:NAME, timm:NAME or package.module:callable"
     p.add_argument("--teacher", default="resnet18", help=f"teacher model: {models} (default: resnet18)")
     p.add_argument("--student", default="cnn3", help=f"student model: {models} (default: cnn3)")
@@ -57,6 +66,7 @@ def main(argv=None) -> int:
     student = RunConfig(
         model=student_model, epochs=args.epochs, recipe=args.recipe, temperature=args.temperature,
         alpha=args.alpha, seed=args.seed, aug_seed=args.aug_seed, lr=args.lr, batch_size=args.batch_size,
+        method=args.method, ctkd_range=tuple(args.ctkd_range), ctkd_ramp_epochs=args.ctkd_ramp_epochs,
         precision=args.precision,
         label_smoothing=args.teacher_label_smoothing if args.mode == "teacher" else args.label_smoothing,
     )
