@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import synthetic_splits
 
 from kdtune.config import RunConfig
 from kdtune.errors import UserError
 from kdtune.losses import LearnedTemperature, ctkd_lambda, kd_loss_terms, reverse_gradient
 from kdtune.models import create_model
 from kdtune.train import LiveTeacher, train
-from tests.helpers import synthetic_splits
 
 CPU = torch.device("cpu")
 RNG = np.random.default_rng(7)
