@@ -134,9 +134,7 @@ class SweepSettings:
         if self.pack_mode == "stack" and methods - {"kd"}:
             raise UserError(f"pack-mode stack trains method kd only; this space also has "
                             f"{', '.join(sorted(methods - {'kd'}))}: use --pack-mode loop or auto")
-        can_ctkd = self.space.fixed.get("method") == "ctkd" or "ctkd" in self.space.axes.get("method", []) or (
-            "method" in dists and "ctkd" in dists["method"][1])
-        if self.search == "optuna" and can_ctkd and "temperature" in dists:
+        if self.search == "optuna" and "ctkd" in methods and "temperature" in dists:
             _, t_low, t_high = dists["temperature"]
             if not low <= t_low < t_high <= high:
                 raise UserError(f"invalid temperature distribution [{t_low:g}, {t_high:g}] for method ctkd: its T is "
