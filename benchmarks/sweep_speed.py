@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdtune.config import RunConfig  # noqa: E402
+from kdtune.cost import slots_here  # noqa: E402
 from kdtune.data import load_dataset, make_splits  # noqa: E402
 from kdtune.teacher import obtain_teacher  # noqa: E402
 
@@ -127,8 +128,9 @@ def time_user_command(args) -> None:
     teacher_s = sum(n_train / epoch["images_per_s"] for epoch in meta["history"])
     cache_s = meta["cache_seconds"]
     student_s = sum(n_train / epoch["images_per_s"] for epoch in student_epochs(root))
-    slots = min(record["resources"].get("max_concurrent") or 10**9,
-                int((os.cpu_count() or 1) // record["resources"]["cpus_per_trial"]))
+    resources = record["resources"]
+    slots = slots_here(resources["cpus_per_trial"], resources["gpus_per_trial"] or 0.0, resources["max_concurrent"],
+                       os.cpu_count() or 1, torch.cuda.device_count())
     floor_s = teacher_s + cache_s + student_s / slots
     figures = {"wall_s": round(wall_s, 1), "floor_s": round(floor_s, 1), "wall_over_floor": round(wall_s / floor_s, 2),
                "estimate_s": estimate_s, "estimate_error": round(estimate_s / wall_s - 1, 3),

@@ -117,8 +117,9 @@ def measure(model: torch.nn.Module, batch_size: int, splits, device: torch.devic
     """(training, evaluation) images/s of `model` on `device` with `threads` CPU threads, timed as the loop runs
     them (a batch of `splits`' images augmented and normalised, then forward, backward and step; evaluation
     normalises and runs forward), a few steps after one warm-up step each."""
-    from kdtune.data import augment, augmentation_params, normalize
+    from kdtune.data import augmentation_params, normalize
     from kdtune.device import prepare
+    from kdtune.train import training_views
 
     before = torch.get_num_threads()
     if threads is not None and device.type == "cpu":
@@ -129,10 +130,9 @@ def measure(model: torch.nn.Module, batch_size: int, splits, device: torch.devic
         n = min(batch_size, len(splits.train_labels))
         images, labels = splits.train_images[:n].to(device), splits.train_labels[:n].to(device)
         params = augmentation_params(n, 0, 0, splits.image_size).to(device)
-        mean, std = splits.mean, splits.std
 
         def train_step():
-            views = normalize(augment(images, params), mean, std).contiguous(memory_format=torch.channels_last)
+            views = training_views(images, params, splits)
             loss = torch.nn.functional.cross_entropy(model(views), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -141,7 +141,7 @@ def measure(model: torch.nn.Module, batch_size: int, splits, device: torch.devic
         train_s = _timed(train_step, steps, device)
         model.eval()
         with torch.no_grad():
-            eval_s = _timed(lambda: model(normalize(images, mean, std)), steps, device)
+            eval_s = _timed(lambda: model(normalize(images, splits.mean, splits.std)), steps, device)
         return n / train_s, n / eval_s
     finally:
         torch.set_num_threads(before)

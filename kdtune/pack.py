@@ -43,7 +43,7 @@ def train_pack(
     `mode` "stack" trains the members as one batched computation (kdtune.stack), "auto" stacks where
     that pays (kdtune.stack.choose_pack_mode); "loop" runs them one after another, as below.
     """
-    if mode != "loop" and choose_pack_mode(mode, configs, device) == "stack":
+    if choose_pack_mode(mode, configs, device) == "stack":
         return train_stacked(configs, splits, device, teacher, on_epoch, resume, test_every)
     if resume is not None and len(resume) != len(configs):
         raise ValueError(f"checkpoint holds {len(resume)} members, the pack has {len(configs)}")
@@ -88,10 +88,16 @@ def _own_rng(states: list, i: int, device: torch.device):
         states[i] = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
 
 
+def member_names(seeds: list[int] | None, count: int) -> list[str]:
+    """What a pack's report calls its members (`<name>/<metric>`), and what the results unpack: `s<seed>` in a
+    pack of one configuration's seeds, `m<i>` in a pack of any configurations (`seeds` None)."""
+    return [f"m{i}" for i in range(count)] if seeds is None else [f"s{seed}" for seed in seeds]
+
+
 def pack_metrics(metrics: list[dict], configs: list[RunConfig], names: list[str] | None = None) -> dict:
     """One epoch's report of a pack: the mean over members of every metric all of them measured (what a
     scheduler sees), `diverged` if any member diverged, and each member's own metrics as `<name>/<metric>`,
-    where a member's name is `s<seed>` (a configuration's seeds) unless `names` are given."""
+    where a member's name is `s<seed>` (a configuration's seeds) unless `names` are given (see member_names)."""
     shared = set.intersection(*(set(m) for m in metrics))
     report = {}
     for key in sorted(shared):
@@ -100,7 +106,7 @@ def pack_metrics(metrics: list[dict], configs: list[RunConfig], names: list[str]
             report[key] = any(values)
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             report[key] = values[0] if key == "epoch" else float(sum(values) / len(values))
-    names = names or [f"s{config.seed}" for config in configs]
+    names = names or member_names([config.seed for config in configs], len(configs))
     for m, name in zip(metrics, names):
         report.update({f"{name}/{key}": value for key, value in m.items()})
     return report

@@ -30,7 +30,7 @@ from kdtune.atomic import atomic_write
 from kdtune.config import CTKD_RANGE, ctkd_ramp_epochs
 from kdtune.errors import UserError
 from kdtune.results import read_record, trial_frames, trial_table, write_trial_summary
-from kdtune.search_spaces import describe_distribution, format_value
+from kdtune.search_spaces import SearchSpace, describe_distribution, format_value
 from kdtune.stats import (OUTCOMES, PHASES, SIGNIFICANCE, baseline_row_of, best_per_method, choose_best, config_table,
                           incomplete_reasons, planned_seeds, summary_columns)
 
@@ -217,9 +217,7 @@ def describe_experiment(exp: Experiment) -> str:
                  f"{students['batch_size']}, label smoothing {students['label_smoothing']:g}, augmentation seed "
                  f"{students['aug_seed']}): only α, T{', the method' if 'method' in exp.varied else ''} and the seed "
                  f"differ.")
-    methods = {*space["axes"].get("method", []), space["fixed"].get("method")}
-    methods |= set((space["distributions"].get("method") or [None, []])[1])
-    if "ctkd" in methods:
+    if "ctkd" in SearchSpace(**space).methods:
         low, high = s.get("ctkd_range", CTKD_RANGE)
         ramp = s.get("ctkd_ramp_epochs")
         scaled = ctkd_ramp_epochs(s["epochs"])

@@ -16,6 +16,7 @@ import pandas as pd
 
 from kdtune.atomic import atomic_write, save_json
 from kdtune.errors import UserError
+from kdtune.pack import member_names
 from kdtune.stats import DEFAULT_METHOD, PHASES, method_order
 TRIAL_COLUMNS = [
     "phase", "trial_id", "method", "temperature", "alpha", "seed", "status", "outcome", "epochs_run", "failures",
@@ -63,12 +64,14 @@ class Member:
 def unpack(trial, frame: pd.DataFrame) -> list[tuple[Member, pd.DataFrame]]:
     """A pack's members, each with its own per-epoch frame (`<name>/<metric>` columns renamed to `<metric>`)."""
     if "members" in trial.config:
-        named = [(f"m{i}", dict(m)) for i, m in enumerate(trial.config["members"])]
+        configs = [dict(m) for m in trial.config["members"]]
+        names = member_names(None, len(configs))
     else:
         shared = {k: v for k, v in trial.config.items() if k != "seeds"}
-        named = [(f"s{seed}", shared | {"seed": int(seed)}) for seed in trial.config["seeds"]]
+        configs = [shared | {"seed": int(seed)} for seed in trial.config["seeds"]]
+        names = member_names(trial.config["seeds"], len(configs))
     members = []
-    for name, config in named:
+    for name, config in zip(names, configs):
         prefix = f"{name}/"
         phase = config.pop("phase", None)
         member = Member(f"{trial.trial_id}_{name}", config, trial.status, int(getattr(trial, "num_failures", 0)),

@@ -47,6 +47,15 @@ class SearchSpace:
     def varied(self) -> list[str]:
         return list(self.axes) + list(self.distributions)
 
+    @property
+    def methods(self) -> list[str]:
+        """The temperature methods the search can train (a space that names none: the first, plain KD)."""
+        if "method" in self.axes:
+            return list(self.axes["method"])
+        if "method" in self.distributions:
+            return list(self.distributions["method"][1])
+        return [self.fixed.get("method", CATEGORICAL["method"][0])]
+
 
 def default_dir() -> Path:
     """$KDTUNE_SEARCH_SPACES, else the checkout's search_spaces/, else the copy installed in the package."""

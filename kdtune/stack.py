@@ -51,7 +51,7 @@ from kdtune.device import autocast, prepare
 from kdtune.errors import UserError
 from kdtune.metrics import agreement, classification_metrics
 from kdtune.models import create_model
-from kdtune.train import TeacherSignal, TrainResult, build_optimizer, lr_factor, training_views
+from kdtune.train import TeacherSignal, TrainResult, build_optimizer, check_teacher, lr_factor, training_views
 
 PACK_MODES = ("auto", "loop", "stack")
 MEMBER_FIELDS = ("seed", "temperature", "alpha")  # what members of one stack may differ in
@@ -269,7 +269,8 @@ def train_stacked(
         raise ValueError(f"checkpoint holds {len(resume)} members, the pack has {len(configs)}")
     config = configs[0]  # everything but seed, T and alpha is shared
     distilling = [c.alpha > 0 for c in configs]
-    _check_teacher(configs, teacher)
+    for member in configs:
+        check_teacher(member, teacher)  # the loop's checks, for every member
     splits = splits.to(device)
     stack = Stack(configs, splits.num_classes, device)
     optimizer = build_optimizer(stack, config)
@@ -321,17 +322,6 @@ def train_stacked(
         if any(m["diverged"] for m in metrics):
             return []
     return [TrainResult(model=stack.member_model(i), history=histories[i]) for i in range(len(configs))]
-
-
-def _check_teacher(configs: list[RunConfig], teacher: TeacherSignal | None) -> None:
-    """The loop's checks (kdtune.train.training_epochs), once for the whole stack."""
-    for config in configs:
-        if config.alpha > 0 and teacher is None:
-            raise UserError(f"alpha {config.alpha} > 0 needs a teacher; use alpha 0 to train without one")
-    aug_seed = configs[0].aug_seed
-    cached_seed = getattr(teacher, "aug_seed", aug_seed)
-    if any(c.alpha > 0 for c in configs) and cached_seed != aug_seed:
-        raise UserError(f"teacher logits were cached for aug_seed {cached_seed}, but the run uses {aug_seed}")
 
 
 def _restore(states: list[dict], stack: Stack, optimizer, scheduler, device: torch.device) -> list[list[dict]]:

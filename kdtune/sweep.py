@@ -129,8 +129,7 @@ class SweepSettings:
                     where = ", ".join(f"{k} {format_value(v)}" for k, v in point.items())
                     raise UserError(f"search space {self.space.name!r}, point {where}: {error}") from None
         dists = self.space.distributions
-        methods = {self.space.fixed.get("method", "kd"), *self.space.axes.get("method", []),
-                   *(dists["method"][1] if "method" in dists else [])}
+        methods = set(self.space.methods)
         if self.pack_mode == "stack" and methods - {"kd"}:
             raise UserError(f"pack-mode stack trains method kd only; this space also has "
                             f"{', '.join(sorted(methods - {'kd'}))}: use --pack-mode loop or auto")
@@ -420,17 +419,15 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
     import torch
 
     from kdtune import cost
-    from kdtune.teacher import cache_entries, cache_mode, find_teacher, load_teacher_file
+    from kdtune.teacher import cache_entries, cache_mode, locate_teacher
 
     splits = load_splits(settings)
     gpus = torch.cuda.device_count()
     resources = resources.with_default_gpus(gpus)
     device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
-    if settings.teacher_path is not None:  # refused here already when it was trained on other splits
-        teacher = load_teacher_file(settings.teacher_path, settings.teacher_config(), splits,
-                                    settings.allow_foreign_teacher)
-    else:
-        teacher = find_teacher(settings.teacher_config(), splits, resources.teacher_store)
+    # A --teacher-path trained on other splits is refused here already, as the run would.
+    teacher = locate_teacher(settings.teacher_config(), splits, resources.teacher_store, settings.teacher_path,
+                             settings.allow_foreign_teacher)
     cached = teacher is not None and all(path.is_file() for path in cache_entries(
         teacher, splits, settings.aug_seed, settings.epochs, cache_mode(settings.precision, device)).values())
     cpus = os.cpu_count() or 1

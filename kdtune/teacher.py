@@ -287,7 +287,7 @@ def prepare_teacher(
     `device` (the CPU when None), and is not run at all when nothing is missing.  `epochs` None: the teacher
     alone (the cache is None)."""
     if teacher is None:
-        teacher = _find(config, splits, store, teacher_path, allow_foreign, train_missing_path)
+        teacher = locate_teacher(config, splits, store, teacher_path, allow_foreign, train_missing_path)
     if teacher is None and recorded is not None:
         raise UserError(f"the experiment's teacher ({recorded}) is not in the teacher store {store}; "
                         f"pass --teacher-store with the store that holds it (it is never retrained silently)")
@@ -345,8 +345,8 @@ def model_from_state(config: RunConfig, num_classes: int, state: dict) -> nn.Mod
     return model.eval()
 
 
-def _find(config: RunConfig, splits: Splits, store, teacher_path, allow_foreign: bool,
-          train_missing_path: bool) -> Teacher | None:
+def locate_teacher(config: RunConfig, splits: Splits, store, teacher_path=None, allow_foreign: bool = False,
+                   train_missing_path: bool = False) -> Teacher | None:
     """The teacher at `teacher_path` or in the store; None where it is still to be trained."""
     if teacher_path is None:
         return find_teacher(config, splits, store)

@@ -176,11 +176,7 @@ def training_epochs(
 ):
     """`train` one epoch at a time: yields (metrics, checkpoint_state) after each epoch and returns the
     TrainResult, so that a pack (kdtune.pack) can advance several runs in lockstep."""
-    if config.alpha > 0 and teacher is None:
-        raise UserError(f"alpha {config.alpha} > 0 needs a teacher; use alpha 0 to train without one")
-    cached_seed = getattr(teacher, "aug_seed", config.aug_seed)
-    if config.alpha > 0 and cached_seed != config.aug_seed:
-        raise UserError(f"teacher logits were cached for aug_seed {cached_seed}, but the run uses {config.aug_seed}")
+    check_teacher(config, teacher)
     splits = splits.to(device)
     torch.manual_seed(config.seed)
     model = prepare(create_model(config.model, splits.num_classes), device)
@@ -243,6 +239,15 @@ def training_epochs(
     if bar is not None:
         bar.close()
     return TrainResult(model=model, history=history)
+
+
+def check_teacher(config: RunConfig, teacher: TeacherSignal | None) -> None:
+    """A distilled run needs a teacher, and cached logits must be of the run's own augmented views."""
+    if config.alpha > 0 and teacher is None:
+        raise UserError(f"alpha {config.alpha} > 0 needs a teacher; use alpha 0 to train without one")
+    cached_seed = getattr(teacher, "aug_seed", config.aug_seed)
+    if config.alpha > 0 and cached_seed != config.aug_seed:
+        raise UserError(f"teacher logits were cached for aug_seed {cached_seed}, but the run uses {config.aug_seed}")
 
 
 def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned=None) -> dict:

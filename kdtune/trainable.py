@@ -23,7 +23,7 @@ import torch
 
 from kdtune.config import RunConfig
 from kdtune.data import Splits
-from kdtune.pack import pack_metrics, train_pack
+from kdtune.pack import member_names, pack_metrics, train_pack
 from kdtune.teacher import CachedTeacher, LogitCache
 
 STATE_FILE = "state.pt"
@@ -64,13 +64,6 @@ def member_configs(config: dict, base: dict) -> list[RunConfig]:
     return [RunConfig.from_dict({**base, **varied, "seed": int(seed)}) for seed in seeds]
 
 
-def member_names(config: dict, runs: list[RunConfig]) -> list[str]:
-    """The prefix of each member's own metrics: `s<seed>` in a pack of one configuration's seeds, else `m<i>`."""
-    if "members" in config:
-        return [f"m{i}" for i in range(len(runs))]
-    return [f"s{run.seed}" for run in runs]
-
-
 def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, test_every: int = 0,
                  pack_mode: str = "loop") -> None:
     from ray import tune
@@ -81,7 +74,7 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, 
     runs = member_configs(config, base)
     device = trial_device()
     data = from_shared(Splits, splits)
-    names = member_names(config, runs)
+    names = member_names(None if "members" in config else [run.seed for run in runs], len(runs))
     teacher = CachedTeacher(from_shared(LogitCache, cache), data, device) if any(r.alpha > 0 for r in runs) else None
 
     resume = None
