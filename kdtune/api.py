@@ -26,6 +26,7 @@ SEARCHES = ("grid", "optuna")
 SEARCH_DEFAULTS = {"num_samples": 20, "sampler": "tpe", "search_seed": 0, "grace_period": 2, "reduction_factor": 3,
                    "max_failures": 2}
 CHOSEN_HERE = {"name", "search", "space", "preset", "data_dir", "seeds", "asha"}
+RECORDED_ONLY = {"baseline_apart"}  # how an older kdtune ran an experiment: read from its record, never chosen
 
 
 def sweep(
@@ -87,7 +88,7 @@ def _settings(space, search, teacher, student, data_dir, preset, name, seeds, as
     if search not in SEARCHES:
         raise UserError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
     resource_keys = {f.name for f in dataclasses.fields(Resources)}
-    setting_keys = {f.name for f in dataclasses.fields(SweepSettings)} - CHOSEN_HERE
+    setting_keys = {f.name for f in dataclasses.fields(SweepSettings)} - CHOSEN_HERE - RECORDED_ONLY
     unknown = sorted(set(options) - resource_keys - setting_keys)
     if unknown:
         allowed = sorted(resource_keys | setting_keys | {"seeds", "asha"})

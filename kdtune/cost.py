@@ -7,8 +7,9 @@ trial gets (one per CPU Ray assigns it) or its GPU, and how fast the teacher doe
     start-up   Ray, the object store, and every Tune trial's worker process
     teacher    its training epochs (unless stored) and one evaluation of validation and test
     cache      one forward pass per augmented view of every student epoch, plus validation and test
-    phases     baseline, sweep and confirm one after another; each phase's trials (packs of students)
-               placed on the parallel slots as Tune launches them, in order, each as soon as a slot frees;
+    phases     sweep (the baseline's pack its first trial) and confirm, one after another; each phase's
+               trials (packs of students) placed on the parallel slots as Tune launches them, in order, each
+               as soon as a slot frees;
                a student trains every epoch, evaluates validation every epoch and the test set after its last
 
 ASHA may stop trials early: the estimate is then an upper bound.

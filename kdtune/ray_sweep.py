@@ -18,7 +18,8 @@ from kdtune.data import Splits
 from kdtune.errors import UserError
 from kdtune.interrupt import StopRequest
 from kdtune.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
-from kdtune.sweep import (METRIC, Resources, SweepSettings, check_models, check_storage_writable, grid_axes,
+from kdtune.shared_slots import BaselineKeepingASHA, GridPoints
+from kdtune.sweep import (BASELINE, METRIC, Resources, SweepSettings, check_models, check_storage_writable,
                           load_splits, pack_members, plan, planned_seeds, sweep_points, tune_storage)
 from kdtune.teacher import cache_mode, heavy_part_from_state, model_from_state
 from kdtune.tracking import tracking_callbacks
@@ -182,12 +183,14 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
     """(param_space, search_alg, scheduler, num_samples) of the baseline, sweep or confirm experiment.
 
     A trial is a pack of every seed of one configuration (`seeds` in its config, see kdtune.trainable):
-    ASHA stops configurations, never single seeds, and Optuna is told one value per point."""
+    ASHA stops configurations, never single seeds, and Optuna is told one value per point.  The sweep's
+    first trial is the baseline's pack (`settings.baseline_in_sweep`), kept from ASHA and Optuna
+    (kdtune.shared_slots)."""
     from ray import tune
 
     seeds = list(range(settings.seeds))
     if phase == "baseline":
-        return {"alpha": 0.0, "temperature": 1.0, "seeds": seeds}, None, None, 1
+        return {**BASELINE, "seeds": seeds}, None, None, 1
     if phase == "confirm":
         # The chosen configuration and the baseline, paired on fresh seeds; no early stopping.
         chosen_t, chosen_method = float(chosen["temperature"]), chosen.get("method", "kd")
@@ -195,25 +198,27 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
                 "temperature": tune.sample_from(lambda spec: chosen_t if spec.config.alpha > 0 else 1.0),
                 "method": tune.sample_from(lambda spec: chosen_method if spec.config.alpha > 0 else "kd"),
                 "seeds": list(chosen["seeds"])}, None, None, 1
+    if settings.pack:
+        return {"members": tune.grid_search(pack_members(settings))}, None, None, 1
+    baseline = [BASELINE] if settings.baseline_in_sweep else []
     scheduler = None
     if settings.asha:
-        scheduler = tune.schedulers.ASHAScheduler(
+        scheduler = BaselineKeepingASHA(
             time_attr="training_iteration", max_t=settings.epochs, grace_period=settings.grace_period,
             reduction_factor=settings.reduction_factor,
         )
-    if settings.pack:
-        return {"members": tune.grid_search(pack_members(settings))}, None, None, 1
     if settings.search == "grid":
-        space = {k: tune.grid_search(v) for k, v in grid_axes(settings).items()}
-        return {**settings.space.fixed, **space, "seeds": seeds}, None, scheduler, 1
+        points = baseline + sweep_points(settings)
+        return {**settings.space.fixed, "seeds": seeds}, GridPoints(points), scheduler, len(points)
     from kdtune.optuna_search import PruningAwareOptunaSearch, make_sampler
 
     distributions = {k: _tune_distribution(spec) for k, spec in settings.space.distributions.items()}
     searcher = PruningAwareOptunaSearch(
         metric=METRIC, mode="max", sampler=make_sampler(settings.sampler, settings.search_seed),
-        full_epochs=settings.epochs,
+        full_epochs=settings.epochs, baseline=baseline[0] if baseline else None,
     )
-    return {**settings.space.fixed, **distributions, "seeds": seeds}, searcher, scheduler, settings.num_samples
+    return ({**settings.space.fixed, **distributions, "seeds": seeds}, searcher, scheduler,
+            settings.num_samples + len(baseline))
 
 
 def _tune_distribution(spec):
@@ -249,12 +254,17 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
         if not resume and tune.Tuner.can_restore(path):
             raise UserError(f"experiment {path} already exists; add --resume to finish it, or choose another --name")
         param_space, searcher, scheduler, num_samples = _tuner_parts(settings, phase, chosen)
+        concurrent = resources.max_concurrent
+        if concurrent is None and isinstance(searcher, GridPoints):
+            # Tune starts the workers of a searcher's trials one at a time unless a concurrency limit says how
+            # many may run: a grid has no reason to wait, so as many as it has trials (as for Tune's own grid).
+            concurrent = num_samples
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                max_concurrent_trials=resources.max_concurrent,
+                max_concurrent_trials=concurrent,
             ),
             run_config=tune.RunConfig(
                 name=phase, storage_path=storage,
@@ -341,8 +351,8 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
                     break
                 if phase == "confirm" and not confirm_choice(settings, record, root):
                     break
-                if phase == "baseline" and settings.pack:
-                    continue  # --pack: the baseline's students are packed with the sweep's
+                if phase == "baseline" and settings.baseline_in_sweep:
+                    continue  # the baseline's students train in the sweep's experiment
                 tuner = run_phase(phase, settings, resources, storage, shared_splits, shared_cache,
                                   resume=previous is not None, chosen=record.get("confirm"))
                 kept = kept_by_tune(previous, resources) if phase in (previous or {}).get("phases_started", []) else []

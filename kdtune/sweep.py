@@ -1,15 +1,19 @@
 """Ray Tune sweeps over temperature, alpha and the temperature method.
 
-    settings -> data -> teacher + logit cache (a Ray task) -> baseline experiment
-    (alpha = 0, every seed) -> sweep experiment (grid or Optuna) -> confirm experiment
-    (with --confirm K: the chosen configuration and the baseline on K fresh seeds) -> summaries
+    settings -> data -> teacher + logit cache (a Ray task) -> sweep experiment (the baseline,
+    alpha = 0 on every seed, and the grid or Optuna points) -> confirm experiment (with
+    --confirm K: the chosen configuration and the baseline on K fresh seeds) -> summaries
+
+The baseline is the sweep experiment's first trial, so that while it trains, sweep trials fill the other
+slots; ASHA never stops it and Optuna is never told of it (it is no candidate).  Experiments of kdtune
+versions that ran it as an experiment of its own (`baseline/`) resume that way.
 
 Baseline and distilled students share every training setting but alpha, T and the method
 (`SweepSettings.student_config`): the comparison measures distillation alone.
 
 Everything of an experiment lives under `results/<name>/`: `experiment.json`
 (what a resume needs: see `kdtune.resume`), Tune's experiment folders
-`baseline/` and `sweep/` (under `--storage-path` when given), and the summaries
+`sweep/` and `confirm/` (under `--storage-path` when given), and the summaries
 written at the end.  A resume restores the Tune experiments from their state
 (`Tuner.restore`, errored trials resumed), so finished trials never run again.
 """
@@ -37,6 +41,12 @@ from kdtune.stack import PACK_MODES
 from kdtune.tracking import check_tracking
 
 METRIC = "val_acc"
+# The no-KD baseline's trial config (a pack adds its seeds); "phase" tells it from the sweep's own trials.
+BASELINE = {"phase": "baseline", "alpha": 0.0, "temperature": 1.0, "method": stats.DEFAULT_METHOD}
+
+
+def is_baseline(config: dict) -> bool:
+    return config.get("phase") == "baseline"
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class SweepSettings:
     ctkd_ramp_epochs: int | None = None  # method ctkd: epochs of the gradient reversal's ramp (None: the paper's share)
     pack: int = 0  # students per Tune trial, of any configurations, baseline included; 0: a configuration's seeds
     pack_mode: str = "auto"  # how a pack trains its members: kdtune.stack.PACK_MODES
+    baseline_apart: bool = False  # the baseline as a Tune experiment of its own, before the sweep (older records)
 
     def __post_init__(self):
         check_model_name(self.teacher)
@@ -148,7 +159,14 @@ class SweepSettings:
         values = {**values, "space": SearchSpace(**values["space"])}
         if "ctkd_range" in values:
             values["ctkd_range"] = tuple(values["ctkd_range"])  # JSON's list
+        values.setdefault("baseline_apart", True)  # recorded before the baseline shared the sweep's experiment
         return cls(**values)
+
+    @property
+    def baseline_in_sweep(self) -> bool:
+        """Whether the baseline's students train inside the sweep's Tune experiment (as its first trial, or
+        packed with its students by --pack), rather than as an experiment of their own before it."""
+        return bool(self.pack) or not self.baseline_apart
 
     def student_config(self, **varied) -> RunConfig:
         """The one set of student settings: every trial, baseline or distilled, adds only alpha, T, method and seed."""
@@ -288,11 +306,6 @@ def sweep_points(settings: SweepSettings) -> list[dict]:
     return [p for p in points if p.get("alpha", 1.0) > 0]
 
 
-def grid_axes(settings: SweepSettings) -> dict[str, list[float]]:
-    """The grid's axes without alpha = 0 (see sweep_points)."""
-    return {k: [v for v in values if not (k == "alpha" and v == 0)] for k, values in settings.space.axes.items()}
-
-
 def plan(settings: SweepSettings) -> dict:
     """How many students of each kind (a Tune trial is a pack of them), how many Tune trials, and how many
     student epochs in total (ASHA may stop some early)."""
@@ -301,6 +314,8 @@ def plan(settings: SweepSettings) -> dict:
     confirm_trials = 2 * settings.confirm
     if settings.pack:  # the baseline's students and the sweep's, packed together
         tune_trials = {"baseline": 0, "sweep": math.ceil((seeds + sweep_trials) / settings.pack)}
+    elif settings.baseline_in_sweep:  # the baseline's pack is the sweep experiment's first trial
+        tune_trials = {"baseline": 0, "sweep": 1 + sweep_trials // seeds}
     else:
         tune_trials = {"baseline": 1, "sweep": sweep_trials // seeds}
     tune_trials["confirm"] = 2 if settings.confirm else 0
@@ -313,7 +328,7 @@ def pack_members(settings: SweepSettings) -> list[list[dict]]:
 
     Packing the baseline with the sweep leaves no slot idle while the baseline trains."""
     seeds = range(settings.seeds)
-    members = [{"phase": "baseline", "alpha": 0.0, "temperature": 1.0, "seed": s} for s in seeds]
+    members = [{**BASELINE, "seed": s} for s in seeds]
     members += [{"phase": "sweep", **point, "seed": s} for point in sweep_points(settings) for s in seeds]
     return [members[i:i + settings.pack] for i in range(0, len(members), settings.pack)]
 
@@ -333,7 +348,8 @@ def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool, e
              f"  students {settings.student} ({settings.recipe}, {settings.epochs} epochs) on {n_train} training images,"
              f" seeds 0..{settings.seeds - 1}",
              f"  every student: {_shared_settings(settings)}; only alpha, T, the method and the seed differ",
-             f"  baseline (no distillation, alpha 0): {counts['baseline_trials']} trials"]
+             f"  baseline (no distillation, alpha 0): {counts['baseline_trials']} trials"
+             + (", trained alongside the sweep's" if settings.baseline_in_sweep else ", before the sweep")]
     if settings.search == "grid":
         for point in sweep_points(settings):
             lines.append("  " + ", ".join(f"{k}={format_value(v)}" for k, v in point.items()) + f" x {settings.seeds} seeds")
@@ -410,6 +426,8 @@ def phase_packs(settings: SweepSettings) -> dict:
         packs = {"baseline": [], "sweep": [len(p) for p in pack_members(settings)]}
     else:
         packs = {"baseline": [settings.seeds], "sweep": [settings.seeds] * (counts["sweep_trials"] // settings.seeds)}
+        if settings.baseline_in_sweep:  # launched first, in the sweep's experiment
+            packs = {"baseline": [], "sweep": packs["baseline"] + packs["sweep"]}
     packs["confirm"] = [settings.confirm] * counts["tune_trials"]["confirm"]
     return packs
 

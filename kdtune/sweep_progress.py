@@ -49,13 +49,14 @@ class SweepProgress(tune.Callback):
         self.bar.close()
 
     def who(self, trial) -> str:
-        """'sweep T=4 alpha=0.5 seeds 0, 1, 2' (a trial is a pack of seeds; the mean over them is shown), with
+        """'sweep T=4 alpha=0.5 seeds 0, 1, 2' or 'baseline T=1 alpha=0 seeds 0, 1, 2' (a trial is a pack of seeds; the mean over them is shown), with
         the method when it is not plain KD; a --pack N trial of mixed configurations: 'sweep pack of 8 students'."""
         if "members" in trial.config:
             return f"{self.phase} pack of {len(trial.config['members'])} students (mean over them)"
         values = {**trial.config, **(trial.last_result or {})}
         seeds = values.get("seeds", [values.get("seed", "?")])
         method = values.get("method", "kd")
-        return f"{self.phase} {'' if method == 'kd' else method + ' '}" \
+        phase = values.get("phase", self.phase)  # the baseline's trial in the sweep's experiment names its own
+        return f"{phase} {'' if method == 'kd' else method + ' '}" \
                f"T={values.get('temperature', float('nan')):g} alpha={values.get('alpha', float('nan')):g} " \
                f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"

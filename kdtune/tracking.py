@@ -1,9 +1,10 @@
 """Experiment tracking beyond Tune's own files: Ray's MLflow and Weights & Biases callbacks.
 
 Tune already writes TensorBoard event files, progress.csv and result.json for every trial into the
-experiment's `baseline/` and `sweep/` folders.  `--mlflow URI` and `--wandb PROJECT` add Ray's
+experiment's `sweep/` and `confirm/` folders.  `--mlflow URI` and `--wandb PROJECT` add Ray's
 `MLflowLoggerCallback` / `WandbLoggerCallback`: one run per trial, in one MLflow experiment or W&B group
-named after the kdtune experiment, tagged with its phase.  Both are optional extras
+named after the kdtune experiment, tagged with its phase (a trial's own, for the baseline that trains in the
+sweep's experiment).  Both are optional extras
 (`pip install 'kdtune[mlflow]'`, `'kdtune[wandb]'`).
 """
 
@@ -32,21 +33,21 @@ def tracking_callbacks(mlflow_uri: str | None, wandb_project: str | None, experi
     check_tracking(mlflow_uri, wandb_project)
     callbacks = []
     if mlflow_uri is not None:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-
         from mlflow.exceptions import MlflowException
 
-        callback = MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=experiment,
-                                        tags={"kdtune_phase": phase})
+        from kdtune.trackers import PhaseTaggedMLflow
+
+        callback = PhaseTaggedMLflow(tracking_uri=mlflow_uri, experiment_name=experiment,
+                                     tags={"kdtune_phase": phase})
         try:
             callback.setup()  # reaches the store and creates the experiment now, not inside Tune's loop
         except (MlflowException, OSError) as error:
             raise UserError(f"--mlflow {mlflow_uri}: {' '.join(str(error).split())}") from None
         callbacks.append(callback)
     if wandb_project is not None:
-        from ray.air.integrations.wandb import WandbLoggerCallback
+        from kdtune.trackers import PhaseTaggedWandb
 
-        callback = WandbLoggerCallback(project=wandb_project, group=experiment, job_type=phase)
+        callback = PhaseTaggedWandb(project=wandb_project, group=experiment, job_type=phase)
         try:
             callback.setup()  # finds the API key (or offline mode) now, not inside Tune's loop
         except ValueError as error:
@@ -54,3 +55,4 @@ def tracking_callbacks(mlflow_uri: str | None, wandb_project: str | None, experi
             raise UserError(f"--wandb {wandb_project}: {first} (or set WANDB_MODE=offline)") from None
         callbacks.append(callback)
     return callbacks
+

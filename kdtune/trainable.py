@@ -58,7 +58,7 @@ def member_configs(config: dict, base: dict) -> list[RunConfig]:
     else one per seed in config["seeds"] (a trial of an older kdtune has one "seed")."""
     if "members" in config:
         return [RunConfig.from_dict({**base, **{k: v for k, v in m.items() if k != "phase"}}) for m in config["members"]]
-    varied = {k: v for k, v in config.items() if k != "seeds"}
+    varied = {k: v for k, v in config.items() if k not in ("seeds", "phase")}  # phase: the baseline's, in the sweep
     seeds = config["seeds"] if "seeds" in config else [varied.pop("seed", 0)]
     varied.pop("seed", None)
     return [RunConfig.from_dict({**base, **varied, "seed": int(seed)}) for seed in seeds]

@@ -24,14 +24,16 @@ def test_readme_example_runs_a_sweep_and_reports_it(readme_experiment):
         ("baseline", 1.0, "finished"), ("sweep", 2.0, "finished"), ("sweep", 8.0, "finished")]
     # The report's numbers are the ones each trial reported to Tune.
     configs = pd.read_csv(readme_experiment / "report" / "summary.csv").set_index(["phase", "temperature"])
-    for phase in ("baseline", "sweep"):
-        results = sorted((readme_experiment / phase).glob("*/result.json"))
-        assert len(results) == (1 if phase == "baseline" else 2)
-        for result in results:
-            last = json.loads(result.read_text().splitlines()[-1])
-            row = configs.loc[(phase, last["temperature"])]
-            assert row["val_acc_mean"] == pytest.approx(last["val_acc"], rel=1e-6)
-            assert row["test_acc_mean"] == pytest.approx(last["test_acc"], rel=1e-6)
+    # The baseline is a trial of the sweep's experiment (sharing its slots), its config naming its phase.
+    assert not (readme_experiment / "baseline").exists()
+    results = sorted((readme_experiment / "sweep").glob("*/result.json"))
+    phases = [json.loads((result.parent / "params.json").read_text()).get("phase", "sweep") for result in results]
+    assert sorted(phases) == ["baseline", "sweep", "sweep"]
+    for phase, result in zip(phases, results):
+        last = json.loads(result.read_text().splitlines()[-1])
+        row = configs.loc[(phase, last["temperature"])]
+        assert row["val_acc_mean"] == pytest.approx(last["val_acc"], rel=1e-6)
+        assert row["test_acc_mean"] == pytest.approx(last["test_acc"], rel=1e-6)
     markdown = (readme_experiment / "report" / "summary.md").read_text()
     assert "T = 2, α = 0.5" in markdown and "T = 8, α = 0.5" in markdown
     assert (readme_experiment / "report" / "temperature_analysis.png").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""Optuna is told the truth: ASHA-stopped trials are PRUNED, diverged ones FAIL, finished ones COMPLETE."""
+"""Optuna is told the truth: ASHA-stopped trials are PRUNED, diverged ones FAIL, finished ones COMPLETE, and
+the baseline (a trial of the sweep's experiment, alpha 0) nothing."""
 
 from __future__ import annotations
 
@@ -61,6 +62,26 @@ def test_errored_trial_fails():
     assert states(s) == [optuna.trial.TrialState.FAIL]
 
 
+def test_the_baseline_is_suggested_first_and_never_told_to_optuna(tmp_path):
+    baseline = {"phase": "baseline", "alpha": 0.0, "temperature": 1.0, "method": "kd"}
+    s = searcher(full_epochs=FULL, baseline=baseline)
+    assert s.suggest("b") == baseline
+    for epoch in range(1, FULL + 1):
+        s.on_trial_result("b", {"val_acc": 0.1, "epoch": epoch, "training_iteration": epoch, "diverged": False})
+    s.on_trial_complete("b", {"val_acc": 0.1, "epoch": FULL, "training_iteration": FULL, "diverged": False})
+    assert states(s) == []  # alpha = 0 is no point of the searched space
+    run_trial(s, "a", [0.2, 0.3, 0.4, 0.5])
+    (told,) = s._ot_study.get_trials(deepcopy=False)
+    assert told.state == optuna.trial.TrialState.COMPLETE and 1 <= told.params["temperature"] <= 20
+    # A resumed sweep restores the searcher's state: the baseline is neither suggested again nor told.
+    s.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher(full_epochs=FULL, baseline=baseline)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("c") != baseline and "temperature" in restored.suggest("c")
+    restored.on_trial_complete("b", {"val_acc": 0.1, "epoch": FULL, "training_iteration": FULL, "diverged": False})
+    assert len(restored._ot_study.get_trials(deepcopy=False)) == 2  # "a" and "c", not "b"
+
+
 @pytest.mark.parametrize("name, cls", [("tpe", optuna.samplers.TPESampler), ("cmaes", optuna.samplers.CmaEsSampler),
                                        ("random", optuna.samplers.RandomSampler)])
 def test_samplers_are_seeded_and_of_the_right_kind(name, cls):
@@ -91,8 +112,11 @@ def test_optuna_asha_and_three_seeds_one_point_per_pack_stopped_points_pruned(tm
     param_space, search, scheduler, num_samples = _tuner_parts(settings, "sweep")
 
     def pack(config):  # reports as kdtune.trainable does: the mean over the seeds, and each seed's own
+        # The baseline (alpha 0) scores worst of all: ASHA would stop it first if it could.
+        worst = 1.0 if config["alpha"] == 0 else 0.0
         for epoch in range(1, FULL + 1):
-            own = {f"s{s}/val_acc": 0.1 * epoch - 0.01 * config["temperature"] + 0.001 * s for s in config["seeds"]}
+            own = {f"s{s}/val_acc": 0.1 * epoch - 0.01 * config["temperature"] + 0.001 * s - worst
+                   for s in config["seeds"]}
             tune.report({"epoch": epoch, "val_acc": sum(own.values()) / len(own), "diverged": False, **own})
 
     if ray.is_initialized():
@@ -107,10 +131,13 @@ def test_optuna_asha_and_three_seeds_one_point_per_pack_stopped_points_pruned(tm
         ).fit()
     finally:
         ray.shutdown()
-    assert len(results) == 8 and all(r.config["seeds"] == [0, 1, 2] for r in results)
-    iterations = {r.config["temperature"]: r.metrics["training_iteration"] for r in results}
+    # The baseline's pack is the experiment's first trial (it shares the sweep's slots), and runs every epoch.
+    assert num_samples == 9 and len(results) == 9 and all(r.config["seeds"] == [0, 1, 2] for r in results)
+    (baseline,) = [r for r in results if r.config.get("phase") == "baseline"]
+    assert baseline.config["alpha"] == 0 and baseline.metrics["training_iteration"] == FULL
+    iterations = {r.config["temperature"]: r.metrics["training_iteration"] for r in results if r is not baseline}
     study = search._ot_study.get_trials(deepcopy=False)
-    assert len(study) == 8  # one Optuna point per pack, not one per seed
+    assert len(study) == 8  # one Optuna point per pack, not one per seed, and never the baseline
     by_t = {t.params["temperature"]: t.state for t in study}
     assert set(by_t) == set(iterations)
     for temperature, state in by_t.items():

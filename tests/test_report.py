@@ -392,9 +392,10 @@ def tune_results(storage: Path) -> list[dict]:
     """Each student's reported epochs, read straight from the result.json Tune wrote (no ExperimentAnalysis):
     a trial is a pack of seeds whose own metrics are its `s<seed>/<name>` keys."""
     trials = []
-    for phase in ("baseline", "sweep"):
-        for result in sorted((storage / phase).glob("*/result.json")):
+    for folder in ("baseline", "sweep"):  # the baseline trains in the sweep's experiment, its config naming it
+        for result in sorted((storage / folder).glob("*/result.json")):
             lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+            phase = lines[0]["config"].get("phase", folder)
             for seed in lines[0]["config"]["seeds"]:
                 prefix = f"s{seed}/"
                 epochs = [{**{k[len(prefix):]: v for k, v in line.items() if k.startswith(prefix)},

@@ -128,50 +128,54 @@ SPACE = "grid:\n  temperature: [4]\n  alpha: 0.5\n"
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_the_baseline_stops_everything_and_the_name_alone_resumes(tmp_path, mini_data_dir):
+def test_ctrl_c_in_the_sweep_stops_everything_and_the_name_alone_resumes(tmp_path, mini_data_dir):
+    """Ctrl-C while the sweep experiment (the baseline and the grid) trains: no later phase starts, and the
+    experiment's name alone finishes it."""
     (tmp_path / "spaces").mkdir()
     (tmp_path / "spaces" / "tiny.yaml").write_text(SPACE)
     env = {**os.environ, "KDTUNE_SEARCH_SPACES": str(tmp_path / "spaces"), "PYTHONPATH": str(ROOT)}
     results, name = tmp_path / "results", "stopped"
     root = results / name
-    argv = ["--grid", "tiny", "--seeds", "1", "--epochs", "3", "--max-concurrent", "2", "--preset", "quick",
-            "--teacher", "tinycnn", "--student", "tinycnn", "--teacher-epochs", "1", "--train-subset", "300",
+    argv = ["--grid", "tiny", "--seeds", "1", "--epochs", "3", "--max-concurrent", "2", "--confirm", "1",
+            "--preset", "quick", "--teacher", "tinycnn", "--student", "tinycnn", "--teacher-epochs", "1", "--train-subset", "300",
             "--val-size", "100", "--data-dir", str(mini_data_dir), "--name", name, "--results-dir", str(results),
             "--teacher-store", str(tmp_path / "teachers")]
     proc = subprocess.Popen([sys.executable, str(TUNE), *argv], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        started = wait_for(lambda: any(p.stat().st_size > 0 for p in root.glob("baseline/*/result.json")), 600)
+        started = wait_for(lambda: any(p.stat().st_size > 0 for p in root.glob("sweep/*/result.json")), 600)
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the driver and everything it started
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert started, "the baseline never started: " + err[-3000:]
+    assert started, "the sweep never started: " + err[-3000:]
     assert proc.returncode == 130, err[-3000:]
     assert f"finish it with: python scripts/tune.py --resume --name {name} --results-dir {results}" in err
-    assert not list(root.glob("sweep/*/result.json")), err[-3000:]  # no trial of a new phase started after Ctrl-C
+    assert not list(root.glob("confirm/*/result.json")), err[-3000:]  # no trial of a new phase started after Ctrl-C
     record = json.loads((root / "experiment.json").read_text())
-    assert record["status"] == "interrupted" and record["phases_started"][0] == "baseline"
+    assert record["status"] == "interrupted" and record["phases_started"] == ["sweep"]
     assert "interrupted" in out and (root / "summary.csv").is_file()
 
     # Tune's state missing where the record says: a clear error, and nothing started over.
-    moved = tmp_path / "moved-baseline"
-    shutil.move(root / "baseline", moved)
+    moved = tmp_path / "moved-sweep"
+    shutil.move(root / "sweep", moved)
     # A Ctrl-C while the next phase's Tuner was being built can leave its folder (never run): it may exist.
-    sweep_before = sorted(p.name for p in (root / "sweep").rglob("*")) if (root / "sweep").exists() else None
+    confirm_before = sorted(p.name for p in (root / "confirm").rglob("*")) if (root / "confirm").exists() else None
     lost = subprocess.run([sys.executable, str(TUNE), "--resume", "--name", name, "--results-dir", str(results)],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert lost.returncode == 1 and "Tune's state of the baseline phase is not in" in lost.stderr, lost.stderr[-3000:]
-    assert not (root / "baseline").exists()  # nothing started over, and nothing new in a later phase
-    assert (sorted(p.name for p in (root / "sweep").rglob("*")) if (root / "sweep").exists() else None) == sweep_before
-    shutil.move(moved, root / "baseline")
+    assert lost.returncode == 1 and "Tune's state of the sweep phase is not in" in lost.stderr, lost.stderr[-3000:]
+    assert not (root / "sweep").exists()  # nothing started over, and nothing new in a later phase
+    assert (sorted(p.name for p in (root / "confirm").rglob("*")) if (root / "confirm").exists() else None) == \
+        confirm_before
+    shutil.move(moved, root / "sweep")
 
     done = subprocess.run([sys.executable, str(TUNE), "--resume", "--name", name, "--results-dir", str(results)],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(root / "summary.csv")
-    assert len(table) == 2 and (table["outcome"] == "finished").all() and (table["epochs_run"] == 3).all()
+    assert len(table) == 4 and (table["outcome"] == "finished").all() and (table["epochs_run"] == 3).all()
+    assert sorted(table["phase"]) == ["baseline", "confirm", "confirm", "sweep"]
     assert not table.duplicated(["phase", "temperature", "alpha", "seed"]).any()
     assert json.loads((root / "experiment.json").read_text())["status"] == "finished"
     assert len(list((tmp_path / "teachers").glob("tinycnn-*/model.pt"))) == 1  # the teacher was not trained again

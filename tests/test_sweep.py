@@ -60,15 +60,33 @@ def trials(workdir: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(workdir / "results" / name / "summary.csv")
 
 
+def tune_trial_folders(workdir: Path, name: str, phase: str) -> list[Path]:
+    """The Tune trials of a phase: the baseline's is the sweep experiment's trial whose config names it."""
+    folders = []
+    for folder in ("sweep", "confirm") if phase != "confirm" else ("confirm",):
+        for trial in sorted((workdir / "results" / name / folder).glob("kd_trainable_*")):
+            if json.loads((trial / "params.json").read_text()).get("phase", folder) == phase:
+                folders.append(trial)
+    return folders
+
+
 def trained_configs(workdir: Path, name: str, phase: str) -> list[dict]:
     """The RunConfig each student of a phase actually trained with, from its pack's last checkpoint."""
     import torch
 
     configs = []
-    for trial in sorted((workdir / "results" / name / phase).glob("kd_trainable_*")):
+    for trial in tune_trial_folders(workdir, name, phase):
         state = sorted(trial.glob("checkpoint_*/state.pt"))[-1]
         configs += [member["config"] for member in torch.load(state, weights_only=True)["members"]]
     return configs
+
+
+def run_span(trial: Path) -> tuple[float, float]:
+    """When a Tune trial started and when it last reported, as Tune recorded them (seconds since the epoch)."""
+    from ray.tune import ExperimentAnalysis
+
+    (state,) = [t for t in ExperimentAnalysis(str(trial.parent)).trials if t.trial_id in trial.name]
+    return state.run_metadata.start_time, state.run_metadata.last_result_time
 
 
 def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_data_dir):
@@ -77,10 +95,14 @@ def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_
     assert done.returncode == 0, done.stderr[-3000:]
     table = trials(workdir, "grid")
     assert len(table) == 10  # 2 baseline seeds + 2 temperatures x 2 seeds (alpha 0 left out) + 2 x 2 confirmation
-    # Each configuration's seeds trained together, as one Tune trial (a pack): 1 + 2 + 2 trials.
-    tune_trials = [p for phase in ("baseline", "sweep", "confirm")
-                   for p in (workdir / "results" / "grid" / phase).glob("kd_trainable_*")]
-    assert len(tune_trials) == 5
+    # Each configuration's seeds trained together, as one Tune trial (a pack): 1 + 2 + 2 trials, the baseline's
+    # the sweep experiment's first, no experiment of its own.
+    assert [len(tune_trial_folders(workdir, "grid", phase)) for phase in ("baseline", "sweep", "confirm")] == [1, 2, 2]
+    assert not (workdir / "results" / "grid" / "baseline").exists()
+    # The baseline shared the sweep's two slots: a sweep trial started while the baseline was still training.
+    base_start, base_end = run_span(tune_trial_folders(workdir, "grid", "baseline")[0])
+    starts = sorted(run_span(trial)[0] for trial in tune_trial_folders(workdir, "grid", "sweep"))
+    assert starts[0] < base_end, (base_start, starts, base_end)
     assert table.groupby(["phase", "temperature", "alpha"])["trial_id"].apply(
         lambda ids: len({i.rsplit("_s", 1)[0] for i in ids})).eq(1).all()
     assert (table["outcome"] == "finished").all() and (table["epochs_run"] == 2).all()
@@ -214,17 +236,17 @@ def test_resume_after_the_driver_is_killed_runs_only_what_was_unfinished(workdir
     proc = subprocess.Popen([sys.executable, str(TUNE), *args], env=env(workdir), cwd=workdir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results = workdir / "results" / "killed"
-    baseline_rows = lambda: [p for p in results.glob("baseline/*/result.json")]  # noqa: E731
 
-    def sweep_started() -> bool:
-        return any(p.stat().st_size > 0 for p in results.glob("sweep/*/result.json"))
+    def distilled_started() -> bool:  # one slot: the baseline, the sweep experiment's first trial, has finished
+        return any(p.stat().st_size > 0 for p in results.glob("sweep/*/result.json")
+                   if "phase" not in json.loads((p.parent / "params.json").read_text()))
 
     try:
-        assert wait_for(sweep_started, 300), "the sweep never started"
+        assert wait_for(distilled_started, 300), "the sweep's distilled trial never started"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, with no chance to clean up
         proc.wait()
-    (baseline,) = baseline_rows()
+    (baseline,) = [folder / "result.json" for folder in tune_trial_folders(workdir, "killed", "baseline")]
     before = baseline.read_text()
     assert len(before.splitlines()) == 3  # the baseline had finished
 

@@ -45,6 +45,28 @@ def test_an_unusable_mlflow_store_is_one_line(tmp_path, monkeypatch):
         assert "\n" not in str(error.value)
 
 
+@pytest.mark.skipif(not HAS_WANDB, reason="wandb is not installed (pip install 'kdtune[wandb]')")
+def test_a_wandb_run_is_of_its_trials_own_phase(monkeypatch):
+    """The baseline trains as a trial of the sweep's experiment: its W&B job type is its own phase."""
+    from kdtune.trackers import PhaseTaggedWandb
+
+    class Trial:
+        def __init__(self, trial_id, config):
+            self.trial_id, self.config, self.experiment_dir_name = trial_id, config, "sweep"
+
+        def __str__(self):
+            return self.trial_id
+
+    callback = PhaseTaggedWandb(project="kd", group="exp", job_type="sweep")
+    started = []
+    monkeypatch.setattr(callback, "_start_logging_actor", lambda trial, exclude, **init: started.append(init))
+    callback.log_trial_start(Trial("b", {"phase": "baseline", "alpha": 0.0, "seeds": [0]}))
+    callback.log_trial_start(Trial("s", {"alpha": 0.5, "temperature": 4.0, "seeds": [0]}))
+    assert [(init["id"], init["job_type"], init["group"]) for init in started] == [
+        ("b", "baseline", "exp"), ("s", "sweep", "exp")]
+    assert callback.kwargs["job_type"] == "sweep"  # the experiment's own, for the next trial
+
+
 @pytest.fixture(scope="module")
 def tracked(mini_data_dir, tmp_path_factory):
     """A sweep (baseline + one distilled trial) logged to whichever trackers are installed."""
