@@ -49,8 +49,9 @@ class SweepProgress(tune.Callback):
         self.bar.close()
 
     def who(self, trial) -> str:
-        """'sweep T=4 alpha=0.5 seeds 0, 1, 2' or 'baseline T=1 alpha=0 seeds 0, 1, 2' (a trial is a pack of seeds; the mean over them is shown), with
-        the method when it is not plain KD; a --pack N trial of mixed configurations: 'sweep pack of 8 students'."""
+        """'sweep T=4 alpha=0.5 seeds 0, 1, 2' or 'baseline T=1 alpha=0 seeds 0, 1, 2' (a trial is a pack of seeds;
+        the mean over them is shown), with the method when it is not plain KD; a --pack N trial of mixed
+        configurations: 'sweep pack of 8 students'."""
         if "members" in trial.config:
             return f"{self.phase} pack of {len(trial.config['members'])} students (mean over them)"
         values = {**trial.config, **(trial.last_result or {})}
