@@ -7,6 +7,8 @@ when a tracker is asked for (kdtune.tracking): each needs its optional package.
 
 from __future__ import annotations
 
+import contextlib
+
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -16,25 +18,29 @@ def trial_phase(trial, phase: str) -> str:
     return trial.config.get("phase", phase)
 
 
+@contextlib.contextmanager
+def own_phase(callback, options: str, key: str, trial):
+    """While a trial's run starts: the callback's `options` dict (what every run gets) with `key` set to the
+    trial's own phase; the experiment's again afterwards, for the next trial."""
+    shared = getattr(callback, options)
+    setattr(callback, options, {**shared, key: trial_phase(trial, shared[key])})
+    try:
+        yield
+    finally:
+        setattr(callback, options, shared)
+
+
 class PhaseTaggedMLflow(MLflowLoggerCallback):
     """One MLflow run per trial, its `kdtune_phase` tag the trial's own phase."""
 
     def log_trial_start(self, trial):
-        shared = self.tags
-        self.tags = {**shared, "kdtune_phase": trial_phase(trial, shared["kdtune_phase"])}
-        try:
+        with own_phase(self, "tags", "kdtune_phase", trial):
             super().log_trial_start(trial)
-        finally:
-            self.tags = shared
 
 
 class PhaseTaggedWandb(WandbLoggerCallback):
     """One W&B run per trial, its `job_type` the trial's own phase."""
 
     def log_trial_start(self, trial):
-        shared = self.kwargs
-        self.kwargs = {**shared, "job_type": trial_phase(trial, shared["job_type"])}
-        try:
+        with own_phase(self, "kwargs", "job_type", trial):
             super().log_trial_start(trial)
-        finally:
-            self.kwargs = shared

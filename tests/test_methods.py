@@ -211,13 +211,14 @@ def _tune_members(storage) -> list[dict]:
     import json
 
     out = []
-    for folder in ("baseline", "sweep"):  # the baseline trains in the sweep's experiment, its config naming it
-        for result in sorted((storage / folder).glob("*/result.json")):
-            lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-            config = lines[0]["config"]
-            for seed in config["seeds"]:
-                last = {k.split("/", 1)[1]: v for k, v in lines[-1].items() if k.startswith(f"s{seed}/")}
-                out.append({"phase": config.get("phase", folder), "method": config.get("method", "kd"), "seed": seed, **last})
+    # The baseline trains in the sweep's experiment, its config naming its phase.
+    for result in sorted((storage / "sweep").glob("*/result.json")):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        config = lines[0]["config"]
+        for seed in config["seeds"]:
+            last = {k.split("/", 1)[1]: v for k, v in lines[-1].items() if k.startswith(f"s{seed}/")}
+            out.append({"phase": config.get("phase", "sweep"), "method": config.get("method", "kd"), "seed": seed,
+                        **last})
     return out
 
 

@@ -392,15 +392,15 @@ def tune_results(storage: Path) -> list[dict]:
     """Each student's reported epochs, read straight from the result.json Tune wrote (no ExperimentAnalysis):
     a trial is a pack of seeds whose own metrics are its `s<seed>/<name>` keys."""
     trials = []
-    for folder in ("baseline", "sweep"):  # the baseline trains in the sweep's experiment, its config naming it
-        for result in sorted((storage / folder).glob("*/result.json")):
-            lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-            phase = lines[0]["config"].get("phase", folder)
-            for seed in lines[0]["config"]["seeds"]:
-                prefix = f"s{seed}/"
-                epochs = [{**{k[len(prefix):]: v for k, v in line.items() if k.startswith(prefix)},
-                           "temperature": line["temperature"], "alpha": line["alpha"]} for line in lines]
-                trials.append({"phase": phase, "epochs": epochs})
+    # The baseline trains in the sweep's experiment, its config naming its phase.
+    for result in sorted((storage / "sweep").glob("*/result.json")):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        phase = lines[0]["config"].get("phase", "sweep")
+        for seed in lines[0]["config"]["seeds"]:
+            prefix = f"s{seed}/"
+            epochs = [{**{k[len(prefix):]: v for k, v in line.items() if k.startswith(prefix)},
+                       "temperature": line["temperature"], "alpha": line["alpha"]} for line in lines]
+            trials.append({"phase": phase, "epochs": epochs})
     return trials
 
 

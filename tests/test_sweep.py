@@ -62,12 +62,9 @@ def trials(workdir: Path, name: str) -> pd.DataFrame:
 
 def tune_trial_folders(workdir: Path, name: str, phase: str) -> list[Path]:
     """The Tune trials of a phase: the baseline's is the sweep experiment's trial whose config names it."""
-    folders = []
-    for folder in ("sweep", "confirm") if phase != "confirm" else ("confirm",):
-        for trial in sorted((workdir / "results" / name / folder).glob("kd_trainable_*")):
-            if json.loads((trial / "params.json").read_text()).get("phase", folder) == phase:
-                folders.append(trial)
-    return folders
+    folder = "confirm" if phase == "confirm" else "sweep"
+    return [trial for trial in sorted((workdir / "results" / name / folder).glob("kd_trainable_*"))
+            if json.loads((trial / "params.json").read_text()).get("phase", folder) == phase]
 
 
 def trained_configs(workdir: Path, name: str, phase: str) -> list[dict]:
