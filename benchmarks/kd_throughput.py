@@ -8,10 +8,10 @@
 Three legs, in one process, on the same images, student, batch size, device and precision:
 
 * seed_style    PIL images through torchvision transforms in a DataLoader (2 workers, shuffle),
-                a live teacher forward (eval, no_grad) every step, Adam step on kdtune.losses.kd_loss;
-* kdtune        kdtune.train.train() with a CachedTeacher: teacher logits precomputed once with
-                kdtune.teacher.teacher_logits (its build time is reported separately);
-* student_only  kdtune.train.train() with alpha = 0: no teacher at all.
+                a live teacher forward (eval, no_grad) every step, Adam step on kdtune.engine.losses.kd_loss;
+* kdtune        kdtune.engine.train.train() with a CachedTeacher: teacher logits precomputed once with
+                kdtune.engine.teacher.teacher_logits (its build time is reported separately);
+* student_only  kdtune.engine.train.train() with alpha = 0: no teacher at all.
 
 The kdtune legs train on a stratified subset of --steps * --batch-size images for 2 epochs and report
 the `images_per_s` of the second epoch from train()'s history (the first is a discarded warm-up;
@@ -43,13 +43,13 @@ from pathlib import Path
 
 import torch
 
-from kdtune.config import RunConfig
-from kdtune.data import Dataset, make_splits
-from kdtune.device import autocast, device_name, load_average, resolve_device, uses_bf16
-from kdtune.errors import UserError
-from kdtune.losses import kd_loss
-from kdtune.models import check_model_name, create_model
-from kdtune.train import build_optimizer, train
+from kdtune.engine.config import RunConfig
+from kdtune.engine.data import Dataset, make_splits
+from kdtune.engine.device import autocast, device_name, load_average, resolve_device, uses_bf16
+from kdtune.engine.errors import UserError
+from kdtune.engine.losses import kd_loss
+from kdtune.engine.models import check_model_name, create_model
+from kdtune.engine.train import build_optimizer, train
 
 SEED_MEAN = (0.4914, 0.4822, 0.4465)
 SEED_STD = (0.2023, 0.1994, 0.2010)
@@ -100,7 +100,7 @@ def synthetic_dataset(n_train: int, n_test: int, seed: int = 0) -> Dataset:
 
 
 def load_real(data_dir: str, n_test: int) -> Dataset:
-    from kdtune.data import load_dataset
+    from kdtune.engine.data import load_dataset
 
     dataset = load_dataset(data_dir, download=False)
     # A small, class-mixed test set: evaluation is not timed, but it costs wall time every epoch and
@@ -184,8 +184,8 @@ def bench_seed_style(splits, args, device: torch.device, precision: str) -> dict
 
 def build_cache(teacher_model, splits, args, device: torch.device, precision: str, folder: Path):
     """Save the (untrained) teacher as kdtune does and build its logit cache with the library's code."""
-    from kdtune.checkpoint import save_model
-    from kdtune.teacher import Teacher, teacher_logits
+    from kdtune.engine.checkpoint import save_model
+    from kdtune.engine.teacher import Teacher, teacher_logits
 
     path = save_model(folder / "teacher" / "model.pt", teacher_model, args.teacher, {})
     teacher = Teacher(model=teacher_model.cpu().eval(), meta={}, path=path)
@@ -232,7 +232,7 @@ def bench_kdtune(splits, args, device, precision: str, alpha: float, teacher_sig
 
 
 def run(args) -> dict:
-    from kdtune.teacher import CachedTeacher
+    from kdtune.engine.teacher import CachedTeacher
 
     check_model_name(args.teacher)
     check_model_name(args.student)

@@ -8,9 +8,9 @@ For each N, N students (--model, default cnn3; seeds 0..N-1, each with its own T
 sweep's population) train --epochs epochs three ways, in one process, on the same images, device,
 precision, recipe and batch size:
 
-* one     N separate kdtune.train.train() runs, one after another;
-* loop    kdtune.pack.train_pack(mode="loop"): the members in lockstep, one after another per epoch;
-* stack   kdtune.pack.train_pack(mode="stack"): the members as one vmap-batched computation (kdtune.stack).
+* one     N separate kdtune.engine.train.train() runs, one after another;
+* loop    kdtune.engine.pack.train_pack(mode="loop"): the members in lockstep, one after another per epoch;
+* stack   kdtune.engine.pack.train_pack(mode="stack"): the members as one vmap-batched computation (kdtune.engine.stack).
 
 What is timed: training steps only, as the trainers themselves time them (the `images_per_s` of their
 history): per epoch, the batch gathering and augmentation, forward, loss, backward and optimiser steps,
@@ -45,14 +45,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdtune.config import RunConfig  # noqa: E402
-from kdtune.data import Splits, channel_stats, make_splits  # noqa: E402
-from kdtune.device import device_name, load_average, resolve_device, uses_bf16  # noqa: E402
-from kdtune.errors import UserError  # noqa: E402
-from kdtune.models import check_model_name  # noqa: E402
-from kdtune.pack import train_pack  # noqa: E402
-from kdtune.teacher import CachedTeacher, LogitCache  # noqa: E402
-from kdtune.train import train  # noqa: E402
+from kdtune.engine.config import RunConfig  # noqa: E402
+from kdtune.engine.data import Splits, channel_stats, make_splits  # noqa: E402
+from kdtune.engine.device import device_name, load_average, resolve_device, uses_bf16  # noqa: E402
+from kdtune.engine.errors import UserError  # noqa: E402
+from kdtune.engine.models import check_model_name  # noqa: E402
+from kdtune.engine.pack import train_pack  # noqa: E402
+from kdtune.engine.teacher import CachedTeacher, LogitCache  # noqa: E402
+from kdtune.engine.train import train  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
 SYNTHETIC_IMAGES = 50_000
@@ -100,7 +100,7 @@ def synthetic_splits(n_train: int, seed: int = 0) -> Splits:
 
 def real_splits(data_dir: str, n_train: int | None) -> Splits:
     """The image folder through kdtune's decode cache, with small validation and test sets."""
-    from kdtune.data import load_dataset
+    from kdtune.engine.data import load_dataset
 
     if not (Path(data_dir) / "train").is_dir():
         raise UserError(f"no image folder at {data_dir}; pass --data-dir or --synthetic")

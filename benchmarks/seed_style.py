@@ -19,9 +19,9 @@ import torchvision
 import torchvision.transforms as T
 from torch.utils.data import DataLoader, Subset
 
-from kdtune.checkpoint import load_model
-from kdtune.losses import kd_loss
-from kdtune.models import create_model
+from kdtune.engine.checkpoint import load_model
+from kdtune.engine.losses import kd_loss
+from kdtune.engine.models import create_model
 
 # The seed project's normalisation constants (kdtune itself computes them from the training split).
 MEAN = (0.4914, 0.4822, 0.4465)

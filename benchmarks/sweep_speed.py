@@ -41,10 +41,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kdtune.config import RunConfig  # noqa: E402
-from kdtune.cost import slots_here  # noqa: E402
-from kdtune.data import load_dataset, make_splits  # noqa: E402
-from kdtune.teacher import obtain_teacher  # noqa: E402
+from kdtune.engine.config import RunConfig  # noqa: E402
+from kdtune.sweep.estimate import slots_here  # noqa: E402
+from kdtune.engine.data import load_dataset, make_splits  # noqa: E402
+from kdtune.engine.teacher import obtain_teacher  # noqa: E402
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Data flows one way: `data` -> `teacher` (store and logit cache) -> `train`
 (one loop for teacher, student and distillation) -> `tune` (Ray Tune sweeps)
--> `results` -> `report`.  Use it as the `kdtune` command (`kdtune.commands`) or from Python
+-> `results` -> `report`.  Use it as the `kdtune` command (`kdtune.cli`) or from Python
 (`kdtune.api`).
 """
 

@@ -1,5 +1,5 @@
 """`python -m kdtune train|tune|report ...`, the same as the `kdtune` command."""
 
-from kdtune.commands import main
+from kdtune.cli import main
 
 main()

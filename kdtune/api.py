@@ -6,9 +6,9 @@
                        data_dir="my-images", preset="quick")
     print(report(experiment)["markdown"])
 
-Models are named as everywhere in kdtune (see kdtune.models); the search space is a built-in name, a YAML
-file or a dict; every other keyword is a field of `kdtune.sweep.SweepSettings` (what is computed) or of
-`kdtune.sweep.Resources` (where it runs and where it is logged), with the `kdtune tune` defaults.
+Models are named as everywhere in kdtune (see kdtune.engine.models); the search space is a built-in name, a YAML
+file or a dict; every other keyword is a field of `kdtune.sweep.settings.SweepSettings` (what is computed) or of
+`kdtune.sweep.settings.Resources` (where it runs and where it is logged), with the `kdtune tune` defaults.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from kdtune.data import resolve_data_dir
-from kdtune.errors import UserError
-from kdtune.sweep import Resources, SweepSettings, build_settings, default_name, experiment_root
+from kdtune.engine.data import resolve_data_dir
+from kdtune.engine.errors import UserError
+from kdtune.sweep.settings import Resources, SweepSettings, build_settings, default_name, experiment_root
 
 SEARCHES = ("grid", "optuna")
 # `kdtune tune`'s defaults for the search settings no preset sets.
@@ -55,8 +55,8 @@ def sweep(
     root = experiment_root(settings.name, results_dir)
     if (root / "experiment.json").exists():
         raise UserError(f"experiment {root} already exists; choose another name (or resume it: kdtune tune --resume)")
-    from kdtune.ray_sweep import run_sweep
-    from kdtune.results import write_trial_summary
+    from kdtune.sweep.runner import run_sweep
+    from kdtune.report.results import write_trial_summary
 
     record = run_sweep(settings, resources, root)
     write_trial_summary(root, record)
@@ -67,7 +67,7 @@ def plan(space, *, search: str = "grid", teacher: str | None = None, student: st
          data_dir: str | os.PathLike | None = None, preset: str = "paper", seeds: int | None = None,
          asha: bool | None = None, **options) -> str:
     """What `sweep` with the same arguments would run, and its estimated cost on this machine (`--dry-run`)."""
-    from kdtune.sweep import dry_run
+    from kdtune.sweep.settings import dry_run
 
     settings, resources = _settings(space, search, teacher, student, data_dir, preset, None, seeds, asha, options)
     return dry_run(settings, resources)
@@ -78,7 +78,7 @@ def report(experiment: str | os.PathLike, out: str | os.PathLike | None = None, 
 
     Returns {"out", "markdown", "configs" (the per-configuration table), "figures", "skipped"}.
     """
-    from kdtune.report import write_report
+    from kdtune.report.summary import write_report
 
     return write_report(experiment, out, fmt)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from kdtune.data import Splits, channel_stats
+from kdtune.engine.data import Splits, channel_stats
 
 CLASSES = 10
 
@@ -64,13 +64,13 @@ def write_shape_folder(root: Path, classes: int = 3, size: tuple[int, int] = (40
 # Model builders named by `module:callable` specs in tests ("helpers:tiny_a"): the same architecture twice,
 # so that only the spec tells them apart.
 def tiny_a(num_classes: int) -> torch.nn.Module:
-    from kdtune.models import create_model
+    from kdtune.engine.models import create_model
 
     return create_model("tinycnn", num_classes)
 
 
 def tiny_b(num_classes: int) -> torch.nn.Module:
-    from kdtune.models import create_model
+    from kdtune.engine.models import create_model
 
     return create_model("tinycnn", num_classes)
 

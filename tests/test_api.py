@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from kdtune import api
-from kdtune.errors import UserError
+from kdtune.engine.errors import UserError
 
 
 @pytest.mark.slow

@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-from kdtune.checkpoint import FORMAT, load_model, read_checkpoint, save_model
-from kdtune.errors import UserError
-from kdtune.models import create_model
+from kdtune.engine.checkpoint import FORMAT, load_model, read_checkpoint, save_model
+from kdtune.engine.errors import UserError
+from kdtune.engine.models import create_model
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kdtune.commands import main
+from kdtune.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_scripts_run_the_same_commands(script, command):
     spec = importlib.util.spec_from_file_location(f"{script}_script", REPO / "scripts" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main is importlib.import_module(f"kdtune.commands.{command}").main
+    assert module.main is importlib.import_module(f"kdtune.cli.{command}").main
 
 
 # ----------------------------------------------------------------------------- a real install

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from kdtune.config import RECIPES, RunConfig, warmup_epochs
-from kdtune.errors import UserError
+from kdtune.engine.config import RECIPES, RunConfig, warmup_epochs
+from kdtune.engine.errors import UserError
 
 BASE = {"model": "tinycnn", "epochs": 2}
 
@@ -151,7 +151,7 @@ def test_warmup_epochs(recipe, epochs, warmup):
 
 def test_warmup_epochs_cover_the_schedules_warmup_steps():
     """Every step of the rising learning rate falls inside the warm-up epochs, never after them."""
-    from kdtune.train import lr_factor
+    from kdtune.engine.train import lr_factor
 
     for epochs in (3, 6, 10, 30):
         for steps_per_epoch in (1, 7, 20, 196):

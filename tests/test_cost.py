@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdtune import cost
-from kdtune.cost import RAY_START_S, TRIAL_START_S, Speeds, Work
-from kdtune.sweep import SweepSettings, build_settings, phase_packs, plan
+from kdtune.sweep import estimate as cost
+from kdtune.sweep.estimate import RAY_START_S, TRIAL_START_S, Speeds, Work
+from kdtune.sweep.settings import SweepSettings, build_settings, phase_packs, plan
 
 SPEEDS = Speeds(student_train=100.0, student_eval=400.0, teacher_train=50.0, teacher_eval=200.0)
 
@@ -62,7 +62,7 @@ def test_slots_follow_ray_accounting():
 def test_measure_gives_positive_throughputs_and_restores_threads():
     from helpers import synthetic_splits
 
-    from kdtune.models import create_model
+    from kdtune.engine.models import create_model
 
     before = torch.get_num_threads()
     train, evaluate = cost.measure(create_model("tinycnn"), 16, synthetic_splits(32, 8, 8), torch.device("cpu"),

@@ -15,8 +15,8 @@ import torch
 import torchvision
 from PIL import Image
 
-import kdtune.data as data
-from kdtune.data import (
+import kdtune.engine.data as data
+from kdtune.engine.data import (
     Dataset,
     augment,
     augmentation_params,
@@ -29,7 +29,7 @@ from kdtune.data import (
     normalize,
     resolve_data_dir,
 )
-from kdtune.errors import UserError
+from kdtune.engine.errors import UserError
 
 SIZE = (32, 32)  # CIFAR's image size: crops pad by 4
 # ----------------------------------------------------------------------------- augmentation

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from kdtune.interrupt import StopRequest
+from kdtune.sweep.interrupt import StopRequest
 
 
 def ctrl_c() -> None:

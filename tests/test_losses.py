@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kdtune.losses import kd_loss, kd_loss_terms
+from kdtune.engine.losses import kd_loss, kd_loss_terms
 
 STUDENT = [[1.0, -0.5, 2.0], [0.0, 3.0, -1.0]]
 TEACHER = [[2.5, 0.0, 1.0], [-1.0, 1.5, 0.5]]

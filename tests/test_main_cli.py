@@ -12,9 +12,9 @@ import pytest
 from helpers import link_image_subset
 import torch
 
-from kdtune.checkpoint import save_model
-from kdtune.data import load_dataset
-from kdtune.models import create_model
+from kdtune.engine.checkpoint import save_model
+from kdtune.engine.data import load_dataset
+from kdtune.engine.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "scripts" / "main.py"
@@ -70,7 +70,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needl
         (["--student", "nosuchnet"], 1, ["nosuchnet", "tinycnn"]),
         (["--student", "no_such_module_xyz:build"], 1, ["'no_such_module_xyz:build'", "no module named"]),
         (["--teacher", "torchvision:nosuchnet"], 1, ["'torchvision:nosuchnet'", "torchvision has no"]),
-        (["--teacher", "kdtune.models:nosuch"], 1, ["'kdtune.models:nosuch'", "has no attribute"]),
+        (["--teacher", "kdtune.engine.models:nosuch"], 1, ["'kdtune.engine.models:nosuch'", "has no attribute"]),
         (["--dataset", "mnist"], 2, ["--dataset", "mnist"]),
         (["--image-size", "0"], 2, ["--image-size", "'0'"]),
         (["--recipe", "nosuch"], 1, ["nosuch", "strong"]),

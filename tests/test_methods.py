@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import synthetic_splits
 
-from kdtune.config import RunConfig
-from kdtune.errors import UserError
-from kdtune.losses import LearnedTemperature, ctkd_lambda, kd_loss_terms, reverse_gradient
-from kdtune.models import create_model
-from kdtune.train import LiveTeacher, train
+from kdtune.engine.config import RunConfig
+from kdtune.engine.errors import UserError
+from kdtune.engine.losses import LearnedTemperature, ctkd_lambda, kd_loss_terms, reverse_gradient
+from kdtune.engine.models import create_model
+from kdtune.engine.train import LiveTeacher, train
 
 CPU = torch.device("cpu")
 RNG = np.random.default_rng(7)
@@ -186,7 +186,7 @@ def methods_sweep(mini_data_dir, tmp_path_factory):
     """`kdtune tune --grid` over the three methods at one T (real images, 2 seeds, 2 epochs), then its report."""
     import ray
 
-    from kdtune.commands import tune
+    from kdtune.cli import tune
 
     base = tmp_path_factory.mktemp("methods")
     (base / "spaces").mkdir()
@@ -228,7 +228,7 @@ def test_a_methods_grid_runs_end_to_end_through_the_report(methods_sweep):
 
     import pandas as pd
 
-    from kdtune.report import write_report
+    from kdtune.report.summary import write_report
 
     report = write_report(methods_sweep)
     table = pd.read_csv(methods_sweep / "report" / "summary.csv")
@@ -263,8 +263,8 @@ def test_an_experiment_of_an_older_kdtune_reads_as_plain_kd():
     """Trials whose config and results name no method (kdtune before methods) are `kd` in every table."""
     import pandas as pd
 
-    from kdtune.results import Member, trial_table
-    from kdtune.stats import config_table
+    from kdtune.report.results import Member, trial_table
+    from kdtune.report.stats import config_table
 
     def trial(phase_id: str, alpha: float, seed: int):
         frame = pd.DataFrame([{"epoch": 1, "val_acc": 0.5 + seed / 10, "test_acc": 0.4 + alpha / 10 + seed / 100,
@@ -284,7 +284,7 @@ def test_an_experiment_of_an_older_kdtune_reads_as_plain_kd():
 def test_optuna_spaces_sample_the_method_as_a_categorical():
     from ray.tune.search.sample import Categorical
 
-    from kdtune.ray_sweep import _tune_distribution
+    from kdtune.sweep.runner import _tune_distribution
 
     domain = _tune_distribution(("categorical", ["kd", "ls", "ctkd"]))
     assert isinstance(domain, Categorical) and list(domain.categories) == ["kd", "ls", "ctkd"]

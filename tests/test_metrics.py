@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kdtune.metrics import accuracy, agreement, classification_metrics, expected_calibration_error, nll
+from kdtune.engine.metrics import accuracy, agreement, classification_metrics, expected_calibration_error, nll
 
 
 def _logits_from_probs(rows: list[list[float]]) -> torch.Tensor:

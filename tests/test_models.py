@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from kdtune.errors import UserError
-from kdtune.models import (check_model, check_model_name, count_parameters, create_model, list_models, model_spec,
+from kdtune.engine.errors import UserError
+from kdtune.engine.models import (check_model, check_model_name, count_parameters, create_model, list_models, model_spec,
                            storage_name)
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
@@ -100,7 +100,7 @@ def test_module_callable_spec_is_called_with_num_classes():
 
 def test_module_callable_spec_resolves_against_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / "cwd_models.py").write_text(
-        "from kdtune.models import create_model\n"
+        "from kdtune.engine.models import create_model\n"
         "def build(num_classes):\n    return create_model('tinycnn', num_classes)\n"
     )
     monkeypatch.chdir(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from kdtune.optuna_search import PruningAwareOptunaSearch, make_sampler
+from kdtune.sweep.searchers import PruningAwareOptunaSearch, make_sampler
 
 SPACE = {"temperature": tune.loguniform(1, 20)}
 FULL = 4
@@ -98,9 +98,9 @@ def test_optuna_asha_and_three_seeds_one_point_per_pack_stopped_points_pruned(tm
     points, and the study records the stopped ones as PRUNED."""
     import ray
 
-    from kdtune.ray_sweep import _tuner_parts
-    from kdtune.search_spaces import SearchSpace
-    from kdtune.sweep import SweepSettings
+    from kdtune.sweep.runner import _tuner_parts
+    from kdtune.sweep.spaces import SearchSpace
+    from kdtune.sweep.settings import SweepSettings
 
     settings = SweepSettings(
         name="x", search="optuna", preset="quick", teacher="tinycnn", student="tinycnn", recipe="cosine",
@@ -111,7 +111,7 @@ def test_optuna_asha_and_three_seeds_one_point_per_pack_stopped_points_pruned(tm
     )
     param_space, search, scheduler, num_samples = _tuner_parts(settings, "sweep")
 
-    def pack(config):  # reports as kdtune.trainable does: the mean over the seeds, and each seed's own
+    def pack(config):  # reports as kdtune.sweep.trainable does: the mean over the seeds, and each seed's own
         # The baseline (alpha 0) scores worst of all: ASHA would stop it first if it could.
         worst = 1.0 if config["alpha"] == 0 else 0.0
         for epoch in range(1, FULL + 1):

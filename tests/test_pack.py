@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from helpers import synthetic_splits
-from kdtune.config import RunConfig
-from kdtune.pack import pack_metrics, train_pack
-from kdtune.train import LiveTeacher, train
+from kdtune.engine.config import RunConfig
+from kdtune.engine.pack import pack_metrics, train_pack
+from kdtune.engine.train import LiveTeacher, train
 
 CPU = torch.device("cpu")
 TIMING = ("epoch_s", "images_per_s")
@@ -27,7 +27,7 @@ def splits():
 
 @pytest.fixture(scope="module")
 def teacher(splits):
-    from kdtune.models import create_model
+    from kdtune.engine.models import create_model
 
     torch.manual_seed(99)
     return LiveTeacher(create_model("tinycnn"), splits, CPU, "fp32")

@@ -15,9 +15,9 @@ import ray
 from ray._private.state import state
 from ray.core.generated import autoscaler_pb2
 
-import kdtune.ray_sweep
-from kdtune.cli import run_cli
-from kdtune.errors import UserError
+import kdtune.sweep.runner
+from kdtune.cli.args import run_cli
+from kdtune.engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -45,14 +45,14 @@ def cluster(monkeypatch, tmp_path):
     class Simulated:
         config = None
 
-    monkeypatch.setattr(kdtune.ray_sweep, "connect", lambda address, runtime_env=None: None)
+    monkeypatch.setattr(kdtune.sweep.runner, "connect", lambda address, runtime_env=None: None)
     monkeypatch.setattr(ray, "nodes", lambda: [HEAD])
     monkeypatch.setattr(state, "get_cluster_config", lambda: Simulated.config)
 
     def stop(*args, **kwargs):
         raise DataLoadingReached("every check passed")
 
-    monkeypatch.setattr(kdtune.ray_sweep, "load_splits", stop)
+    monkeypatch.setattr(kdtune.sweep.runner, "load_splits", stop)
     return Simulated
 
 
@@ -113,8 +113,8 @@ def test_an_autoscaling_cluster_needs_storage_every_node_reaches(cluster, tmp_pa
 def checked(monkeypatch) -> dict:
     """{'resources': what check_cluster was given}, after the defaults were resolved against the cluster."""
     seen = {}
-    real = kdtune.ray_sweep.check_cluster
-    monkeypatch.setattr(kdtune.ray_sweep, "check_cluster",
+    real = kdtune.sweep.runner.check_cluster
+    monkeypatch.setattr(kdtune.sweep.runner, "check_cluster",
                         lambda resources, storage: seen.update(resources=resources) or real(resources, storage))
     return seen
 
@@ -126,7 +126,7 @@ def test_trials_take_a_whole_gpu_by_default_where_the_cluster_has_gpus(cluster, 
     code, out, err = sweep(tmp_path, capsys, *SHARED)
     assert err == "error: every check passed", err
     assert checked["resources"].gpus_per_trial == 1.0 and "trials use a whole GPU each" in out
-    assert kdtune.ray_sweep.teacher_task_resources(checked["resources"]) == {"num_cpus": 1.0, "num_gpus": 1}
+    assert kdtune.sweep.runner.teacher_task_resources(checked["resources"]) == {"num_cpus": 1.0, "num_gpus": 1}
 
 
 def test_no_gpus_by_default_on_a_cpu_cluster_and_the_teacher_gets_a_whole_node(cluster, checked, tmp_path, capsys):
@@ -134,4 +134,4 @@ def test_no_gpus_by_default_on_a_cpu_cluster_and_the_teacher_gets_a_whole_node(c
     assert err == "error: every check passed", err
     assert checked["resources"].gpus_per_trial == 0.0 and "GPU" not in out
     # Not one trial's share: every CPU of the largest node (HEAD has 4).
-    assert kdtune.ray_sweep.teacher_task_resources(checked["resources"]) == {"num_cpus": 4.0}
+    assert kdtune.sweep.runner.teacher_task_resources(checked["resources"]) == {"num_cpus": 4.0}

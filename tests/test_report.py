@@ -26,10 +26,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from kdtune.cli import run_cli
-from kdtune.report import OUTCOMES, Experiment, config_table, headline, summary_columns, write_report
-from kdtune.search_spaces import SearchSpace
-from kdtune.sweep import SweepSettings, sweep_points
+from kdtune.cli.args import run_cli
+from kdtune.report.summary import OUTCOMES, Experiment, config_table, headline, summary_columns, write_report
+from kdtune.sweep.spaces import SearchSpace
+from kdtune.sweep.settings import SweepSettings, sweep_points
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def load_script(name: str):
 
 
 def fake_metrics(temperature: float, alpha: float, seed: int, epoch: int) -> dict:
-    """Every metric kdtune.trainable reports, as made-up deterministic numbers.  KD helps most at T = 4 and
+    """Every metric kdtune.sweep.trainable reports, as made-up deterministic numbers.  KD helps most at T = 4 and
     alpha = 0.5; T = 2 dips in its last epoch, so its best epoch is not its last."""
     val = 0.40 + 0.05 * epoch + 0.01 * seed
     if alpha > 0:
@@ -461,8 +461,7 @@ def made_up_experiment(tmp_path: Path, sweep: SweepSettings, points: list[tuple[
 
 
 def draw(exp: Experiment, out: Path) -> list[str]:
-    from kdtune import report_plots
-
+    from kdtune.report import figures as report_plots
     configs = config_table(exp.trials)
     figures, skipped = report_plots.draw_all(exp, configs, headline(configs, TEACHER), out, "png")
     assert not skipped
@@ -535,7 +534,7 @@ def test_bad_format_is_a_usage_error(tmp_path, capsys):
 
 
 def test_a_foreign_teacher_is_said_in_the_first_lines(tmp_path):
-    from kdtune.report import summary_markdown
+    from kdtune.report.summary import summary_markdown
 
     sweep = settings(seeds=1)
     exp = made_up_experiment(tmp_path, sweep, [(4.0, 0.5)], ["finished"])

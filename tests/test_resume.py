@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from helpers import wait_for
 
-from kdtune.cli import ArgumentParser, given_options, run_cli
-from kdtune.resume import (absolute, kept_by_tune, recorded_resources, resume_command, save_record, start_record,
+from kdtune.cli.args import ArgumentParser, given_options, run_cli
+from kdtune.sweep.resume import (absolute, kept_by_tune, recorded_resources, resume_command, save_record, start_record,
                            tune_has_run)
-from kdtune.sweep import Resources, build_settings, tune_storage
+from kdtune.sweep.settings import Resources, build_settings, tune_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = ROOT / "scripts" / "tune.py"
@@ -78,9 +78,9 @@ def test_resume_takes_placement_options_and_the_recorded_ones_otherwise(recorded
         seen.update(settings=settings, resources=resources, previous=previous)
         raise KeyboardInterrupt  # stop here: nothing to train in this test
 
-    import kdtune.ray_sweep
+    import kdtune.sweep.runner
 
-    monkeypatch.setattr(kdtune.ray_sweep, "run_sweep", fake_run_sweep)
+    monkeypatch.setattr(kdtune.sweep.runner, "run_sweep", fake_run_sweep)
     before = signal.getsignal(signal.SIGINT)
     try:
         assert tune_script.main(resume(recorded, "--cpus-per-trial", "2", "--address", "auto")) == 130

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kdtune.errors import UserError
-from kdtune.search_spaces import (apply_overrides, available, default_dir, load_search_space, resolve_search_space,
+from kdtune.engine.errors import UserError
+from kdtune.sweep.spaces import (apply_overrides, available, default_dir, load_search_space, resolve_search_space,
                                   space_label)
 
 
@@ -58,11 +58,11 @@ def test_a_dict_is_a_whole_document_or_one_section():
 
 
 def test_installed_copy_is_used_without_a_checkout(tmp_path, monkeypatch):
-    """Installed, kdtune/search_spaces.py has no ../search_spaces beside it; the packaged copy is used."""
-    import kdtune.search_spaces as module
+    """Installed, kdtune/sweep/spaces.py has no ../search_spaces beside it; the packaged copy is used."""
+    import kdtune.sweep.spaces as module
 
     (tmp_path / "kdtune" / "builtin_spaces").mkdir(parents=True)
-    monkeypatch.setattr(module, "__file__", str(tmp_path / "kdtune" / "search_spaces.py"))
+    monkeypatch.setattr(module, "__file__", str(tmp_path / "kdtune" / "sweep" / "spaces.py"))
     monkeypatch.delenv("KDTUNE_SEARCH_SPACES", raising=False)
     assert default_dir() == tmp_path / "kdtune" / "builtin_spaces"
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from kdtune.shared_slots import BaselineKeepingASHA, GridPoints
-from kdtune.sweep import BASELINE
+from kdtune.sweep.schedulers import BaselineKeepingASHA, GridPoints
+from kdtune.sweep.settings import BASELINE
 
 
 @dataclass(eq=False)

@@ -1,4 +1,4 @@
-"""kdtune.stats: paired gains, Holm's correction, completeness and the choice, each checked against a
+"""kdtune.report.stats: paired gains, Holm's correction, completeness and the choice, each checked against a
 computation written out here (numpy and scipy's t distribution, not the module's own helpers)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from kdtune.stats import choose_best, config_table, holm, paired_gain, planned_seeds, summary_columns
+from kdtune.report.stats import choose_best, config_table, holm, paired_gain, planned_seeds, summary_columns
 
 SEEDS = [0, 1, 2]
 CONFIRM_SEEDS = [3, 4, 5]

@@ -150,7 +150,7 @@ def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_
 USER_MODELS = """
 from torch import nn
 
-from kdtune.models import create_model
+from kdtune.engine.models import create_model
 
 def teacher_net(num_classes):
     return create_model("resnet20", num_classes)
@@ -274,7 +274,7 @@ def test_two_node_cluster_places_trials_on_the_worker_node(workdir, mini_data_di
         ray.init(address=cluster.address)
         os.environ["KDTUNE_SEARCH_SPACES"] = str(workdir / "spaces")
         with pytest.raises(SystemExit) as refused:
-            from kdtune.cli import run_cli
+            from kdtune.cli.args import run_cli
 
             run_cli(tune_script.main, ["--grid", "tiny", "--seeds", "1", "--epochs", "1", "--address", cluster.address,
                                        *small_args(workdir, mini_data_dir, "refused")])

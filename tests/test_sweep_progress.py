@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 pytest.importorskip("ray")
-from kdtune.sweep_progress import SweepProgress  # noqa: E402
+from kdtune.sweep.progress import SweepProgress  # noqa: E402
 
 
 def trial(config: dict, **result) -> SimpleNamespace:

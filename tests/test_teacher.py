@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import kdtune.teacher as teacher_mod
-from kdtune.checkpoint import save_model
-from kdtune.config import RunConfig
-from kdtune.data import Splits, augment, augmentation_params, normalize
-from kdtune.errors import UserError
-from kdtune.models import create_model
-from kdtune.teacher import (CachedTeacher, heavy_part_from_state, model_from_state, obtain_teacher, prepare_teacher,
+import kdtune.engine.teacher as teacher_mod
+from kdtune.engine.checkpoint import save_model
+from kdtune.engine.config import RunConfig
+from kdtune.engine.data import Splits, augment, augmentation_params, normalize
+from kdtune.engine.errors import UserError
+from kdtune.engine.models import create_model
+from kdtune.engine.teacher import (CachedTeacher, heavy_part_from_state, model_from_state, obtain_teacher, prepare_teacher,
                             teacher_key, teacher_logits)
 from helpers import synthetic_splits
-from kdtune.train import LiveTeacher, predict, train
+from kdtune.engine.train import LiveTeacher, predict, train
 
 CPU = torch.device("cpu")
 TEACHER = RunConfig(model="tinycnn", epochs=1, batch_size=64)
@@ -39,7 +39,7 @@ def store(tmp_path) -> Path:
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Record the epochs that kdtune.teacher computes with the teacher network, and its predict() calls."""
+    """Record the epochs that kdtune.engine.teacher computes with the teacher network, and its predict() calls."""
     calls = {"epochs": [], "predict": 0}
     real_epoch_logits, real_predict = teacher_mod.epoch_logits, teacher_mod.predict
 
@@ -61,7 +61,7 @@ def _entries(store: Path) -> list[str]:
 
 
 def _live_views_logits(model, splits: Splits, aug_seed: int, epoch: int) -> torch.Tensor:
-    """The teacher run directly on the views kdtune.train draws in `epoch` (one image at a time, no batching)."""
+    """The teacher run directly on the views kdtune.engine.train draws in `epoch` (one image at a time, no batching)."""
     params = augmentation_params(len(splits.train_labels), aug_seed, epoch, splits.image_size)
     model = model.eval()
     with torch.no_grad():
@@ -301,7 +301,7 @@ def test_cache_for_other_splits_is_refused(splits, store):
 
 
 def _fake_remote(splits: Splits, calls: list):
-    """A run_heavy that does what kdtune.ray_sweep's Ray task does, in this process: plain values across a copy."""
+    """A run_heavy that does what kdtune.sweep.runner's Ray task does, in this process: plain values across a copy."""
 
     def run(config, model, names):
         calls.append((model is None, list(names)))

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from kdtune import api
-from kdtune.commands import main
-from kdtune.errors import UserError
-from kdtune.sweep import Resources
+from kdtune.cli import main
+from kdtune.engine.errors import UserError
+from kdtune.sweep.settings import Resources
 
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
@@ -35,7 +35,7 @@ def test_a_missing_extra_is_named(field, value, flag, extra, monkeypatch, capsys
 
 @pytest.mark.skipif(not HAS_MLFLOW, reason="mlflow is not installed (pip install 'kdtune[mlflow]')")
 def test_an_unusable_mlflow_store_is_one_line(tmp_path, monkeypatch):
-    from kdtune.tracking import tracking_callbacks
+    from kdtune.sweep.tracking import tracking_callbacks
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -48,7 +48,7 @@ def test_an_unusable_mlflow_store_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.skipif(not HAS_WANDB, reason="wandb is not installed (pip install 'kdtune[wandb]')")
 def test_a_wandb_run_is_of_its_trials_own_phase(monkeypatch):
     """The baseline trains as a trial of the sweep's experiment: its W&B job type is its own phase."""
-    from kdtune.trackers import PhaseTaggedWandb
+    from kdtune.sweep.trackers import PhaseTaggedWandb
 
     class Trial:
         def __init__(self, trial_id, config):

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from kdtune.config import RunConfig
-from kdtune.data import Splits
-from kdtune.errors import UserError
-from kdtune.models import create_model
+from kdtune.engine.config import RunConfig
+from kdtune.engine.data import Splits
+from kdtune.engine.errors import UserError
+from kdtune.engine.models import create_model
 from helpers import synthetic_splits
-from kdtune.device import resolve_device
-from kdtune.train import LiveTeacher, lr_factor, train
+from kdtune.engine.device import resolve_device
+from kdtune.engine.train import LiveTeacher, lr_factor, train
 
 CPU = torch.device("cpu")
 TIMING_KEYS = ("epoch_s", "images_per_s")  # wall-clock measurements: never compared between runs
@@ -62,7 +62,7 @@ def test_it_learns_the_synthetic_task(splits):
 
 @pytest.mark.parametrize("model", ["tinycnn", "helpers:tiny_a"])
 def test_it_learns_three_classes_of_40x40_images(three_class_dir, model):
-    from kdtune.data import load_dataset, make_splits
+    from kdtune.engine.data import load_dataset, make_splits
 
     data = make_splits(load_dataset(three_class_dir), val_size=30)
     assert data.num_classes == 3 and data.image_size == (40, 40)
@@ -93,7 +93,7 @@ def test_on_epoch_called_once_per_epoch_with_every_metric(splits):
 
 def test_test_set_evaluated_once_per_run_by_default(monkeypatch):
     """Evaluation is most of a small model's epoch: the test set once, after the last epoch, unless asked."""
-    import kdtune.train as train_mod
+    import kdtune.engine.train as train_mod
 
     evaluated = []
     real = train_mod.predict

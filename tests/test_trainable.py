@@ -6,9 +6,9 @@ import pytest
 import torch
 from helpers import synthetic_splits
 
-from kdtune.config import RunConfig
-from kdtune.train import train
-from kdtune.trainable import load_trial_state
+from kdtune.engine.config import RunConfig
+from kdtune.engine.train import train
+from kdtune.sweep.trainable import load_trial_state
 
 CPU = torch.device("cpu")
 

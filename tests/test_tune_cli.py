@@ -140,7 +140,7 @@ def tune_main(argv: list[str], capsys, tmp_path: Path) -> tuple[int, str, str]:
     """scripts/tune.py's main() in this process, as its command line would run it: (exit code, stdout, stderr)."""
     import importlib.util
 
-    from kdtune.cli import run_cli
+    from kdtune.cli.args import run_cli
 
     spec = importlib.util.spec_from_file_location("tune_script", ROOT / "scripts" / "tune.py")
     module = importlib.util.module_from_spec(spec)
@@ -208,8 +208,8 @@ def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, mini_data_
 
 
 def test_teacher_path_from_other_data_is_refused_before_any_work(tmp_path, capsys, mini_data_dir):
-    from kdtune.checkpoint import save_model
-    from kdtune.models import create_model
+    from kdtune.engine.checkpoint import save_model
+    from kdtune.engine.models import create_model
 
     path = tmp_path / "foreign.pt"
     save_model(path, create_model("resnet20"), "resnet20", {"val_acc": 0.9, "test_acc": 0.9, "data_key": "elsewhere"})
@@ -224,7 +224,7 @@ def test_teacher_path_from_other_data_is_refused_before_any_work(tmp_path, capsy
 def test_default_preset_fits_the_machine(tmp_path, capsys, monkeypatch):
     import torch
 
-    from kdtune.presets import default_preset
+    from kdtune.sweep.presets import default_preset
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     # Refused after the preset is chosen: its line comes first, and nothing is trained.

@@ -1,0 +1,191 @@
+"""Sweep distillation temperature and alpha with Ray Tune (grid or Optuna, ASHA, seeds, local or cluster).
+
+    python scripts/tune.py --grid temperature
+    python scripts/tune.py --optuna joint --num-samples 40
+    python scripts/tune.py --grid temperature --preset quick
+    python scripts/tune.py --resume --name <experiment>
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kdtune.cli.args import (ArgumentParser, given_options, non_negative_int, positive_float, positive_int, run_cli,
+                        smoothing)
+from kdtune.engine.config import PRECISIONS
+from kdtune.engine.data import DATASETS, resolve_data_dir
+from kdtune.engine.errors import UsageError
+from kdtune.sweep.interrupt import exit_at_once_on_ctrl_c
+from kdtune.sweep.searchers import SAMPLERS
+from kdtune.sweep.presets import PRESETS, default_preset
+from kdtune.sweep.resume import (PLACEMENT_OPTIONS, absolute, check_resume_options, load_record, recorded_resources,
+                           recorded_settings, resume_command)
+from kdtune.engine.stack import PACK_MODES
+from kdtune.sweep.settings import Resources, build_settings, default_name, dry_run, experiment_root
+
+
+def parse_args(argv):
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--grid", metavar="SPACE", help="grid search over the grid section of a built-in space "
+                      "(search_spaces/SPACE.yaml) or of a YAML file (--grid path/to/mine.yaml)")
+    what.add_argument("--optuna", metavar="SPACE", help="Optuna search over the optuna section of a built-in space "
+                      "or of a YAML file")
+    p.add_argument("--preset", help=f"defaults any flag overrides: {', '.join(PRESETS)} (default: paper where a GPU "
+                   f"is visible, else quick)")
+    p.add_argument("--name", help="experiment name: results/NAME (default: SPACE-SEARCH-TIME)")
+    p.add_argument("--resume", action="store_true", help="finish the experiment --name after Ctrl-C, a crash or a kill")
+    p.add_argument("--dry-run", action="store_true", help="print the trial plan and estimated cost; train nothing")
+    p.add_argument("--results-dir", default="results", help="where experiments live (default: results)")
+    g = p.add_argument_group("models, data and training (default: the preset's)")
+    models = "a registry name, torchvision:NAME, timm:NAME or package.module:callable"
+    g.add_argument("--teacher", help=f"teacher model: {models}")
+    g.add_argument("--student", help=f"student model: {models}")
+    g.add_argument("--recipe")
+    g.add_argument("--teacher-recipe")
+    g.add_argument("--epochs", type=positive_int, help="student epochs")
+    g.add_argument("--lr", type=positive_float, help="student learning rate (default: the recipe's)")
+    g.add_argument("--teacher-epochs", type=positive_int)
+    g.add_argument("--data-dir", help="CIFAR-10, CIFAR-100 or an image folder (default: $KDTUNE_DATA_DIR, else ./data)")
+    g.add_argument("--dataset", choices=DATASETS, help="what --data-dir holds (default: inferred from it)")
+    g.add_argument("--image-size", type=positive_int, metavar="S", help="resize every image to S x S when decoding")
+    g.add_argument("--train-subset", type=positive_int)
+    g.add_argument("--val-size", type=positive_int)
+    g.add_argument("--precision", choices=PRECISIONS, default="auto")
+    g.add_argument("--test-every", type=non_negative_int, metavar="N",
+                   help="also evaluate the test set every N epochs (test curves and the report's best-epoch test "
+                        "column); default 0: only after the last epoch")
+    g.add_argument("--teacher-store", help="trained teachers and their logit caches (default: results/teachers)")
+    g.add_argument("--teacher-path", help="use this teacher checkpoint instead of the store's (it must have been "
+                   "trained on the same data splits)")
+    g.add_argument("--allow-foreign-teacher", action="store_true",
+                   help="accept a --teacher-path trained on other data splits; the report says so")
+    g.add_argument("--label-smoothing", type=smoothing,
+                   help="label smoothing of every student, distilled or not (default: 0)")
+    g.add_argument("--teacher-label-smoothing", type=smoothing,
+                   help="label smoothing of the teacher (default: 0; part of its store key)")
+    g.add_argument("--ctkd-range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="method ctkd: bounds of the learned temperature (default: 1 21, as Li et al. 2023)")
+    g.add_argument("--ctkd-ramp-epochs", type=positive_int, metavar="N",
+                   help="method ctkd: epochs over which the gradient reversal ramps up from 0 to 1 (default: the "
+                        "paper's 10 of 240 epochs, scaled to --epochs)")
+    s = p.add_argument_group("search")
+    s.add_argument("--seeds", type=positive_int, help="seeds per configuration (default: 3 for grids, 1 for Optuna)")
+    s.add_argument("--num-samples", type=positive_int, default=20, help="Optuna points (default: 20)")
+    s.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default: tpe, multivariate)")
+    s.add_argument("--search-seed", type=int, default=0, help="seed of the Optuna sampler")
+    asha = s.add_mutually_exclusive_group()
+    asha.add_argument("--asha", dest="asha", action="store_true", default=None, help="ASHA early stopping (default for --optuna)")
+    asha.add_argument("--no-asha", dest="asha", action="store_false", help="no early stopping (default for --grid)")
+    s.add_argument("--confirm", type=non_negative_int, metavar="K",
+                   help="re-train the chosen configuration and the baseline on K fresh seeds after the search; the "
+                        "report's headline gain is theirs (default: the preset's: 3 for paper, else 0)")
+    s.add_argument("--grace-period", type=positive_int,
+                   help="ASHA: epochs before a trial may be stopped (default: the first epoch after the warm-up)")
+    s.add_argument("--reduction-factor", type=positive_int, default=3, help="ASHA: keep the best 1/N at each rung (N >= 2)")
+    s.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its last checkpoint")
+    s.add_argument("--pack", type=non_negative_int, metavar="N", default=0,
+                   help="train N students per trial, of any configurations and the baseline (grid, no ASHA): fills "
+                        "a GPU that one small student cannot (default 0: a trial is one configuration's seeds)")
+    s.add_argument("--pack-mode", choices=PACK_MODES, default="auto",
+                   help="how a trial trains its students: loop (one after another each step, exactly as alone), "
+                        "stack (one batched torch.func computation, for GPUs; method kd only), auto (default: the "
+                        "loop, until stacking is measured faster on a GPU; on a CPU it is 3-6x slower)")
+    r = p.add_argument_group("resources and cluster")
+    r.add_argument("--cpus-per-trial", type=positive_float, default=1.0)
+    r.add_argument("--gpus-per-trial", type=float,
+                   help="fractional: 0.25 puts four trials on a GPU (default: 1 where the cluster has GPUs, else 0)")
+    r.add_argument("--max-concurrent", type=positive_int)
+    r.add_argument("--address", help="a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS, else local)")
+    r.add_argument("--storage-path", help="where Tune keeps trials: a folder or a URI such as s3://bucket/path")
+    r.add_argument("--py-modules", action="append", default=[], metavar="PATH",
+                   help="a .py file or package folder of your models, shipped to every Ray node (repeatable)")
+    r.add_argument("--working-dir", metavar="DIR",
+                   help="a folder shipped to every Ray node as the workers' working directory")
+    t = p.add_argument_group("tracking (Tune's own TensorBoard, CSV and JSON logs are always in the experiment folder)")
+    t.add_argument("--mlflow", metavar="TRACKING_URI", help="log every trial to MLflow, e.g. sqlite:///abs/mlflow.db "
+                   "or http://host:5000 (needs kdtune[mlflow])")
+    t.add_argument("--wandb", metavar="PROJECT", help="log every trial to this Weights & Biases project "
+                   "(needs kdtune[wandb]; WANDB_MODE=offline logs locally)")
+    r.add_argument("--autoscale", action="store_true",
+                   help="the cluster starts nodes on demand: accept resources no live node has yet")
+    args = p.parse_args(argv)
+    args.given = given_options(p, args, argv)
+    if not args.resume and not (args.grid or args.optuna):
+        p.error("one of --grid SPACE or --optuna SPACE is required (or --resume --name NAME)")
+    if args.resume and not args.name:
+        p.error("--resume needs --name of the experiment to finish")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    previous = None
+    if args.resume:
+        root = experiment_root(args.name, args.results_dir)
+        previous = load_record(root)
+        check_resume_options(args.given)
+        resources = recorded_resources(previous, {k: getattr(args, k) for k in args.given & set(PLACEMENT_OPTIONS)})
+        resources.import_user_code()  # model specs are checked here, before any Ray worker imports them
+        settings = recorded_settings(previous)
+        print(f"resuming {root} with its saved settings")
+    else:
+        resources = absolute(Resources(
+            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+            address=args.address, storage_path=args.storage_path, teacher_store=args.teacher_store,
+            autoscale=args.autoscale, mlflow_uri=args.mlflow, wandb_project=args.wandb,
+            py_modules=tuple(args.py_modules), working_dir=args.working_dir,
+        ))
+        resources.import_user_code()
+        search, space = ("grid", args.grid) if args.grid else ("optuna", args.optuna)
+        name = args.name or default_name(search, space)
+        root = experiment_root(name, args.results_dir)
+        if (root / "experiment.json").exists() and not args.dry_run:
+            raise UsageError(f"experiment {root} already exists; add --resume to finish it, or choose another --name")
+        preset = args.preset
+        if preset is None:
+            preset, why = default_preset()
+            print(f"preset {preset}: {why}")
+        settings = build_settings(
+            name, search, space, preset,
+            teacher=args.teacher, student=args.student, recipe=args.recipe, teacher_recipe=args.teacher_recipe,
+            epochs=args.epochs, lr=args.lr, teacher_epochs=args.teacher_epochs, data_dir=str(resolve_data_dir(args.data_dir).resolve()),
+            train_subset=args.train_subset, val_size=args.val_size, precision=args.precision,
+            seeds=args.seeds or (3 if search == "grid" else 1), num_samples=args.num_samples, sampler=args.sampler,
+            search_seed=args.search_seed, asha=search == "optuna" if args.asha is None else args.asha,
+            grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_failures=args.max_failures,
+            dataset=args.dataset, image_size=args.image_size,
+            label_smoothing=args.label_smoothing, teacher_label_smoothing=args.teacher_label_smoothing,
+            confirm=args.confirm, teacher_path=args.teacher_path, test_every=args.test_every,
+            allow_foreign_teacher=args.allow_foreign_teacher or None,
+            ctkd_range=tuple(args.ctkd_range) if args.ctkd_range else None, ctkd_ramp_epochs=args.ctkd_ramp_epochs,
+            pack=args.pack, pack_mode=args.pack_mode,
+        )
+    if args.dry_run:
+        print(dry_run(settings, resources))
+        return 0
+    from kdtune.sweep.runner import run_sweep
+    from kdtune.report.results import write_trial_summary
+
+    again = resume_command(root.name, args.results_dir)
+    try:
+        record = run_sweep(settings, resources, root, previous)
+    except KeyboardInterrupt:
+        exit_at_once_on_ctrl_c()
+        print(f"interrupted at once; finish it with: {again}", file=sys.stderr)
+        return 130
+    if record["status"] == "interrupted":
+        exit_at_once_on_ctrl_c()
+    table = write_trial_summary(root, record)
+    counts = table["outcome"].value_counts().to_dict()
+    print(f"experiment {root} {record['status']}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    print(f"summary: {root / 'summary.csv'}; report: kdtune report {root}")
+    if record["status"] == "interrupted":
+        print(f"interrupted; finish it with: {again}", file=sys.stderr)
+        return 130
+    errored = counts.get("errored", 0)
+    return 1 if errored else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,314 @@
+"""One training loop for teacher, student and distillation.
+
+`train(config, splits, device, teacher, on_epoch)` trains `config.model` and
+returns its per-epoch metrics.  It knows nothing of Ray: the Tune trainable and
+the CLI pass an `on_epoch(metrics, checkpoint_state)` callback to report,
+checkpoint or print.  With alpha > 0 it needs a teacher signal, live
+(`LiveTeacher`, the teacher network run on every batch) or cached
+(`kdtune.engine.teacher.CachedTeacher`, logits precomputed for exactly these views).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Union
+
+import torch
+from torch import nn
+
+from kdtune.engine.config import WARMUP_FRACTION, RunConfig
+from kdtune.engine.data import Splits, augment, augmentation_params, epoch_order, normalize
+from kdtune.engine.device import autocast, prepare
+from kdtune.engine.errors import UserError
+from kdtune.engine.losses import LearnedTemperature, ctkd_lambda, kd_loss_terms
+from kdtune.engine.metrics import agreement, classification_metrics
+from kdtune.engine.models import create_model
+
+EVAL_BATCH = 1024
+EpochCallback = Callable[[dict, Callable[[], dict]], None]
+Progress = Union[bool, Callable[..., Any]]  # False, True (tqdm) or a tqdm-like class: see progress_bar
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def training_views(images: torch.Tensor, params: torch.Tensor, splits: Splits) -> torch.Tensor:
+    """The network input for uint8 training images augmented by `params`, normalised with `splits`' statistics:
+    the loop and the logit cache both build their views here, so cached teacher logits are those of exactly
+    the student's inputs."""
+    views = normalize(augment(images, params), splits.mean, splits.std)
+    return views.contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor, splits: Splits, device: torch.device, precision: str
+) -> torch.Tensor:
+    """Logits (N, classes) in float32 for un-augmented uint8 images of `splits`, in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with autocast(precision, device):
+        for start in range(0, len(images), EVAL_BATCH):
+            batch = images[start : start + EVAL_BATCH].to(device)
+            out.append(model(normalize(batch, splits.mean, splits.std)).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+class TeacherSignal(Protocol):
+    """What distillation needs from a teacher."""
+
+    val_logits: torch.Tensor  # (n_val, classes): for student-teacher agreement
+
+    def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for training images `idx` as augmented in `epoch` (`views`, normalised)."""
+
+
+class LiveTeacher:
+    """Runs the frozen teacher on every training batch: exact but slow (see kdtune.engine.teacher for the cache)."""
+
+    def __init__(self, model: nn.Module, splits: Splits, device: torch.device, precision: str):
+        self.model = prepare(model, device).eval()
+        self.device, self.precision = device, precision
+        self.val_logits = predict(self.model, splits.val_images, splits, device, precision)
+
+    @torch.no_grad()
+    def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            return self.model(views).float()
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def build_optimizer(model: nn.Module, config: RunConfig, temperature: nn.Module | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimiser; a learned temperature (ctkd) is stepped by it too, as in the paper, without
+    weight decay (which would pull its parameter, not T, towards zero)."""
+    recipe = config.recipe_spec
+    groups = [{"params": list(model.parameters())}]
+    if temperature is not None:
+        groups.append({"params": list(temperature.parameters()), "weight_decay": 0.0})
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.effective_lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(
+        groups,
+        lr=config.effective_lr,
+        momentum=recipe.momentum,
+        nesterov=True,
+        weight_decay=recipe.weight_decay,
+    )
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: RunConfig) -> float:
+    """Learning-rate multiplier at optimiser step `step` (all schedules are stepped per batch)."""
+    recipe = config.recipe_spec
+    total = steps_per_epoch * config.epochs
+    if recipe.schedule == "step":
+        return recipe.gamma ** ((step // steps_per_epoch) // recipe.step_size)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    # one-cycle: linear warm-up, then linear decay to zero
+    warmup = max(1, int(WARMUP_FRACTION * total))
+    return step / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1]
+
+
+def train(
+    config: RunConfig,
+    splits: Splits,
+    device: torch.device,
+    teacher: TeacherSignal | None = None,
+    on_epoch: EpochCallback | None = None,
+    resume: dict | None = None,
+    progress: Progress = False,
+    desc: str = "train",
+    val_every: int = 1,
+    test_every: int = 0,
+) -> TrainResult:
+    """Train `config.model` on `splits`, distilling from `teacher` when config.alpha > 0.
+
+    Evaluating a small model costs as much as training it, so it happens only where it counts:
+    validation every `val_every` epochs (early stopping and learning curves need it), the test set
+    only after the last epoch, or every `test_every` epochs as well when asked (0: never before).
+    Both always after the last epoch.
+
+    `resume` is a `checkpoint_state()` dict from an earlier call with the same
+    config: training continues after its last epoch and reproduces the
+    uninterrupted run.  Stops early (metrics["diverged"] = True) when the
+    training loss stops being finite.
+    """
+    epochs = training_epochs(config, splits, device, teacher, resume, progress, desc, val_every, test_every)
+    while True:
+        try:
+            metrics, checkpoint_state = next(epochs)
+        except StopIteration as done:
+            return done.value
+        if on_epoch is not None:
+            on_epoch(metrics, checkpoint_state)
+
+
+def training_epochs(
+    config: RunConfig,
+    splits: Splits,
+    device: torch.device,
+    teacher: TeacherSignal | None = None,
+    resume: dict | None = None,
+    progress: Progress = False,
+    desc: str = "train",
+    val_every: int = 1,
+    test_every: int = 0,
+):
+    """`train` one epoch at a time: yields (metrics, checkpoint_state) after each epoch and returns the
+    TrainResult, so that a pack (kdtune.engine.pack) can advance several runs in lockstep."""
+    check_teacher(config, teacher)
+    splits = splits.to(device)
+    torch.manual_seed(config.seed)
+    model = prepare(create_model(config.model, splits.num_classes), device)
+    learned = LearnedTemperature(config.temperature, *config.ctkd_range).to(device) if config.learns_temperature else None
+    optimizer = build_optimizer(model, config, learned)
+    n = len(splits.train_labels)
+    batch = min(config.effective_batch_size, n)
+    steps_per_epoch = math.ceil(n / batch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, config))
+    history: list[dict] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        if learned is not None:
+            learned.load_state_dict(resume["temperature"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"])
+        if "cuda_rng" in resume and device.type == "cuda":
+            # Dropout on CUDA draws from the device's generator; a checkpoint from another device type has none to restore.
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+        history = list(resume["history"])
+
+    def checkpoint_state() -> dict:
+        # Copies, not views: on CPU `.cpu()` and `state_dict()` alias the live tensors that later steps update.
+        state = {
+            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": list(history),
+            "config": config.to_dict(),
+        }
+        if learned is not None:
+            state["temperature"] = {k: v.detach().cpu().clone() for k, v in learned.state_dict().items()}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)  # this device's only: nodes differ in GPU count
+        return state
+
+    bar = progress_bar(progress, steps_per_epoch * config.epochs, desc, initial=steps_per_epoch * len(history))
+    for epoch in range(len(history), config.epochs):
+        started = time.perf_counter()
+        losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned)
+        train_seconds = time.perf_counter() - started
+        metrics = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"]}
+        if learned is not None:
+            metrics["learned_temperature"] = learned.value().detach().item()
+        last = epoch + 1 == config.epochs
+        metrics.update(evaluate(model, splits, device, config.precision, teacher,
+                                val=last or (epoch + 1) % val_every == 0,
+                                test=last or bool(test_every and (epoch + 1) % test_every == 0)))
+        metrics["epoch_s"] = time.perf_counter() - started
+        metrics["images_per_s"] = n / train_seconds
+        metrics["diverged"] = not math.isfinite(losses["train_loss"])
+        history.append(metrics)
+        if bar is not None and "val_acc" in metrics:
+            bar.set_description(f"{desc} (loss {losses['train_loss']:.3f}, val_acc {metrics['val_acc']:.3f})")
+        yield metrics, checkpoint_state
+        if metrics["diverged"]:
+            break
+    if bar is not None:
+        bar.close()
+    return TrainResult(model=model, history=history)
+
+
+def check_teacher(config: RunConfig, teacher: TeacherSignal | None) -> None:
+    """A distilled run needs a teacher, and cached logits must be of the run's own augmented views."""
+    if config.alpha > 0 and teacher is None:
+        raise UserError(f"alpha {config.alpha} > 0 needs a teacher; use alpha 0 to train without one")
+    cached_seed = getattr(teacher, "aug_seed", config.aug_seed)
+    if config.alpha > 0 and cached_seed != config.aug_seed:
+        raise UserError(f"teacher logits were cached for aug_seed {cached_seed}, but the run uses {config.aug_seed}")
+
+
+def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned=None) -> dict:
+    model.train()
+    n = len(splits.train_labels)
+    ramp_steps = config.effective_ctkd_ramp_epochs * math.ceil(n / batch)
+    views = augmentation_params(n, config.aug_seed, epoch, splits.image_size).to(device)
+    order = epoch_order(n, config.seed, epoch).to(device)
+    label_smoothing = config.label_smoothing
+    sums = torch.zeros(3, device=device)  # total, ce, kd; summed on device to avoid a sync per step
+    for start in range(0, n, batch):
+        idx = order[start : start + batch]
+        images = training_views(splits.train_images[idx], views[idx], splits)
+        with autocast(config.precision, device):
+            student_logits = model(images)
+        teacher_logits = teacher.train_logits(epoch, idx, images) if config.alpha > 0 else None
+        # scheduler.last_epoch counts optimiser steps: every schedule is stepped per batch.
+        temperature = learned(ctkd_lambda(scheduler.last_epoch, ramp_steps)) if learned is not None else config.temperature
+        loss, ce, kd = kd_loss_terms(student_logits, teacher_logits, splits.train_labels[idx], temperature,
+                                     config.alpha, label_smoothing, config.method)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        sums += torch.stack([loss.detach(), ce.detach(), kd.detach()]) * len(idx)
+        if bar is not None:
+            bar.update(1)
+    total, ce, kd = (sums / n).tolist()
+    return {"train_loss": total, "train_ce": ce, "train_kd": kd}
+
+
+def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: str, teacher=None,
+             val: bool = True, test: bool = True) -> dict:
+    """Validation metrics (and top-1 agreement with the teacher, when there is one) and test metrics;
+    each image set's logits computed once."""
+    metrics = {}
+    if val:
+        val_logits = predict(model, splits.val_images, splits, device, precision)
+        metrics.update(classification_metrics(val_logits, splits.val_labels.to(device), "val"))
+        if teacher is not None:
+            metrics["agreement"] = agreement(val_logits, teacher.val_logits)
+    if test:
+        test_logits = predict(model, splits.test_images, splits, device, precision)
+        metrics.update(classification_metrics(test_logits, splits.test_labels.to(device), "test"))
+    return metrics
+
+
+def progress_bar(progress: Progress, total: int, desc: str, initial: int = 0, unit: str = "step"):
+    """A bar with update / set_description / close, or None when `progress` is False.
+
+    `progress` True is tqdm; otherwise it is a tqdm-like class called with total, desc and unit.  Code that
+    runs inside Ray tasks and trials passes `ray.experimental.tqdm_ray.tqdm`, so that the driver draws live
+    bars instead of printing a line per update; this module itself never imports Ray.
+    """
+    if not progress:
+        return None
+    if progress is True:
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+    bar = progress(total=total, desc=desc, unit=unit)
+    if initial:
+        bar.update(initial)
+    return bar

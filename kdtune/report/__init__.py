@@ -1,0 +1,1 @@
+"""Reports: read experiment folders, compute the statistics, write tables and figures; never starts Ray."""

@@ -1,0 +1,236 @@
+"""The statistics of a comparison, shared by the report's tables, its figures and the sweep's confirmation.
+
+A configuration is one (phase, method, T, alpha).  Its statistics are over the seeds that *finished* (ran
+every epoch); trials stopped early, errored, diverged or still running are counted, never averaged in.
+
+Distilled students and the no-KD baseline of the same seed share initialisation, data order and
+augmentation, so they are *paired*: a configuration's gain is the mean of its per-seed differences
+(KD minus baseline, final test accuracy), with a t-interval and the paired t-test (`ttest_rel`).
+Choosing the best of m configurations by validation accuracy is a selection: the chosen one's p-value
+is Holm-Bonferroni adjusted over all m, and only *complete* configurations (every planned seed
+finished) can be chosen, so that a configuration whose slow seeds were stopped cannot win on its
+survivors.  Accuracies are fractions throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from kdtune.engine.losses import METHODS
+
+PHASES = ("baseline", "sweep", "confirm")  # confirm: the chosen configuration and the baseline on fresh seeds
+OUTCOMES = ("finished", "stopped early", "diverged", "errored", "in progress", "running", "pending", "paused")
+CONFIG_KEYS = ["phase", "method", "temperature", "alpha"]
+DEFAULT_METHOD = METHODS[0]  # a trial table without `method` (an older kdtune) is plain KD
+# Statistics over finished seeds: summary.csv column -> trial_table column.
+STATISTICS = {
+    "val_acc": "final_val_acc", "test_acc": "final_test_acc",
+    "best_epoch_val_acc": "best_val_acc", "best_epoch_test_acc": "test_acc_at_best_val",
+    "agreement": "final_agreement", "val_ece": "final_val_ece",
+    "learned_temperature": "final_learned_temperature",  # ctkd: the temperature it ended with
+}
+GAIN_COLUMNS = ["gain_pairs", "gain_mean", "gain_ci95", "p_paired", "p_holm"]
+SIGNIFICANCE = 0.05
+PAIRED_ON = "final_test_acc"  # the gain is measured on the test set; the choice is made on validation
+
+
+def ci95(std: float, n: int) -> float:
+    """Half-width of the 95% confidence interval of a mean of n seeds (t distribution); NaN below 2 seeds."""
+    from scipy import stats
+
+    if n < 2 or not math.isfinite(std):
+        return math.nan
+    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """KD minus no-KD over the seeds both finished: mean, 95% t-interval half-width, paired t-test p-value."""
+
+    pairs: int
+    mean: float
+    ci95: float  # NaN below 2 pairs
+    p: float  # NaN below 2 pairs, or when every pair differs by exactly the same amount
+
+
+def paired_gain(kd: pd.Series, baseline: pd.Series) -> PairedGain:
+    """`kd` and `baseline` are indexed by seed; only seeds present in both are paired."""
+    from scipy import stats
+
+    seeds = sorted(set(kd.index) & set(baseline.index))
+    if not seeds:
+        return PairedGain(0, math.nan, math.nan, math.nan)
+    a, b = kd.loc[seeds].to_numpy(dtype=float), baseline.loc[seeds].to_numpy(dtype=float)
+    diff = a - b
+    n = len(diff)
+    if n < 2:
+        return PairedGain(n, float(diff.mean()), math.nan, math.nan)
+    p = math.nan
+    if np.ptp(diff) > 0:  # identical differences: no spread to test against (scipy would divide by zero)
+        p = float(stats.ttest_rel(a, b).pvalue)
+    return PairedGain(n, float(diff.mean()), ci95(float(diff.std(ddof=1)), n), p)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the input's order.
+
+    Every entry is one configuration that competed.  A NaN (too few paired seeds for a test) stays NaN,
+    but still counts in the number of comparisons, as if its p were 1: a configuration left untested was
+    still among those the best was chosen from.
+    """
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    adjusted = np.full_like(p, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    running = 0.0
+    for rank, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))  # monotone: never below a smaller p's adjustment
+        adjusted[i] = running
+    return adjusted
+
+
+# ----------------------------------------------------------------------------- per-configuration table
+
+
+def planned_seeds(seeds: int, confirm: int = 0) -> dict:
+    """Seeds each configuration of each phase should finish: what makes a configuration complete."""
+    return {"baseline": seeds, "sweep": seeds, "confirm": confirm}
+
+
+def config_table(trials: pd.DataFrame, planned_seeds: dict | None = None) -> pd.DataFrame:
+    """One row per configuration: trials, finished seeds, mean/std/CI of the statistics, paired gain over
+    the no-KD baseline, epochs, outcome counts, and whether every planned seed finished (`complete`).
+
+    `planned_seeds` ({phase: seeds per configuration}) decides completeness; without it a configuration
+    is complete when all its trials finished.
+    """
+    keys = CONFIG_KEYS
+    trials = with_method(trials)
+    finished = trials[trials["outcome"] == "finished"]
+    aggregations = {"seeds_finished": ("trial_id", "size")}
+    for name, column in STATISTICS.items():
+        # Unknown for one seed is unknown for the mean: the test set is evaluated at a seed's best epoch only
+        # when that is its last (or with --test-every), and a mean over the rest would pick seeds.
+        aggregations[f"{name}_mean"] = (column, lambda v: v.mean(skipna=False))
+        aggregations[f"{name}_std"] = (column, lambda v: v.std(skipna=False))
+    stats = finished.groupby(keys, dropna=False).agg(**aggregations)
+    for name in ("val_acc", "test_acc"):
+        stats[f"{name}_ci95"] = [ci95(s, n) for s, n in zip(stats[f"{name}_std"], stats["seeds_finished"])]
+    everything = trials.groupby(keys, dropna=False).agg(
+        trials=("trial_id", "size"), epochs_run_min=("epochs_run", "min"), epochs_run_max=("epochs_run", "max"),
+    )
+    counts = trials.groupby([*keys, "outcome"], dropna=False).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=list(OUTCOMES), fill_value=0)
+    counts.columns = [c.replace(" ", "_") for c in counts.columns]
+    table = everything.join(stats).join(counts)
+    table["seeds_finished"] = table["seeds_finished"].fillna(0).astype(int)
+    table = table.reset_index()
+    table["phase"] = pd.Categorical(table["phase"], categories=list(PHASES), ordered=True)
+    table["method"] = pd.Categorical(table["method"], categories=method_order(table["method"]), ordered=True)
+    table = table.sort_values(keys).reset_index(drop=True)
+    table["phase"] = table["phase"].astype(str)
+    table["method"] = table["method"].astype(str)
+    planned = [(planned_seeds or {}).get(phase, trials_) for phase, trials_ in zip(table["phase"], table["trials"])]
+    table["complete"] = (table["seeds_finished"] >= planned) & (table["seeds_finished"] > 0)
+    table = _add_gains(table, finished)
+    return table[summary_columns()]
+
+
+def with_method(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trial table with the columns methods added: a table of an older kdtune (no `method`) is plain KD,
+    which learns no temperature."""
+    method = trials["method"].fillna(DEFAULT_METHOD) if "method" in trials else DEFAULT_METHOD
+    learned = trials["final_learned_temperature"] if "final_learned_temperature" in trials else math.nan
+    return trials.assign(method=method, final_learned_temperature=learned)
+
+
+def method_order(methods: pd.Series) -> list[str]:
+    """The methods present, in kdtune.engine.losses.METHODS order (kd, ls, ctkd), any unknown after them."""
+    known = [m for m in METHODS if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
+
+
+def _add_gains(table: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
+    """Paired gain of every distilled configuration over the no-KD students of its own phase's seeds."""
+    gains = []
+    for row in table.to_dict("records"):
+        base = baseline_row_of(table, row["phase"])
+        if _is_baseline(row) or base is None:
+            gains.append(PairedGain(0, math.nan, math.nan, math.nan))
+        else:
+            gains.append(paired_gain(seed_values(finished, row), seed_values(finished, base)))
+    table["gain_pairs"] = [g.pairs for g in gains]
+    table["gain_mean"] = [g.mean for g in gains]
+    table["gain_ci95"] = [g.ci95 for g in gains]
+    table["p_paired"] = [g.p for g in gains]
+    # The search's configurations compete with each other; the confirmation is one pre-chosen test.
+    sweep = (table["phase"] == "sweep").to_numpy()
+    p_holm = np.full(len(table), np.nan)
+    p_holm[sweep] = holm(table.loc[sweep, "p_paired"])
+    table["p_holm"] = p_holm
+    return table
+
+
+def _is_baseline(row: dict) -> bool:
+    return row["phase"] == "baseline" or row["alpha"] == 0
+
+
+def baseline_row_of(table: pd.DataFrame, phase: str) -> dict | None:
+    """The no-KD row that `phase`'s distilled configurations are compared with."""
+    if phase == "confirm":
+        rows = table[(table["phase"] == "confirm") & (table["alpha"] == 0)]
+    else:
+        rows = table[table["phase"] == "baseline"]
+    return rows.iloc[0].to_dict() if len(rows) else None
+
+
+def seed_values(trials: pd.DataFrame, config: dict, column: str = PAIRED_ON) -> pd.Series:
+    """The finished seeds' values of `column` for one configuration (a row of the config table), by seed."""
+    trials = with_method(trials)
+    mask = (trials["outcome"] == "finished") & (trials["phase"] == config["phase"])
+    for key in ("method", "temperature", "alpha"):
+        mask &= trials[key] == config[key]
+    rows = trials.loc[mask]
+    return pd.Series(rows[column].to_numpy(dtype=float), index=rows["seed"].astype(int).to_numpy())
+
+
+def summary_columns() -> list[str]:
+    stats = []
+    for name in STATISTICS:
+        stats += [f"{name}_mean", f"{name}_std"] + ([f"{name}_ci95"] if name in ("val_acc", "test_acc") else [])
+    return [*CONFIG_KEYS, "trials", "seeds_finished", "complete", *stats, *GAIN_COLUMNS, "epochs_run_min",
+            "epochs_run_max", *[o.replace(" ", "_") for o in OUTCOMES]]
+
+
+# ----------------------------------------------------------------------------- the choice
+
+
+def choose_best(configs: pd.DataFrame) -> dict | None:
+    """The complete search configuration with the highest mean validation accuracy; None when none is complete."""
+    eligible = configs[(configs["phase"] == "sweep") & configs["complete"]]
+    return eligible.loc[eligible["val_acc_mean"].idxmax()].to_dict() if len(eligible) else None
+
+
+def best_per_method(configs: pd.DataFrame) -> dict[str, dict]:
+    """{method: its complete search configuration with the highest mean validation accuracy}, for methods
+    with one.  Each is a choice among that method's configurations; p_holm still counts all of them."""
+    sweep = configs[configs["phase"] == "sweep"]
+    out = {}
+    for method in method_order(sweep["method"]):
+        best = choose_best(sweep[sweep["method"] == method])
+        if best is not None:
+            out[method] = best
+    return out
+
+
+def incomplete_reasons(configs: pd.DataFrame) -> list[tuple[dict, str]]:
+    """(row, why) for every search configuration that cannot be chosen because a seed did not finish."""
+    out = []
+    for row in configs[(configs["phase"] == "sweep") & ~configs["complete"]].to_dict("records"):
+        why = [f"{row[o.replace(' ', '_')]} {o}" for o in OUTCOMES if o != "finished" and row[o.replace(" ", "_")]]
+        out.append((row, f"{row['seeds_finished']} of {row['trials']} seeds finished" + (f" ({', '.join(why)})" if why else "")))
+    return out

@@ -1,0 +1,1 @@
+"""Sweeps: the Ray Tune wiring (settings, plan, runner, trainable, searchers, schedulers, resume, progress)."""

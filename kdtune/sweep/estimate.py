@@ -1,0 +1,170 @@
+"""What a sweep will cost: its wall clock on this machine, estimated from what the run will really do.
+
+`--dry-run` measures, in a few seconds, how fast the student trains and evaluates with the threads a
+trial gets (one per CPU Ray assigns it) or its GPU, and how fast the teacher does with what its task gets
+(a whole GPU, or every CPU of the node).  The estimate then counts what the run does with them:
+
+    start-up   Ray, the object store, and every Tune trial's worker process
+    teacher    its training epochs (unless stored) and one evaluation of validation and test
+    cache      one forward pass per augmented view of every student epoch, plus validation and test
+    phases     sweep (the baseline's pack its first trial) and confirm, one after another; each phase's
+               trials (packs of students) placed on the parallel slots as Tune launches them, in order, each
+               as soon as a slot frees;
+               a student trains every epoch, evaluates validation every epoch and the test set after its last
+
+ASHA may stop trials early: the estimate is then an upper bound.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+# Fixed costs measured on the 2-core CPU machine of this project (Ray 2.x, torch 2.14): `ray.init` with the
+# object-store puts of the data, and a trial's worker process with its imports and its copy of the data.
+RAY_START_S = 10.0
+TRIAL_START_S = 4.0
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """Images per second: training steps (augmented, forward and backward) and evaluation (forward only)."""
+
+    student_train: float
+    student_eval: float
+    teacher_train: float
+    teacher_eval: float
+
+
+@dataclass(frozen=True)
+class Work:
+    """What the run computes, counted from its plan."""
+
+    n_train: int
+    n_val: int
+    n_test: int
+    epochs: int
+    teacher_epochs: int
+    test_every: int
+    phase_packs: dict  # phase -> [students in each of its Tune trials], in launch order
+    train_teacher: bool
+    build_cache: bool
+
+
+@dataclass(frozen=True)
+class Cost:
+    start_s: float
+    teacher_s: float
+    cache_s: float
+    phase_s: dict  # phase -> wall-clock seconds
+    slots: int
+
+    @property
+    def total_s(self) -> float:
+        return self.start_s + self.teacher_s + self.cache_s + sum(self.phase_s.values())
+
+
+def student_seconds(work: Work, speeds: Speeds) -> float:
+    """One student: every epoch trained and validated; the test set after the last epoch (and every --test-every)."""
+    tests = 1 + (work.epochs // work.test_every if work.test_every else 0) - (
+        1 if work.test_every and work.epochs % work.test_every == 0 else 0)
+    return (work.epochs * (work.n_train / speeds.student_train + work.n_val / speeds.student_eval)
+            + tests * work.n_test / speeds.student_eval)
+
+
+def phase_seconds(packs: list[int], one_student_s: float, slots: int) -> float:
+    """Wall clock of one phase: trials launched in order onto `slots`, each taking a free slot when one frees."""
+    if not packs:
+        return 0.0
+    free_at = [0.0] * max(1, slots)
+    for members in packs:
+        start = heapq.heappop(free_at)
+        heapq.heappush(free_at, start + TRIAL_START_S + members * one_student_s)
+    return max(free_at)
+
+
+def estimate(work: Work, speeds: Speeds, slots: int) -> Cost:
+    teacher_s = 0.0
+    if work.train_teacher:
+        teacher_s = (work.teacher_epochs * work.n_train / speeds.teacher_train
+                     + (work.n_val + work.n_test) / speeds.teacher_eval)
+    cache_s = 0.0
+    if work.build_cache:
+        cache_s = (work.epochs * work.n_train + work.n_val + work.n_test) / speeds.teacher_eval
+    one = student_seconds(work, speeds)
+    phases = {phase: phase_seconds(packs, one, slots) for phase, packs in work.phase_packs.items()}
+    return Cost(RAY_START_S, teacher_s, cache_s, phases, slots)
+
+
+def describe(cost: Cost, speeds: Speeds, threads: str) -> str:
+    phases = ", ".join(f"{phase} {s / 60:.1f}" for phase, s in cost.phase_s.items() if s)
+    return (f"  estimated wall clock on this machine: {cost.total_s / 60:.1f} min = {cost.total_s:.0f} s (start-up "
+            f"{cost.start_s / 60:.1f}, "
+            f"teacher {cost.teacher_s / 60:.1f}, logit cache {cost.cache_s / 60:.1f}, {phases} min; "
+            f"{cost.slots} trial(s) at a time) — from measured throughput: student {speeds.student_train:.0f} img/s "
+            f"training, {speeds.student_eval:.0f} evaluating ({threads}); teacher {speeds.teacher_train:.0f} / "
+            f"{speeds.teacher_eval:.0f}; an upper bound when ASHA stops trials early")
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def measure(model: torch.nn.Module, batch_size: int, splits, device: torch.device, threads: int | None,
+            steps: int = 3) -> tuple[float, float]:
+    """(training, evaluation) images/s of `model` on `device` with `threads` CPU threads, timed as the loop runs
+    them (a batch of `splits`' images augmented and normalised, then forward, backward and step; evaluation
+    normalises and runs forward), a few steps after one warm-up step each."""
+    from kdtune.engine.data import augmentation_params, normalize
+    from kdtune.engine.device import prepare
+    from kdtune.engine.train import training_views
+
+    before = torch.get_num_threads()
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(max(1, threads))
+    try:
+        model = prepare(model, device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        n = min(batch_size, len(splits.train_labels))
+        images, labels = splits.train_images[:n].to(device), splits.train_labels[:n].to(device)
+        params = augmentation_params(n, 0, 0, splits.image_size).to(device)
+
+        def train_step():
+            views = training_views(images, params, splits)
+            loss = torch.nn.functional.cross_entropy(model(views), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        train_s = _timed(train_step, steps, device)
+        model.eval()
+        with torch.no_grad():
+            eval_s = _timed(lambda: model(normalize(images, splits.mean, splits.std)), steps, device)
+        return n / train_s, n / eval_s
+    finally:
+        torch.set_num_threads(before)
+
+
+def _timed(step, steps: int, device: torch.device) -> float:
+    step()  # warm-up: allocations, kernel selection
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / steps
+
+
+def slots_here(cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, cpus: int, gpus: int) -> int:
+    """Trials this machine runs at once: Ray's CPU (and GPU) accounting, capped by --max-concurrent."""
+    slots = math.floor(cpus / cpus_per_trial) if cpus_per_trial > 0 else cpus
+    if gpus_per_trial > 0:
+        slots = min(slots, math.floor(gpus / gpus_per_trial))
+    if max_concurrent:
+        slots = min(slots, max_concurrent)
+    return max(1, slots)

@@ -1,0 +1,58 @@
+"""Sweep presets: defaults for models, recipes, epochs and data that any flag overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdtune.engine.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    teacher: str
+    student: str
+    recipe: str  # students'
+    teacher_recipe: str
+    teacher_epochs: int
+    epochs: int  # students'
+    train_subset: int | None = None
+    val_size: int = 5000
+    space_overrides: dict = field(default_factory=dict)  # see kdtune.sweep.spaces.apply_overrides
+    confirm: int = 0  # fresh seeds to re-train the chosen configuration and the baseline on
+    about: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        teacher="resnet18", student="cnn3", recipe="strong", teacher_recipe="strong", teacher_epochs=30, epochs=30,
+        confirm=3,
+        about="resnet18 -> cnn3, SGD + one-cycle, full data, the choice confirmed on 3 fresh seeds: the numbers to "
+              "publish (a GPU job)",
+    ),
+    "seed": Preset(
+        teacher="resnet18", student="cnn3", recipe="seed", teacher_recipe="seed", teacher_epochs=20, epochs=15,
+        space_overrides={"temperature": [1, 2, 3, 4, 5, 6, 8, 10], "alpha": 0.3},
+        about="the seed project's experiment: Adam + StepLR, teacher 20 epochs, students 15, alpha 0.3",
+    ),
+    "quick": Preset(
+        teacher="resnet20", student="tinycnn", recipe="strong", teacher_recipe="strong", teacher_epochs=8, epochs=6,
+        train_subset=5000, val_size=1000,
+        about="CPU-sized models on a 5,000-image subset: a temperature curve in about 15 minutes on 2 cores",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def default_preset() -> tuple[str, str]:
+    """(preset, why) for a run that named none: `paper` where a GPU is visible, else `quick` — the paper
+    preset on a CPU-only machine would start a job of many hours."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "paper", f"a GPU is visible ({torch.cuda.get_device_name(0)}); --preset quick for a few-minute run"
+    return "quick", "no GPU is visible here; --preset paper for the full experiment (a GPU job)"

@@ -1,0 +1,464 @@
+"""Ray Tune sweeps over temperature, alpha and the temperature method.
+
+    settings -> data -> teacher + logit cache (a Ray task) -> sweep experiment (the baseline,
+    alpha = 0 on every seed, and the grid or Optuna points) -> confirm experiment (with
+    --confirm K: the chosen configuration and the baseline on K fresh seeds) -> summaries
+
+The baseline is the sweep experiment's first trial, so that while it trains, sweep trials fill the other
+slots; ASHA never stops it and Optuna is never told of it (it is no candidate).  Experiments of kdtune
+versions that ran it as an experiment of its own (`baseline/`) resume that way.
+
+Baseline and distilled students share every training setting but alpha, T and the method
+(`SweepSettings.student_config`): the comparison measures distillation alone.
+
+Everything of an experiment lives under `results/<name>/`: `experiment.json`
+(what a resume needs: see `kdtune.sweep.resume`), Tune's experiment folders
+`sweep/` and `confirm/` (under `--storage-path` when given), and the summaries
+written at the end.  A resume restores the Tune experiments from their state
+(`Tuner.restore`, errored trials resumed), so finished trials never run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdtune.report import stats
+from kdtune.engine.config import CTKD_RANGE, RunConfig, check_recipe_name, warmup_epochs
+from kdtune.engine.data import Splits, check_dataset, load_dataset, make_splits
+from kdtune.engine.errors import UserError
+from kdtune.engine.models import check_model, check_model_name
+from kdtune.sweep.searchers import SAMPLERS
+from kdtune.sweep.presets import get_preset
+from kdtune.sweep.spaces import (SearchSpace, apply_overrides, describe_distribution, format_value, resolve_search_space,
+                                  space_label)
+from kdtune.engine.stack import PACK_MODES
+from kdtune.sweep.tracking import check_tracking
+
+METRIC = "val_acc"
+# The no-KD baseline's trial config (a pack adds its seeds); "phase" tells it from the sweep's own trials.
+BASELINE = {"phase": "baseline", "alpha": 0.0, "temperature": 1.0, "method": stats.DEFAULT_METHOD}
+
+
+def is_baseline(config: dict) -> bool:
+    return config.get("phase") == "baseline"
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What an experiment computes; saved in experiment.json and reused by --resume."""
+
+    name: str
+    search: str  # "grid" or "optuna"
+    space: SearchSpace
+    preset: str
+    teacher: str
+    student: str
+    recipe: str
+    teacher_recipe: str
+    teacher_epochs: int
+    epochs: int
+    data_dir: str
+    val_size: int
+    train_subset: int | None
+    seeds: int
+    num_samples: int  # Optuna points (each run with every seed)
+    sampler: str
+    search_seed: int
+    asha: bool
+    grace_period: int
+    reduction_factor: int
+    max_failures: int
+    precision: str = "auto"
+    aug_seed: int = 0
+    lr: float | None = None  # students'; None: the recipe's
+    label_smoothing: float = 0.0  # every student's, distilled or not
+    teacher_label_smoothing: float = 0.0
+    confirm: int = 0  # fresh seeds on which the chosen configuration and the baseline are trained again
+    teacher_path: str | None = None  # a teacher checkpoint to use instead of the store's
+    allow_foreign_teacher: bool = False  # accept a --teacher-path trained on other data splits
+    test_every: int = 0  # students' test set: after the last epoch, and every N epochs too (0: only then)
+    dataset: str | None = None  # cifar10, cifar100 or folder; None: inferred from data_dir
+    image_size: int | None = None  # resize every image to S x S at decode time; None: as stored
+    ctkd_range: tuple[float, float] = CTKD_RANGE  # method ctkd: the learned temperature's bounds
+    ctkd_ramp_epochs: int | None = None  # method ctkd: epochs of the gradient reversal's ramp (None: the paper's share)
+    pack: int = 0  # students per Tune trial, of any configurations, baseline included; 0: a configuration's seeds
+    pack_mode: str = "auto"  # how a pack trains its members: kdtune.engine.stack.PACK_MODES
+    baseline_apart: bool = False  # the baseline as a Tune experiment of its own, before the sweep (older records)
+
+    def __post_init__(self):
+        check_model_name(self.teacher)
+        check_model_name(self.student)
+        if self.dataset is not None:
+            check_dataset(self.dataset)
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"invalid image-size {self.image_size}: must be an integer >= 1")
+        check_recipe_name(self.recipe)
+        check_recipe_name(self.teacher_recipe)
+        for field, low in (("seeds", 1), ("num_samples", 1), ("epochs", 1), ("teacher_epochs", 1),
+                           ("grace_period", 1), ("reduction_factor", 2), ("max_failures", 0), ("confirm", 0),
+                           ("test_every", 0), ("pack", 0)):
+            if getattr(self, field) < low:
+                raise UserError(f"invalid {field.replace('_', '-')} {getattr(self, field)}: must be an integer >= {low}")
+        if self.pack and (self.search != "grid" or self.asha):
+            # A scheduler stops trials and a searcher scores them: a pack of several configurations is neither.
+            raise UserError(f"--pack {self.pack} packs students of different configurations into one trial: it needs "
+                            f"a grid search without early stopping (--grid, --no-asha)")
+        if self.pack_mode not in PACK_MODES:
+            raise UserError(f"unknown pack-mode {self.pack_mode!r}; choose one of {', '.join(PACK_MODES)}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        for field in ("label_smoothing", "teacher_label_smoothing"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise UserError(f"invalid {field.replace('_', '-')} {getattr(self, field)}: must be a number in [0, 1)")
+        warmup = warmup_epochs(self.recipe, self.epochs)
+        if self.asha and self.grace_period <= warmup:
+            # A rung inside the warm-up compares students while the learning rate is still rising to its peak.
+            raise UserError(
+                f"invalid grace-period {self.grace_period}: ASHA would stop trials inside the learning-rate warm-up "
+                f"(epochs 1-{warmup} of {self.epochs} under recipe {self.recipe!r}); use --grace-period {warmup + 1} "
+                f"or more"
+            )
+        if not sweep_points(self):
+            raise UserError(f"search space {self.space.name!r} has no distilled configuration: alpha = 0 is the "
+                            f"no-KD baseline, which every experiment trains anyway; give alpha a value > 0")
+        self._check_points()
+
+    def _check_points(self) -> None:
+        """Every configuration the search can try is a valid run (a grid point's method and T, say), before any work."""
+        low, high = self.ctkd_range
+        for point in sweep_points(self):
+            if "temperature" in point:  # an Optuna point samples its T: its distribution is checked below
+                try:
+                    self.student_config(**{"alpha": 1.0, **point})
+                except UserError as error:
+                    where = ", ".join(f"{k} {format_value(v)}" for k, v in point.items())
+                    raise UserError(f"search space {self.space.name!r}, point {where}: {error}") from None
+        dists = self.space.distributions
+        methods = set(self.space.methods)
+        if self.pack_mode == "stack" and methods - {"kd"}:
+            raise UserError(f"pack-mode stack trains method kd only; this space also has "
+                            f"{', '.join(sorted(methods - {'kd'}))}: use --pack-mode loop or auto")
+        if self.search == "optuna" and "ctkd" in methods and "temperature" in dists:
+            _, t_low, t_high = dists["temperature"]
+            if not low <= t_low < t_high <= high:
+                raise UserError(f"invalid temperature distribution [{t_low:g}, {t_high:g}] for method ctkd: its T is "
+                                f"the learned temperature's start and must lie within ctkd-range [{low:g}, {high:g}]")
+
+    def to_dict(self) -> dict:
+        """Plain JSON types (tuples as lists), equal to what experiment.json reads back."""
+        return _as_json(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SweepSettings":
+        values = {**values, "space": SearchSpace(**values["space"])}
+        if "ctkd_range" in values:
+            values["ctkd_range"] = tuple(values["ctkd_range"])  # JSON's list
+        values.setdefault("baseline_apart", True)  # recorded before the baseline shared the sweep's experiment
+        return cls(**values)
+
+    @property
+    def baseline_in_sweep(self) -> bool:
+        """Whether the baseline's students train inside the sweep's Tune experiment (as its first trial, or
+        packed with its students by --pack), rather than as an experiment of their own before it."""
+        return bool(self.pack) or not self.baseline_apart
+
+    def student_config(self, **varied) -> RunConfig:
+        """The one set of student settings: every trial, baseline or distilled, adds only alpha, T, method and seed."""
+        return RunConfig(model=self.student, epochs=self.epochs, recipe=self.recipe, precision=self.precision,
+                         aug_seed=self.aug_seed, lr=self.lr, label_smoothing=self.label_smoothing,
+                         ctkd_range=tuple(self.ctkd_range), ctkd_ramp_epochs=self.ctkd_ramp_epochs, **varied)
+
+    def teacher_config(self) -> RunConfig:
+        return RunConfig(model=self.teacher, epochs=self.teacher_epochs, recipe=self.teacher_recipe,
+                         precision=self.precision, label_smoothing=self.teacher_label_smoothing)
+
+    def students_record(self) -> dict:
+        """What every student of the experiment is trained with, resolved (no 'the recipe's' left), for experiment.json."""
+        config = self.student_config()
+        shared = {k: v for k, v in config.to_dict().items() if k not in ("temperature", "alpha", "seed", "method")}
+        return {**shared, "lr": config.effective_lr, "batch_size": config.effective_batch_size,
+                "seeds": list(range(self.seeds)), "confirm_seeds": self.confirm_seeds,
+                "varied_per_trial": ["alpha", "temperature", "method", "seed"]}
+
+    @property
+    def confirm_seeds(self) -> list[int]:
+        """Fresh seeds, never used in the search, for re-training the chosen configuration and the baseline."""
+        return list(range(self.seeds, self.seeds + self.confirm))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where and how wide an experiment runs; may differ between a run and its --resume."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: a whole GPU per trial where the cluster has GPUs, else none
+    max_concurrent: int | None = None
+    address: str | None = None
+    storage_path: str | None = None  # default: the experiment folder itself
+    teacher_store: str | None = None
+    autoscale: bool = False  # the cluster starts nodes on demand (also detected for Ray's autoscaler)
+    mlflow_uri: str | None = None  # log every trial to this MLflow tracking server or store (kdtune.sweep.tracking)
+    wandb_project: str | None = None  # log every trial to this Weights & Biases project
+    py_modules: tuple[str, ...] = ()  # the user's model code (.py files or package folders), shipped to every node
+    working_dir: str | None = None  # a folder shipped to every node and made the workers' working directory
+
+    def __post_init__(self):
+        check_tracking(self.mlflow_uri, self.wandb_project)
+        if not self.cpus_per_trial > 0:
+            raise UserError(f"invalid cpus-per-trial {self.cpus_per_trial}: must be > 0")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise UserError(f"invalid gpus-per-trial {self.gpus_per_trial}: must be >= 0")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise UserError(f"invalid max-concurrent {self.max_concurrent}: must be >= 1")
+        for path in self.py_modules:
+            if not (Path(path).is_dir() or (Path(path).is_file() and path.endswith(".py"))):
+                raise UserError(f"--py-modules {path}: not a .py file or a package folder")
+        if self.working_dir is not None and not Path(self.working_dir).is_dir():
+            raise UserError(f"--working-dir {self.working_dir}: not a folder")
+
+    @property
+    def trial_resources(self) -> dict:
+        assert self.gpus_per_trial is not None, "resolve gpus_per_trial against the cluster first"
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+    def with_default_gpus(self, cluster_gpus: float) -> "Resources":
+        """No --gpus-per-trial: a whole GPU per trial (a pack of students) when the cluster has GPUs."""
+        if self.gpus_per_trial is not None:
+            return self
+        return dataclasses.replace(self, gpus_per_trial=1.0 if cluster_gpus >= 1 else 0.0)
+
+    @property
+    def runtime_env(self) -> dict | None:
+        """Ray's runtime environment for the user's code, or None when there is none to ship."""
+        env = {}
+        if self.py_modules:
+            env["py_modules"] = [str(Path(p).resolve()) for p in self.py_modules]
+        if self.working_dir is not None:
+            env["working_dir"] = str(Path(self.working_dir).resolve())
+        return env or None
+
+    def import_user_code(self) -> None:
+        """Make the code that `runtime_env` ships importable here too, where specs are checked and teachers built."""
+        folders = [Path(p).resolve().parent for p in self.py_modules]
+        folders += [Path(self.working_dir).resolve()] if self.working_dir is not None else []
+        for folder in map(str, folders):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+
+
+def _as_json(value):
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    return value
+
+
+def build_settings(name: str, search: str, space, preset_name: str, **values) -> SweepSettings:
+    """Settings from a preset, with any value given (not None) overriding it.  `space`: a built-in name, a YAML
+    path, a dict or a SearchSpace (see kdtune.sweep.spaces.resolve_search_space).  ASHA's grace period
+    defaults to the first epoch after the learning-rate warm-up."""
+    preset = get_preset(preset_name)
+    space = resolve_search_space(space, search)
+    space = apply_overrides(space, preset.space_overrides)
+    defaults = {k: getattr(preset, k) for k in ("teacher", "student", "recipe", "teacher_recipe", "teacher_epochs",
+                                                 "epochs", "val_size", "train_subset", "confirm")}
+    chosen = {**defaults, **{k: v for k, v in values.items() if v is not None}}
+    if chosen.get("grace_period") is None:
+        chosen["grace_period"] = warmup_epochs(chosen["recipe"], chosen["epochs"]) + 1
+    return SweepSettings(name=name, search=search, space=space, preset=preset_name, **chosen)
+
+
+def default_name(search: str, space) -> str:
+    return f"{space_label(space)}-{search}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_splits(settings: SweepSettings) -> Splits:
+    dataset = load_dataset(settings.data_dir, dataset=settings.dataset, image_size=settings.image_size)
+    return make_splits(dataset, settings.val_size, settings.train_subset)
+
+
+def check_models(settings: SweepSettings, splits: Splits) -> None:
+    """Build teacher and student once for these data: a model that cannot take them fails before any work."""
+    for spec in (settings.teacher, settings.student):
+        check_model(spec, splits.num_classes, splits.image_size)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def sweep_points(settings: SweepSettings) -> list[dict]:
+    """Distilled grid points (each run with every seed); for Optuna, the fixed part of every point.
+
+    A grid point with alpha = 0 is no distillation at all (its T is meaningless): it is the baseline,
+    which runs with every seed anyway, so it is left out of the search."""
+    space = settings.space
+    points = [dict(space.fixed)]
+    if settings.search == "grid":
+        for param, values in space.axes.items():
+            points = [{**p, param: v} for p in points for v in values]
+    return [p for p in points if p.get("alpha", 1.0) > 0]
+
+
+def plan(settings: SweepSettings) -> dict:
+    """How many students of each kind (a Tune trial is a pack of them), how many Tune trials, and how many
+    student epochs in total (ASHA may stop some early)."""
+    seeds = settings.seeds
+    sweep_trials = seeds * (settings.num_samples if settings.search == "optuna" else len(sweep_points(settings)))
+    confirm_trials = 2 * settings.confirm
+    if settings.pack:  # the baseline's students and the sweep's, packed together
+        tune_trials = {"baseline": 0, "sweep": math.ceil((seeds + sweep_trials) / settings.pack)}
+    elif settings.baseline_in_sweep:  # the baseline's pack is the sweep experiment's first trial
+        tune_trials = {"baseline": 0, "sweep": 1 + sweep_trials // seeds}
+    else:
+        tune_trials = {"baseline": 1, "sweep": sweep_trials // seeds}
+    tune_trials["confirm"] = 2 if settings.confirm else 0
+    return {"baseline_trials": seeds, "sweep_trials": sweep_trials, "confirm_trials": confirm_trials,
+            "student_epochs": (seeds + sweep_trials + confirm_trials) * settings.epochs, "tune_trials": tune_trials}
+
+
+def pack_members(settings: SweepSettings) -> list[list[dict]]:
+    """--pack N: the baseline's students and the grid's, N to a Tune trial, each as {phase, alpha, T, method, seed}.
+
+    Packing the baseline with the sweep leaves no slot idle while the baseline trains."""
+    seeds = range(settings.seeds)
+    members = [{**BASELINE, "seed": s} for s in seeds]
+    members += [{"phase": "sweep", **point, "seed": s} for point in sweep_points(settings) for s in seeds]
+    return [members[i:i + settings.pack] for i in range(0, len(members), settings.pack)]
+
+
+def planned_seeds(settings: SweepSettings) -> dict:
+    return stats.planned_seeds(settings.seeds, settings.confirm)
+
+
+def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool, estimate: str | None = None) -> str:
+    counts = plan(settings)
+    space = settings.space
+    lines = [f"experiment {settings.name}: {settings.search} search over {space.name!r} ({space.description})",
+             f"  teacher {settings.teacher} ({settings.teacher_recipe}, {settings.teacher_epochs} epochs): "
+             + (f"from {settings.teacher_path}" if settings.teacher_path else
+                "in the store, reused" if teacher_stored else "to be trained")
+             + (f", label smoothing {settings.teacher_label_smoothing:g}" if settings.teacher_label_smoothing else ""),
+             f"  students {settings.student} ({settings.recipe}, {settings.epochs} epochs) on {n_train} training images,"
+             f" seeds 0..{settings.seeds - 1}",
+             f"  every student: {_shared_settings(settings)}; only alpha, T, the method and the seed differ",
+             f"  baseline (no distillation, alpha 0): {counts['baseline_trials']} trials"
+             + (", trained alongside the sweep's" if settings.baseline_in_sweep else ", before the sweep")]
+    if settings.search == "grid":
+        for point in sweep_points(settings):
+            lines.append("  " + ", ".join(f"{k}={format_value(v)}" for k, v in point.items()) + f" x {settings.seeds} seeds")
+        if 0 in space.axes.get("alpha", []):
+            lines.append("  (alpha = 0 is the baseline above, not a distilled configuration: left out of the grid)")
+    else:
+        for param, spec in space.distributions.items():
+            lines.append(f"  {param} ~ {describe_distribution(spec)}")
+        lines.append(f"  fixed: {space.fixed}; {settings.num_samples} points x {settings.seeds} seeds, sampler {settings.sampler}")
+    if settings.asha:
+        lines.append(f"  ASHA early stopping: grace {settings.grace_period} epochs (warm-up: "
+                     f"{warmup_epochs(settings.recipe, settings.epochs)}), reduction factor {settings.reduction_factor}")
+    if settings.confirm:
+        lines.append(f"  confirmation: the chosen configuration and the baseline again on {settings.confirm} fresh "
+                     f"seeds {settings.confirm_seeds[0]}..{settings.confirm_seeds[-1]}: {counts['confirm_trials']} trials")
+    total = counts["baseline_trials"] + counts["sweep_trials"] + counts["confirm_trials"]
+    tune_trials = sum(counts["tune_trials"].values())
+    packing = (f"{settings.pack} students per trial, the baseline's packed with the sweep's" if settings.pack else
+               "a configuration's seeds per trial")
+    lines.append(f"  total: {total} students in {tune_trials} Tune trials ({packing}; pack mode {settings.pack_mode}), "
+                 f"up to {counts['student_epochs']} student epochs")
+    if estimate:
+        lines.append(estimate)
+    return "\n".join(lines)
+
+
+def _shared_settings(settings: SweepSettings) -> str:
+    r = settings.students_record()
+    return (f"recipe {r['recipe']}, {r['epochs']} epochs, lr {r['lr']:g}, batch {r['batch_size']}, "
+            f"label smoothing {r['label_smoothing']:g}, aug_seed {r['aug_seed']}, precision {r['precision']}")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def experiment_root(name: str, results_dir: str | os.PathLike = "results") -> Path:
+    return Path(results_dir) / name
+
+
+def tune_storage(root: Path, resources: Resources) -> str:
+    """Where Tune keeps the experiment: the experiment folder, or <storage-path>/<name> (a URI is fine)."""
+    if resources.storage_path is None:
+        return str(root.resolve())
+    if "://" in resources.storage_path:
+        return resources.storage_path.rstrip("/") + "/" + root.name
+    return str((Path(resources.storage_path) / root.name).resolve())
+
+
+def check_storage_writable(storage: str) -> None:
+    """Refuse a local storage folder that cannot be written, leaving behind no folder this check made."""
+    if "://" in storage:
+        return  # remote storage: Ray reports its own errors on first write
+    path = Path(storage)
+    made = [folder for folder in (path, *path.parents) if not folder.exists()]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".kdtune-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"storage path {storage} cannot be written: {error.strerror or error}") from None
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def phase_packs(settings: SweepSettings) -> dict:
+    """phase -> the number of students in each of its Tune trials, in the order Tune launches them."""
+    counts = plan(settings)
+    if settings.pack:
+        packs = {"baseline": [], "sweep": [len(p) for p in pack_members(settings)]}
+    else:
+        packs = {"baseline": [settings.seeds], "sweep": [settings.seeds] * (counts["sweep_trials"] // settings.seeds)}
+        if settings.baseline_in_sweep:  # launched first, in the sweep's experiment
+            packs = {"baseline": [], "sweep": packs["baseline"] + packs["sweep"]}
+    packs["confirm"] = [settings.confirm] * counts["tune_trials"]["confirm"]
+    return packs
+
+
+def dry_run(settings: SweepSettings, resources: Resources) -> str:
+    """The plan, and its wall clock estimated from throughput measured here (see kdtune.sweep.estimate)."""
+    import torch
+
+    from kdtune.sweep import estimate as cost
+    from kdtune.engine.teacher import cache_entries, cache_mode, locate_teacher
+
+    splits = load_splits(settings)
+    gpus = torch.cuda.device_count()
+    resources = resources.with_default_gpus(gpus)
+    device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+    # A --teacher-path trained on other splits is refused here already, as the run would.
+    teacher = locate_teacher(settings.teacher_config(), splits, resources.teacher_store, settings.teacher_path,
+                             settings.allow_foreign_teacher)
+    cached = teacher is not None and all(path.is_file() for path in cache_entries(
+        teacher, splits, settings.aug_seed, settings.epochs, cache_mode(settings.precision, device)).values())
+    cpus = os.cpu_count() or 1
+    threads = max(1, int(resources.cpus_per_trial))
+    size, classes = splits.image_size, splits.num_classes
+    student = cost.measure(check_model(settings.student, classes, size), settings.student_config().effective_batch_size,
+                           splits, device, threads)
+    teacher_speed = cost.measure(check_model(settings.teacher, classes, size),
+                                 settings.teacher_config().effective_batch_size, splits, device, cpus)
+    speeds = cost.Speeds(*student, *teacher_speed)
+    work = cost.Work(len(splits.train_labels), len(splits.val_labels), len(splits.test_labels), settings.epochs,
+                     settings.teacher_epochs, settings.test_every, phase_packs(settings), teacher is None, not cached)
+    slots = cost.slots_here(resources.cpus_per_trial, resources.gpus_per_trial, resources.max_concurrent, cpus, gpus)
+    where = "on the GPU" if device.type == "cuda" else f"{threads} thread{'s' * (threads > 1)} per trial"
+    line = cost.describe(cost.estimate(work, speeds, slots), speeds, where)
+    return describe_plan(settings, len(splits.train_labels), teacher is not None, line)
