@@ -8,7 +8,8 @@
 
 Models are named as everywhere in kdtune (see kdtune.engine.models); the search space is a built-in name, a YAML
 file or a dict; every other keyword is a field of `kdtune.sweep.settings.SweepSettings` (what is computed) or of
-`kdtune.sweep.settings.Resources` (where it runs and where it is logged), with the `kdtune tune` defaults.
+`kdtune.sweep.settings.Resources` (where it runs and where it is logged).  The defaults are `kdtune tune`'s,
+from the same place: the preset, then `build_settings` and the two dataclasses.
 """
 
 from __future__ import annotations
@@ -19,14 +20,11 @@ from pathlib import Path
 
 from kdtune.engine.data import resolve_data_dir
 from kdtune.engine.errors import UserError
+from kdtune.sweep.presets import default_preset
+from kdtune.sweep.resume import check_new_experiment
 from kdtune.sweep.settings import Resources, SweepSettings, build_settings, default_name, experiment_root
 
-SEARCHES = ("grid", "optuna")
-# `kdtune tune`'s defaults for the search settings no preset sets.
-SEARCH_DEFAULTS = {"num_samples": 20, "sampler": "tpe", "search_seed": 0, "grace_period": 2, "reduction_factor": 3,
-                   "max_failures": 2}
 CHOSEN_HERE = {"name", "search", "space", "preset", "data_dir", "seeds", "asha"}
-RECORDED_ONLY = {"baseline_apart"}  # how an older kdtune ran an experiment: read from its record, never chosen
 
 
 def sweep(
@@ -36,7 +34,7 @@ def sweep(
     teacher: str | None = None,
     student: str | None = None,
     data_dir: str | os.PathLike | None = None,
-    preset: str = "paper",
+    preset: str | None = None,
     name: str | None = None,
     results_dir: str | os.PathLike = "results",
     seeds: int | None = None,
@@ -51,10 +49,11 @@ def sweep(
     defaults to 3 for grids and 1 for Optuna, `asha` to on for Optuna only.  Any other keyword is a
     SweepSettings or Resources field (e.g. epochs=2, train_subset=5000, cpus_per_trial=2, mlflow_uri=...).
     """
+    if name is not None:
+        check_new_experiment(experiment_root(name, results_dir))  # before the data are read
     settings, resources = _settings(space, search, teacher, student, data_dir, preset, name, seeds, asha, options)
     root = experiment_root(settings.name, results_dir)
-    if (root / "experiment.json").exists():
-        raise UserError(f"experiment {root} already exists; choose another name (or resume it: kdtune tune --resume)")
+    check_new_experiment(root)
     from kdtune.sweep.runner import run_sweep
     from kdtune.report.results import write_trial_summary
 
@@ -64,7 +63,7 @@ def sweep(
 
 
 def plan(space, *, search: str = "grid", teacher: str | None = None, student: str | None = None,
-         data_dir: str | os.PathLike | None = None, preset: str = "paper", seeds: int | None = None,
+         data_dir: str | os.PathLike | None = None, preset: str | None = None, seeds: int | None = None,
          asha: bool | None = None, **options) -> str:
     """What `sweep` with the same arguments would run, and its estimated cost on this machine (`--dry-run`)."""
     from kdtune.sweep.settings import dry_run
@@ -85,19 +84,17 @@ def report(experiment: str | os.PathLike, out: str | os.PathLike | None = None, 
 
 def _settings(space, search, teacher, student, data_dir, preset, name, seeds, asha,
               options) -> tuple[SweepSettings, Resources]:
-    if search not in SEARCHES:
-        raise UserError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
     resource_keys = {f.name for f in dataclasses.fields(Resources)}
-    setting_keys = {f.name for f in dataclasses.fields(SweepSettings)} - CHOSEN_HERE - RECORDED_ONLY
+    setting_keys = {f.name for f in dataclasses.fields(SweepSettings)} - CHOSEN_HERE
     unknown = sorted(set(options) - resource_keys - setting_keys)
     if unknown:
         allowed = sorted(resource_keys | setting_keys | {"seeds", "asha"})
         raise UserError(f"unknown sweep option(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
     resources = Resources(**{k: v for k, v in options.items() if k in resource_keys})
-    values = {**SEARCH_DEFAULTS, **{k: v for k, v in options.items() if k in setting_keys}}
+    values = {k: v for k, v in options.items() if k in setting_keys}
+    preset = preset or default_preset()[0]
     settings = build_settings(
         name or default_name(search, space), search, space, preset, teacher=teacher, student=student,
-        data_dir=str(resolve_data_dir(data_dir)), seeds=seeds if seeds is not None else (3 if search == "grid" else 1),
-        asha=search == "optuna" if asha is None else asha, **values,
+        data_dir=str(resolve_data_dir(data_dir).resolve()), seeds=seeds, asha=asha, **values,
     )
     return settings, resources

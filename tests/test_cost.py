@@ -72,23 +72,17 @@ def test_measure_gives_positive_throughputs_and_restores_threads():
 
 
 def test_phase_packs_follow_the_plan():
-    grid = build_settings("x", "grid", "temperature", "quick", data_dir="unused", seeds=3, num_samples=1, sampler="tpe",
+    grid = build_settings("x", "grid", "temperature", "quick", data_dir="unused", train_subset=5000, seeds=3,
+                          num_samples=1, sampler="tpe",
                           search_seed=0, asha=False, reduction_factor=3, max_failures=0, confirm=2)
     # The baseline's pack is the sweep experiment's first trial, launched before the grid's.
-    assert phase_packs(grid) == {"baseline": [], "sweep": [3] * 11, "confirm": [2, 2]}
-    assert plan(grid)["tune_trials"] == {"baseline": 0, "sweep": 11, "confirm": 2}
-    # An experiment recorded by a kdtune that ran the baseline as an experiment of its own resumes that way.
-    recorded = grid.to_dict()
-    del recorded["baseline_apart"]
-    older = SweepSettings.from_dict(recorded)
-    assert older.baseline_apart and not older.baseline_in_sweep
-    assert phase_packs(older) == {"baseline": [3], "sweep": [3] * 10, "confirm": [2, 2]}
-    assert plan(older)["tune_trials"] == {"baseline": 1, "sweep": 10, "confirm": 2}
-    # Rounds of one pack's time, baseline and sweep together: on 4 slots 1 + 3 before, 3 now; on 2, 6 either way.
+    assert phase_packs(grid) == {"sweep": [3] * 11, "confirm": [2, 2]}
+    assert plan(grid)["tune_trials"] == {"sweep": 11, "confirm": 2}
+    # Rounds of one pack's time: 11 equal packs take 6 rounds on 2 slots and 3 on 4 (no slot waits for the baseline).
     pack_s = TRIAL_START_S + 3 * 1.0  # a trial's start-up and its 3 students of 1 s each
-    rounds = {slots: [sum(cost.phase_seconds(packs[phase], 1.0, slots) for phase in ("baseline", "sweep")) / pack_s
-                      for packs in (phase_packs(older), phase_packs(grid))] for slots in (2, 4)}
-    assert rounds == {2: [6.0, 6.0], 4: [4.0, 3.0]}
-    packed = build_settings("x", "grid", "temperature", "quick", data_dir="unused", seeds=3, num_samples=1,
+    rounds = {slots: cost.phase_seconds(phase_packs(grid)["sweep"], 1.0, slots) / pack_s for slots in (2, 4)}
+    assert rounds == {2: 6.0, 4: 3.0}
+    packed = build_settings("x", "grid", "temperature", "quick", data_dir="unused", train_subset=5000, seeds=3,
+                            num_samples=1,
                             sampler="tpe", search_seed=0, asha=False, reduction_factor=3, max_failures=0, pack=8)
-    assert phase_packs(packed) == {"baseline": [], "sweep": [8, 8, 8, 8, 1], "confirm": []}
+    assert phase_packs(packed) == {"sweep": [8, 8, 8, 8, 1], "confirm": []}

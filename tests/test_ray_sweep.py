@@ -2,7 +2,8 @@
 
 A simulated cluster: `ray.nodes()` lists one live CPU-only head node, and the cluster config an
 autoscaler publishes in the GCS says (or does not) that GPU workers start on demand.  tune.py's main()
-runs in-process up to loading the data, which is stopped there: the checks before it are what is tested.
+runs in-process, with data and models checked by stand-ins (they are checked before Ray starts), up to putting
+the data into Ray's object store, where it is stopped: the cluster checks before it are what is tested.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def cluster_config(max_gpu_workers: int) -> autoscaler_pb2.ClusterConfig:
     ])
 
 
-class DataLoadingReached(UserError):
-    """Raised where the sweep would load its data: every check before it passed."""
+class DataSharingReached(UserError):
+    """Raised where the sweep would put its data into Ray's object store: every check before it passed."""
 
 
 @pytest.fixture()
@@ -50,14 +51,16 @@ def cluster(monkeypatch, tmp_path):
     monkeypatch.setattr(state, "get_cluster_config", lambda: Simulated.config)
 
     def stop(*args, **kwargs):
-        raise DataLoadingReached("every check passed")
+        raise DataSharingReached("every check passed")
 
-    monkeypatch.setattr(kdtune.sweep.runner, "load_splits", stop)
+    monkeypatch.setattr(kdtune.sweep.runner, "load_splits", lambda settings: "splits")
+    monkeypatch.setattr(kdtune.sweep.runner, "check_models", lambda settings, splits: None)
+    monkeypatch.setattr(kdtune.sweep.runner, "to_shared", stop)
     return Simulated
 
 
 def sweep(tmp_path, capsys, *extra: str) -> tuple[int, str, str]:
-    argv = ["--grid", "temperature", "--preset", "quick", "--name", "cluster", "--results-dir",
+    argv = ["--grid", "temperature", "--preset", "quick", "--train-subset", "100", "--name", "cluster", "--results-dir",
             str(tmp_path / "results"), "--teacher-store", str(tmp_path / "teachers"), "--address", "auto",
             "--data-dir", str(tmp_path / "data"), *extra]
     with pytest.raises(SystemExit) as exit_:

@@ -45,6 +45,7 @@ def test_given_options_are_those_typed_whatever_their_defaults():
 def recorded(tmp_path):
     """An experiment folder holding only its experiment.json, as a run interrupted early leaves it."""
     settings = build_settings("exp", "grid", "temperature", "quick", data_dir=str(tmp_path / "data"), seeds=1,
+                              train_subset=5000,
                               num_samples=1, sampler="tpe", search_seed=0, asha=False, grace_period=1,
                               reduction_factor=2, max_failures=0)
     root = tmp_path / "results" / "exp"
@@ -57,30 +58,73 @@ def resume(root: Path, *extra: str) -> list[str]:
     return ["--resume", "--name", root.name, "--results-dir", str(root.parent), *extra]
 
 
-@pytest.mark.parametrize("extra, flag", [(["--epochs", "5"], "--epochs"), (["--seeds", "3"], "--seeds"),
-                                         (["--student", "cnn3"], "--student"), (["--lr", "0.1"], "--lr"),
-                                         (["--data-dir", "elsewhere"], "--data-dir"), (["--no-asha"], "--asha"),
-                                         (["--preset", "quick"], "--preset"), (["--grid", "alpha"], "--grid")])
-def test_resume_refuses_what_would_change_the_results(recorded, capsys, extra, flag):
+@pytest.mark.parametrize("extra, flag, shown", [
+    (["--epochs", "5"], "--epochs", "5 (recorded: 6)"), (["--seeds", "3"], "--seeds", "3 (recorded: 1)"),
+    (["--student", "cnn3"], "--student", "cnn3 (recorded: tinycnn)"), (["--lr", "0.1"], "--lr", "0.1 (recorded: None)"),
+    (["--data-dir", "elsewhere"], "--data-dir", "elsewhere (recorded: "), (["--asha"], "--asha", "(recorded: --no-asha)"),
+    (["--preset", "paper"], "--preset", "paper (recorded: quick)"),
+    (["--grid", "alpha"], "--grid", "alpha (recorded: temperature)")])
+def test_resume_refuses_what_would_change_the_results(recorded, capsys, extra, flag, shown):
     before = (recorded / "experiment.json").read_bytes()
     with pytest.raises(SystemExit) as exit_:
         run_cli(tune_script.main, resume(recorded, *extra))
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: " + flag) and "--resume" in err, err
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {flag} {shown}") and "--resume" in err, err
     assert (recorded / "experiment.json").read_bytes() == before
+
+
+def fake_run_sweep(seen: dict):
+    def run(settings, resources, root, previous):
+        seen.update(settings=settings, resources=resources, previous=previous)
+        raise KeyboardInterrupt  # stop here: nothing to train in this test
+
+    return run
+
+
+def test_resume_accepts_the_interrupted_commands_own_flags_again(recorded, monkeypatch):
+    """The up arrow, then --resume: every flag of the command that started it, with the values it recorded."""
+    import kdtune.sweep.runner
+
+    seen = {}
+    monkeypatch.setattr(kdtune.sweep.runner, "run_sweep", fake_run_sweep(seen))
+    data = json.loads((recorded / "experiment.json").read_text())["settings"]["data_dir"]
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert tune_script.main(resume(recorded, "--grid", "temperature", "--preset", "quick", "--seeds", "1",
+                                       "--epochs", "6", "--data-dir", data, "--no-asha", "--train-subset", "5000",
+                                       "--sampler", "tpe", "--grace-period", "1", "--reduction-factor", "2")) == 130
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert seen["settings"].to_dict() == json.loads((recorded / "experiment.json").read_text())["settings"]
+
+
+def test_resume_of_an_earlier_kdtunes_experiment_is_refused_in_one_line(recorded, capsys):
+    record = json.loads((recorded / "experiment.json").read_text())
+    del record["kdtune_version"]  # as kdtune 0.1 wrote it
+    (recorded / "experiment.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(tune_script.main, resume(recorded))
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1, err
+    assert "started by an earlier kdtune" in err and "can be reported" in err and "not resumed" in err
+
+
+@pytest.mark.parametrize("text", ["", "{\"settings\": ", "[1, 2]", "{\"teacher\": {}, \"storage\": \"x\"}"])
+def test_resume_of_a_damaged_record_is_refused_in_one_line(recorded, capsys, text):
+    (recorded / "experiment.json").write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(tune_script.main, resume(recorded))
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "experiment.json" in err
 
 
 def test_resume_takes_placement_options_and_the_recorded_ones_otherwise(recorded, monkeypatch):
     seen = {}
-
-    def fake_run_sweep(settings, resources, root, previous):
-        seen.update(settings=settings, resources=resources, previous=previous)
-        raise KeyboardInterrupt  # stop here: nothing to train in this test
-
     import kdtune.sweep.runner
 
-    monkeypatch.setattr(kdtune.sweep.runner, "run_sweep", fake_run_sweep)
+    monkeypatch.setattr(kdtune.sweep.runner, "run_sweep", fake_run_sweep(seen))
     before = signal.getsignal(signal.SIGINT)
     try:
         assert tune_script.main(resume(recorded, "--cpus-per-trial", "2", "--address", "auto")) == 130
@@ -91,13 +135,6 @@ def test_resume_takes_placement_options_and_the_recorded_ones_otherwise(recorded
     assert (seen["resources"].cpus_per_trial, seen["resources"].address) == (2.0, "auto")  # given now
     assert seen["resources"].max_concurrent == 1  # as recorded
     assert seen["resources"].teacher_store == record["resources"]["teacher_store"]
-
-
-def test_an_older_record_without_resources_still_finds_tunes_state(tmp_path):
-    old = {"settings": {}, "storage": "s3://bucket/kdtune/exp"}
-    assert tune_storage(tmp_path / "exp", recorded_resources(old, {})) == "s3://bucket/kdtune/exp"
-    old = {"settings": {}, "storage": str(tmp_path / "elsewhere" / "exp")}
-    assert tune_storage(tmp_path / "exp", recorded_resources(old, {})) == old["storage"]
 
 
 def test_resources_a_restored_phase_keeps_are_named():
@@ -118,8 +155,8 @@ def test_a_tune_folder_with_only_its_tuner_has_not_run(tmp_path):
 
 
 def test_resume_command_names_the_results_folder_only_when_it_is_not_the_default():
-    assert resume_command("x", "results") == "python scripts/tune.py --resume --name x"
-    assert resume_command("a b", "/r") == "python scripts/tune.py --resume --name 'a b' --results-dir /r"
+    assert resume_command("x", "results") == "kdtune tune --resume --name x"
+    assert resume_command("a b", "/r") == "kdtune tune --resume --name 'a b' --results-dir /r"
 
 
 # ----------------------------------------------------------------------------- Ctrl-C and resume, through the CLI
@@ -151,7 +188,7 @@ def test_ctrl_c_in_the_sweep_stops_everything_and_the_name_alone_resumes(tmp_pat
             os.killpg(proc.pid, signal.SIGKILL)
     assert started, "the sweep never started: " + err[-3000:]
     assert proc.returncode == 130, err[-3000:]
-    assert f"finish it with: python scripts/tune.py --resume --name {name} --results-dir {results}" in err
+    assert f"finish it with: kdtune tune --resume --name {name} --results-dir {results}" in err
     assert not list(root.glob("confirm/*/result.json")), err[-3000:]  # no trial of a new phase started after Ctrl-C
     record = json.loads((root / "experiment.json").read_text())
     assert record["status"] == "interrupted" and record["phases_started"] == ["sweep"]

@@ -48,7 +48,7 @@ def test_an_unusable_mlflow_store_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.skipif(not HAS_WANDB, reason="wandb is not installed (pip install 'kdtune[wandb]')")
 def test_a_wandb_run_is_of_its_trials_own_phase(monkeypatch):
     """The baseline trains as a trial of the sweep's experiment: its W&B job type is its own phase."""
-    from kdtune.sweep.trackers import PhaseTaggedWandb
+    from kdtune.sweep.tracker_callbacks import PhaseTaggedWandb
 
     class Trial:
         def __init__(self, trial_id, config):

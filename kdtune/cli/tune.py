@@ -1,27 +1,35 @@
 """Sweep distillation temperature and alpha with Ray Tune (grid or Optuna, ASHA, seeds, local or cluster).
 
-    python scripts/tune.py --grid temperature
-    python scripts/tune.py --optuna joint --num-samples 40
-    python scripts/tune.py --grid temperature --preset quick
-    python scripts/tune.py --resume --name <experiment>
+    kdtune tune --grid temperature
+    kdtune tune --optuna joint --num-samples 40
+    kdtune tune --grid temperature --preset quick
+    kdtune tune --resume --name <experiment>
+
+Everything that can be checked without Ray (flags, search space, data, models) is checked before Ray
+starts; this module imports neither Ray nor Optuna, so `--help` and a refusal are quick.
 """
 
 from __future__ import annotations
 
 import sys
 
+import dataclasses
+
 from kdtune.cli.args import (ArgumentParser, given_options, non_negative_int, positive_float, positive_int, run_cli,
-                        smoothing)
+                             smoothing)
 from kdtune.engine.config import PRECISIONS
 from kdtune.engine.data import DATASETS, resolve_data_dir
-from kdtune.engine.errors import UsageError
-from kdtune.sweep.interrupt import exit_at_once_on_ctrl_c
-from kdtune.sweep.searchers import SAMPLERS
-from kdtune.sweep.presets import PRESETS, default_preset
-from kdtune.sweep.resume import (PLACEMENT_OPTIONS, absolute, check_resume_options, load_record, recorded_resources,
-                           recorded_settings, resume_command)
 from kdtune.engine.stack import PACK_MODES
-from kdtune.sweep.settings import Resources, build_settings, default_name, dry_run, experiment_root
+from kdtune.sweep.interrupt import exit_at_once_on_ctrl_c
+from kdtune.sweep.presets import PRESETS, default_preset
+from kdtune.sweep.resume import (PLACEMENT_OPTIONS, absolute, check_new_experiment, check_resume_options, load_record,
+                                 recorded_resources, recorded_settings, resume_command)
+from kdtune.sweep.settings import (SAMPLERS, Resources, SweepSettings, build_settings, default_name, dry_run,
+                                   experiment_root)
+
+# SweepSettings' and Resources' own defaults, shown in --help: the flags default to None, "not given".
+SETTING = {f.name: f.default for f in dataclasses.fields(SweepSettings)}
+RESOURCE = {f.name: f.default for f in dataclasses.fields(Resources)}
 
 
 def parse_args(argv):
@@ -51,7 +59,7 @@ def parse_args(argv):
     g.add_argument("--image-size", type=positive_int, metavar="S", help="resize every image to S x S when decoding")
     g.add_argument("--train-subset", type=positive_int)
     g.add_argument("--val-size", type=positive_int)
-    g.add_argument("--precision", choices=PRECISIONS, default="auto")
+    g.add_argument("--precision", choices=PRECISIONS, help=f"default: {SETTING['precision']}")
     g.add_argument("--test-every", type=non_negative_int, metavar="N",
                    help="also evaluate the test set every N epochs (test curves and the report's best-epoch test "
                         "column); default 0: only after the last epoch")
@@ -71,9 +79,9 @@ def parse_args(argv):
                         "paper's 10 of 240 epochs, scaled to --epochs)")
     s = p.add_argument_group("search")
     s.add_argument("--seeds", type=positive_int, help="seeds per configuration (default: 3 for grids, 1 for Optuna)")
-    s.add_argument("--num-samples", type=positive_int, default=20, help="Optuna points (default: 20)")
-    s.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="Optuna sampler (default: tpe, multivariate)")
-    s.add_argument("--search-seed", type=int, default=0, help="seed of the Optuna sampler")
+    s.add_argument("--num-samples", type=positive_int, help=f"Optuna points (default: {SETTING['num_samples']})")
+    s.add_argument("--sampler", choices=SAMPLERS, help=f"Optuna sampler (default: {SETTING['sampler']})")
+    s.add_argument("--search-seed", type=int, help=f"seed of the Optuna sampler (default: {SETTING['search_seed']})")
     asha = s.add_mutually_exclusive_group()
     asha.add_argument("--asha", dest="asha", action="store_true", default=None, help="ASHA early stopping (default for --optuna)")
     asha.add_argument("--no-asha", dest="asha", action="store_false", help="no early stopping (default for --grid)")
@@ -82,17 +90,19 @@ def parse_args(argv):
                         "report's headline gain is theirs (default: the preset's: 3 for paper, else 0)")
     s.add_argument("--grace-period", type=positive_int,
                    help="ASHA: epochs before a trial may be stopped (default: the first epoch after the warm-up)")
-    s.add_argument("--reduction-factor", type=positive_int, default=3, help="ASHA: keep the best 1/N at each rung (N >= 2)")
-    s.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its last checkpoint")
-    s.add_argument("--pack", type=non_negative_int, metavar="N", default=0,
+    s.add_argument("--reduction-factor", type=positive_int,
+                   help=f"ASHA: keep the best 1/N at each rung (N >= 2; default: {SETTING['reduction_factor']})")
+    s.add_argument("--max-failures", type=int, help="retries of a crashed trial from its last checkpoint (default: "
+                   f"{SETTING['max_failures']})")
+    s.add_argument("--pack", type=non_negative_int, metavar="N",
                    help="train N students per trial, of any configurations and the baseline (grid, no ASHA): fills "
                         "a GPU that one small student cannot (default 0: a trial is one configuration's seeds)")
-    s.add_argument("--pack-mode", choices=PACK_MODES, default="auto",
+    s.add_argument("--pack-mode", choices=PACK_MODES,
                    help="how a trial trains its students: loop (one after another each step, exactly as alone), "
                         "stack (one batched torch.func computation, for GPUs; method kd only), auto (default: the "
                         "loop, until stacking is measured faster on a GPU; on a CPU it is 3-6x slower)")
     r = p.add_argument_group("resources and cluster")
-    r.add_argument("--cpus-per-trial", type=positive_float, default=1.0)
+    r.add_argument("--cpus-per-trial", type=positive_float, help=f"default: {RESOURCE['cpus_per_trial']:g}")
     r.add_argument("--gpus-per-trial", type=float,
                    help="fractional: 0.25 puts four trials on a GPU (default: 1 where the cluster has GPUs, else 0)")
     r.add_argument("--max-concurrent", type=positive_int)
@@ -118,54 +128,60 @@ def parse_args(argv):
     return args
 
 
+def settings_from_args(args) -> tuple[SweepSettings, Resources]:
+    """A new experiment's settings and resources from the parsed flags, through the one home of defaults
+    (`build_settings`, which kdtune.api uses too): a flag not given is None."""
+    resources = absolute(Resources(**{k: v for k, v in dict(
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+        address=args.address, storage_path=args.storage_path, teacher_store=args.teacher_store,
+        autoscale=args.autoscale, mlflow_uri=args.mlflow, wandb_project=args.wandb,
+        py_modules=tuple(args.py_modules), working_dir=args.working_dir).items() if v is not None}))
+    resources.import_user_code()  # model specs are checked before any Ray worker imports them
+    search, space = ("grid", args.grid) if args.grid else ("optuna", args.optuna)
+    preset = args.preset
+    if preset is None:
+        preset, why = default_preset()
+        print(f"preset {preset}: {why}")
+    settings = build_settings(
+        args.name or default_name(search, space), search, space, preset,
+        teacher=args.teacher, student=args.student, recipe=args.recipe, teacher_recipe=args.teacher_recipe,
+        epochs=args.epochs, lr=args.lr, teacher_epochs=args.teacher_epochs,
+        data_dir=str(resolve_data_dir(args.data_dir).resolve()), train_subset=args.train_subset,
+        val_size=args.val_size, precision=args.precision, seeds=args.seeds, num_samples=args.num_samples,
+        sampler=args.sampler, search_seed=args.search_seed, asha=args.asha, grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor, max_failures=args.max_failures, dataset=args.dataset,
+        image_size=args.image_size, label_smoothing=args.label_smoothing,
+        teacher_label_smoothing=args.teacher_label_smoothing, confirm=args.confirm, teacher_path=args.teacher_path,
+        test_every=args.test_every, allow_foreign_teacher=args.allow_foreign_teacher or None,
+        ctkd_range=tuple(args.ctkd_range) if args.ctkd_range else None, ctkd_ramp_epochs=args.ctkd_ramp_epochs,
+        pack=args.pack, pack_mode=args.pack_mode,
+    )
+    return settings, resources
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     previous = None
     if args.resume:
         root = experiment_root(args.name, args.results_dir)
         previous = load_record(root)
-        check_resume_options(args.given)
+        check_resume_options({dest: getattr(args, dest) for dest in args.given}, previous)
         resources = recorded_resources(previous, {k: getattr(args, k) for k in args.given & set(PLACEMENT_OPTIONS)})
         resources.import_user_code()  # model specs are checked here, before any Ray worker imports them
         settings = recorded_settings(previous)
         print(f"resuming {root} with its saved settings")
     else:
-        resources = absolute(Resources(
-            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-            address=args.address, storage_path=args.storage_path, teacher_store=args.teacher_store,
-            autoscale=args.autoscale, mlflow_uri=args.mlflow, wandb_project=args.wandb,
-            py_modules=tuple(args.py_modules), working_dir=args.working_dir,
-        ))
-        resources.import_user_code()
-        search, space = ("grid", args.grid) if args.grid else ("optuna", args.optuna)
-        name = args.name or default_name(search, space)
-        root = experiment_root(name, args.results_dir)
-        if (root / "experiment.json").exists() and not args.dry_run:
-            raise UsageError(f"experiment {root} already exists; add --resume to finish it, or choose another --name")
-        preset = args.preset
-        if preset is None:
-            preset, why = default_preset()
-            print(f"preset {preset}: {why}")
-        settings = build_settings(
-            name, search, space, preset,
-            teacher=args.teacher, student=args.student, recipe=args.recipe, teacher_recipe=args.teacher_recipe,
-            epochs=args.epochs, lr=args.lr, teacher_epochs=args.teacher_epochs, data_dir=str(resolve_data_dir(args.data_dir).resolve()),
-            train_subset=args.train_subset, val_size=args.val_size, precision=args.precision,
-            seeds=args.seeds or (3 if search == "grid" else 1), num_samples=args.num_samples, sampler=args.sampler,
-            search_seed=args.search_seed, asha=search == "optuna" if args.asha is None else args.asha,
-            grace_period=args.grace_period, reduction_factor=args.reduction_factor, max_failures=args.max_failures,
-            dataset=args.dataset, image_size=args.image_size,
-            label_smoothing=args.label_smoothing, teacher_label_smoothing=args.teacher_label_smoothing,
-            confirm=args.confirm, teacher_path=args.teacher_path, test_every=args.test_every,
-            allow_foreign_teacher=args.allow_foreign_teacher or None,
-            ctkd_range=tuple(args.ctkd_range) if args.ctkd_range else None, ctkd_ramp_epochs=args.ctkd_ramp_epochs,
-            pack=args.pack, pack_mode=args.pack_mode,
-        )
+        if args.name and not args.dry_run:
+            check_new_experiment(experiment_root(args.name, args.results_dir))  # before the data are read
+        settings, resources = settings_from_args(args)
+        root = experiment_root(settings.name, args.results_dir)
+        if not args.dry_run:
+            check_new_experiment(root)
     if args.dry_run:
         print(dry_run(settings, resources))
         return 0
-    from kdtune.sweep.runner import run_sweep
     from kdtune.report.results import write_trial_summary
+    from kdtune.sweep.runner import run_sweep
 
     again = resume_command(root.name, args.results_dir)
     try:

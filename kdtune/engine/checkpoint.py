@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdtune.engine.atomic import save_torch
-from kdtune.engine.errors import UserError
+from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.models import NUM_CLASSES, create_model
 
 FORMAT = "kdtune-model-v1"
@@ -37,8 +37,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path} is not a loadable kdtune checkpoint ({reason[:200]})") from None
+        raise UserError(f"{path} is not a loadable kdtune checkpoint ({first_line(error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a kdtune model checkpoint (no {FORMAT!r} marker)")
     return payload
@@ -59,8 +58,7 @@ def load_model(
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise UserError(f"checkpoint {path} does not match architecture {arch!r}: {first}") from None
+        raise UserError(f"checkpoint {path} does not match architecture {arch!r}: {first_line(error)}") from None
     return model.eval(), dict(payload.get("meta", {}))
 
 

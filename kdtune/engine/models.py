@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdtune.engine.errors import UserError
+from kdtune.engine.errors import UserError, first_line
 
 NUM_CLASSES = 10
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {}
@@ -77,7 +77,7 @@ def create_model(spec: str, num_classes: int = NUM_CLASSES) -> nn.Module:
         model = builder(num_classes)
     except Exception as error:  # the user's code, or a builder that does not take num_classes
         raise UserError(f"model {spec!r} failed to build with num_classes={num_classes}: "
-                        f"{type(error).__name__}: {_first_line(error)}") from None
+                        f"{type(error).__name__}: {first_line(error)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -91,7 +91,7 @@ def check_model(spec: str, num_classes: int, image_size: tuple[int, int]) -> nn.
             out = model(torch.zeros(1, 3, *image_size))
     except Exception as error:
         raise UserError(f"model {spec!r} fails on a 3x{image_size[0]}x{image_size[1]} image: "
-                        f"{type(error).__name__}: {_first_line(error)}") from None
+                        f"{type(error).__name__}: {first_line(error)}") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"model {spec!r} returns {shape} for one image; expected logits of shape (1, {num_classes})")
@@ -114,11 +114,6 @@ def model_spec(model: str | Callable[..., nn.Module]) -> str:
     if _import_callable(spec, module, qualname) is not model:
         raise UserError(f"model builder {spec} is not what that name imports")
     return spec
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else ""
 
 
 def storage_name(spec: str) -> str:
@@ -158,10 +153,10 @@ def _import_callable(spec: str, module_name: str, attr_path: str) -> Callable:
         if error.name and (module_name == error.name or module_name.startswith(error.name + ".")):
             raise UserError(f"model {spec!r}: no module named {module_name!r} (on a cluster, pass its folder with "
                             f"--py-modules or --working-dir)") from None
-        raise UserError(f"model {spec!r}: importing {module_name!r} failed: {_first_line(error)}") from None
+        raise UserError(f"model {spec!r}: importing {module_name!r} failed: {first_line(error)}") from None
     except Exception as error:  # the user's module raised while importing
         raise UserError(f"model {spec!r}: importing {module_name!r} failed: "
-                        f"{type(error).__name__}: {_first_line(error)}") from None
+                        f"{type(error).__name__}: {first_line(error)}") from None
     for part in attr_path.split("."):
         if not hasattr(target, part):
             raise UserError(f"model {spec!r}: module {module_name!r} has no attribute {attr_path!r}")

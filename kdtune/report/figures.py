@@ -1,6 +1,6 @@
 """The report's figures: which ones an experiment gets, and one function per figure.
 
-Each plot function takes tables from `kdtune.report.summary` and plain values and writes one file.
+Each plot function takes tables from `kdtune.report.summary` (the data model is `kdtune.report.experiment`) and plain values and writes one file.
 Accuracies are drawn in %, temperature on a log axis; the no-KD student and the teacher are
 horizontal references (the no-KD student with its 95% band over seeds; the teacher is one model).
 When the temperature method varies, each method is its own curve (same axes, its own colour).
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -23,12 +22,11 @@ from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
+from kdtune.report.experiment import Experiment, Headline  # noqa: E402
 from kdtune.report.stats import ci95, method_order, with_method  # noqa: E402
 
 METHOD_LABEL = {"kd": "KD (fixed T)", "ls": "LS (standardised logits)", "ctkd": "CTKD (learned T, from T₀)"}
 
-if TYPE_CHECKING:  # the report calls these functions; importing it here would be a circle
-    from kdtune.report.summary import Experiment, Headline
 
 STUDENT, BASELINE, TEACHER, BEST = "tab:blue", "tab:gray", "black", "tab:red"
 AXIS_LABEL = {"temperature": "temperature T (log scale)", "alpha": "α (weight of the KD term)"}

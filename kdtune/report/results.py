@@ -7,7 +7,6 @@ remote storage, without a Ray cluster.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from kdtune.engine.atomic import atomic_write, save_json
-from kdtune.engine.errors import UserError
 from kdtune.engine.pack import member_names
-from kdtune.report.stats import DEFAULT_METHOD, PHASES, method_order
+from kdtune.report.record import is_old_alpha_zero_trial, storage_child, trial_method, trial_seed
+from kdtune.report.stats import PHASES, method_order
 TRIAL_COLUMNS = [
     "phase", "trial_id", "method", "temperature", "alpha", "seed", "status", "outcome", "epochs_run", "failures",
     "final_val_acc", "final_test_acc", "best_val_acc", "best_epoch", "test_acc_at_best_val",
@@ -25,19 +24,12 @@ TRIAL_COLUMNS = [
 ]
 
 
-def read_record(root: Path) -> dict:
-    record = Path(root) / "experiment.json"
-    if not record.is_file():
-        raise UserError(f"{root} is not a kdtune experiment (no experiment.json)")
-    return json.loads(record.read_text())
-
-
 def trial_frames(storage: str, phase: str) -> list[tuple[object, pd.DataFrame]]:
     """[(trial, per-epoch results)] of one phase, one per (configuration, seed); [] when the phase has not
     started.  A packed Tune trial (several seeds, see kdtune.sweep.trainable) is unpacked into its members."""
     from ray.tune import ExperimentAnalysis
 
-    path = storage.rstrip("/") + "/" + phase
+    path = storage_child(storage, phase)
     try:
         analysis = ExperimentAnalysis(path)
     except (ValueError, FileNotFoundError, OSError):
@@ -82,7 +74,7 @@ def unpack(trial, frame: pd.DataFrame) -> list[tuple[Member, pd.DataFrame]]:
             continue
         part = frame[own].rename(columns=lambda c: c[len(prefix):])
         part = part.assign(temperature=float(config.get("temperature", math.nan)), alpha=float(config["alpha"]),
-                           seed=int(config["seed"]), method=config.get("method", DEFAULT_METHOD))
+                           seed=int(config["seed"]), method=trial_method(config))
         members.append((member, part.dropna(subset=["epoch"])))
     return members
 
@@ -90,8 +82,7 @@ def unpack(trial, frame: pd.DataFrame) -> list[tuple[Member, pd.DataFrame]]:
 def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
     """One row per trial of every phase: its config, status, epochs run, final and best metrics.
 
-    A search trial with alpha = 0 (written by kdtune versions that trained such grid points) is no
-    distilled configuration, only a copy of a baseline seed, and is left out.
+    A search trial with alpha = 0 (written by kdtune versions that trained such grid points) is left out.
 
     `frames` ({phase: trial_frames(...)}) reuses results already read, so a caller reads the experiment once.
     """
@@ -103,9 +94,9 @@ def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
             config = trial.config
             row = {
                 "phase": phase, "trial_id": trial.trial_id, "status": trial.status,
-                "method": str(config.get("method", DEFAULT_METHOD)),
+                "method": trial_method(config),
                 "temperature": float(config.get("temperature", math.nan)), "alpha": float(config.get("alpha", math.nan)),
-                "seed": int(config.get("__trial_index__", config.get("seed", 0))),  # __trial_index__: older kdtune
+                "seed": trial_seed(config),
                 "failures": int(getattr(trial, "num_failures", 0)), "epochs_run": 0,
             }
             if not frame.empty:
@@ -125,7 +116,7 @@ def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
             else:
                 diverged = False
             row["outcome"] = _outcome(trial.status, row["epochs_run"], full_epochs, diverged)
-            if not (phase == "sweep" and row["alpha"] == 0):
+            if not is_old_alpha_zero_trial(phase, row["alpha"]):
                 rows.append(row)
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 

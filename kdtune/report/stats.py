@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from kdtune.engine.losses import METHODS
+from kdtune.report.record import DEFAULT_METHOD
 
 PHASES = ("baseline", "sweep", "confirm")  # confirm: the chosen configuration and the baseline on fresh seeds
 OUTCOMES = ("finished", "stopped early", "diverged", "errored", "in progress", "running", "pending", "paused")
 CONFIG_KEYS = ["phase", "method", "temperature", "alpha"]
-DEFAULT_METHOD = METHODS[0]  # a trial table without `method` (an older kdtune) is plain KD
 # Statistics over finished seeds: summary.csv column -> trial_table column.
 STATISTICS = {
     "val_acc": "final_val_acc", "test_acc": "final_test_acc",

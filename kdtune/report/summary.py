@@ -19,133 +19,26 @@ p-value over the search's configurations (p_holm); epochs_run_min/max; one count
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from kdtune.engine.atomic import atomic_write
-from kdtune.engine.config import CTKD_RANGE, ctkd_ramp_epochs
+from kdtune.engine.config import ctkd_ramp_epochs
 from kdtune.engine.errors import UserError
-from kdtune.report.results import read_record, trial_frames, trial_table, write_trial_summary
-from kdtune.sweep.spaces import SearchSpace, describe_distribution, format_value
+from kdtune.report.experiment import Experiment, Headline, load_experiment
+from kdtune.report.record import SearchSpace, describe_distribution, format_value, planned_students
+from kdtune.report.results import write_trial_summary
 from kdtune.report.stats import (OUTCOMES, PHASES, SIGNIFICANCE, baseline_row_of, best_per_method, choose_best, config_table,
                           incomplete_reasons, planned_seeds, summary_columns)
 
 FORMATS = ("png", "pdf", "svg")
-EPOCH_COLUMNS = ["epoch", "val_acc", "test_acc", "val_ece", "agreement", "learned_temperature"]
 METHOD_NAME = {"kd": "KD", "ls": "LS", "ctkd": "CTKD"}
 __all__ = ["OUTCOMES", "config_table", "summary_columns", "write_report", "load_experiment", "headline"]
 
 
-@dataclass
-class Experiment:
-    """What a report is made from: the record, one row per trial, and one row per trial and epoch."""
-
-    root: Path
-    record: dict
-    trials: pd.DataFrame  # kdtune.report.results.trial_table, plus trial_number (Tune's creation order)
-    epochs: pd.DataFrame  # phase, trial_id and EPOCH_COLUMNS, one row per epoch reported
-    tune_trials: pd.DataFrame | None = None  # kdtune.report.results.trial_table exactly, for the experiment's summary.csv
-
-    @property
-    def settings(self) -> dict:
-        return self.record["settings"]
-
-    @property
-    def planned_seeds(self) -> dict:
-        """Seeds per configuration of each phase (what makes a configuration complete)."""
-        return planned_seeds(self.settings["seeds"], self.settings.get("confirm", 0))
-
-    @property
-    def varied(self) -> list[str]:
-        """The swept parameters: grid axes or Optuna distributions."""
-        space = self.settings["space"]
-        return list(space["axes"]) + list(space["distributions"])
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def load_experiment(root: str | Path) -> Experiment:
-    """Read an experiment folder; UserError when it is none or no trial has finished an epoch."""
-    root = Path(root)
-    if root.name == "experiment.json" and root.is_file():
-        root = root.parent
-    try:
-        record = read_record(root)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{root / 'experiment.json'} is not valid JSON: {error}") from None
-    missing = [key for key in ("settings", "teacher", "storage") if not isinstance(record, dict) or key not in record]
-    if missing:
-        raise UserError(f"{root / 'experiment.json'} is not a kdtune experiment record (no {', '.join(missing)})")
-    frames = {phase: trial_frames(record["storage"], phase) for phase in PHASES}
-    epochs = epoch_table(frames)
-    if epochs.empty:
-        raise UserError(f"experiment {root}: no finished epoch in {record['storage'].rstrip('/')}/"
-                        f"{{{','.join(PHASES)}}} (no trial has finished one yet, or that storage cannot be read)")
-    tune_trials = trial_table(record, frames)
-    trials = tune_trials.copy()
-    numbers = {trial.trial_id: trial_number(trial, i)
-               for pairs in frames.values() for i, (trial, _) in enumerate(pairs)}
-    trials["trial_number"] = [numbers[t] for t in trials["trial_id"]]
-    return Experiment(root, record, trials, epochs, tune_trials)
-
-
-def trial_number(trial, position: int) -> int:
-    """The order Tune created the trial in: the counter its experiment tag starts with ('3_alpha=0.6,...')."""
-    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
-    return int(head) if head.isdigit() else position
-
-
-def epoch_table(frames: dict) -> pd.DataFrame:
-    """One row per trial and epoch; a retried trial's re-reported epochs count once (the last report)."""
-    parts = []
-    for phase, pairs in frames.items():
-        for trial, frame in pairs:
-            if frame.empty or "epoch" not in frame:
-                continue
-            frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
-            part = frame.reindex(columns=EPOCH_COLUMNS)
-            parts.append(part.assign(phase=getattr(trial, "phase", None) or phase, trial_id=trial.trial_id))
-    if not parts:
-        return pd.DataFrame(columns=["phase", "trial_id", *EPOCH_COLUMNS])
-    return pd.concat(parts, ignore_index=True)[["phase", "trial_id", *EPOCH_COLUMNS]]
-
-
 # ----------------------------------------------------------------------------- the headline
-
-
-@dataclass
-class Headline:
-    """The numbers above the table: teacher, no-KD student, the chosen configuration and its paired gain."""
-
-    teacher: dict  # val_acc, test_acc
-    baseline: dict | None  # the baseline row of the config table; None before a baseline seed finished
-    best: dict | None  # the complete search row with the best mean validation accuracy; None before any
-    competed: int  # search configurations that competed (started), complete or not
-    complete: int  # of which every seed finished: those that could be chosen
-    confirm: dict | None = None  # the confirmation's distilled row (fresh seeds), when it has run
-    confirm_baseline: dict | None = None
-    per_method: dict | None = None  # when the method varies: {method: its best complete configuration}
-
-    @property
-    def gain(self) -> float | None:
-        """The search's own estimate of the chosen configuration's gain: optimistic, since it was selected."""
-        return _finite(self.best, "gain_mean")
-
-    @property
-    def quoted(self) -> dict | None:
-        """The row whose gain a paper should quote: the confirmation's when it ran, else the search's."""
-        return self.confirm if _finite(self.confirm, "gain_mean") is not None else self.best
-
-
-def _finite(row: dict | None, key: str) -> float | None:
-    if row is None or row.get(key) is None or not math.isfinite(row[key]):
-        return None
-    return float(row[key])
 
 
 def headline(configs: pd.DataFrame, teacher: dict) -> Headline:
@@ -218,8 +111,8 @@ def describe_experiment(exp: Experiment) -> str:
                  f"{students['aug_seed']}): only α, T{', the method' if 'method' in exp.varied else ''} and the seed "
                  f"differ.")
     if "ctkd" in SearchSpace(**space).methods:
-        low, high = s.get("ctkd_range", CTKD_RANGE)
-        ramp = s.get("ctkd_ramp_epochs")
+        low, high = s["ctkd_range"]
+        ramp = s["ctkd_ramp_epochs"]
         scaled = ctkd_ramp_epochs(s["epochs"])
         text += (f" CTKD learns T within [{low:g}, {high:g}] from T₀, its gradient reversal ramping up over "
                  + (_count(ramp, "epoch") if ramp else f"{_count(scaled, 'epoch')} (the paper's 10 of 240, scaled)")
@@ -233,15 +126,9 @@ def _count(n: int, noun: str) -> str:
 
 def progress_line(exp: Experiment) -> str:
     """How many trials have each outcome, against the plan ('of N planned')."""
-    from kdtune.sweep.settings import SweepSettings, plan
-
     counts = exp.trials["outcome"].value_counts()
     parts = [f"{counts[o]} {o}" for o in [*OUTCOMES, *sorted(set(counts.index) - set(OUTCOMES))] if o in counts]
-    try:
-        planned = plan(SweepSettings.from_dict(exp.settings))
-    except (TypeError, KeyError, UserError):  # settings of another kdtune version: no plan to compare with
-        return f"Trials: {', '.join(parts)}."
-    total = planned["baseline_trials"] + planned["sweep_trials"] + planned["confirm_trials"]
+    total = sum(planned_students(exp.settings).values())
     if total > len(exp.trials):
         parts.append(f"{total - len(exp.trials)} not started yet")
     return f"Trials: {', '.join(parts)} (of {total} planned)."

@@ -2,8 +2,8 @@
 
 experiment.json is written once a run has passed every check and loaded its data, before any
 training, and rewritten as the teacher becomes ready, as each Tune phase starts and as the run ends.
-It holds everything a resume needs, so that `tune.py --resume --name X` alone finishes X where it
-stopped:
+It holds everything a resume needs, so that `kdtune tune --resume --name X` alone finishes X where it
+stopped (kdtune.report.record reads it, for a resume as for a report):
 
 * `settings`: what the experiment computes; a --resume never changes them;
 * `resources`: where and how wide it runs (address, trial resources, concurrency, autoscaling, the
@@ -12,43 +12,98 @@ stopped:
   so that state gone missing is an error, never a silent fresh start;
 * `cache_mode`: the precision of the teacher-logit cache, fixed by the first run, so that a resume
   with other trial resources reuses that cache instead of building another;
-* `status`: running, interrupted or finished.
+* `status`: running, interrupted or finished;
+* `kdtune_version`: the record's form; experiments of an earlier kdtune are reported, not resumed.
+
+A resume may repeat the flags of the command it finishes (the up arrow, then --resume): a value equal to
+the record's is accepted, one that differs is refused, naming the flag and both values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import shlex
 from pathlib import Path
 
 from kdtune.engine.atomic import save_json
+from kdtune.engine.data import resolve_data_dir
 from kdtune.engine.errors import UsageError, UserError
-from kdtune.sweep.settings import Resources, SweepSettings
 from kdtune.engine.teacher import default_store
+from kdtune.report.record import RECORD, RECORD_VERSION, is_older, read_record, storage_child
+from kdtune.sweep.settings import Resources, SweepSettings
+from kdtune.sweep.spaces import space_label
 
-RECORD = "experiment.json"
 DEFAULT_RESULTS_DIR = "results"
 # Options that only say where or how wide the experiment runs: a --resume may give them, and they are recorded.
 PLACEMENT_OPTIONS = ("address", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "autoscale", "storage_path",
                      "teacher_store")
 # Options that find the experiment or say what to do with it.
 RESUME_OPTIONS = ("resume", "name", "results_dir", "dry_run")
+# Command-line options recorded under another name: in the record's resources, or as the search and its space.
+RECORDED_AS = {"mlflow": ("resources", "mlflow_uri"), "wandb": ("resources", "wandb_project"),
+               "py_modules": ("resources", "py_modules"), "working_dir": ("resources", "working_dir")}
+_UNRECORDED = object()
 
 
 def _flag(dest: str) -> str:
     return "--asha/--no-asha" if dest == "asha" else "--" + dest.replace("_", "-")
 
 
-def check_resume_options(given: set[str]) -> None:
-    """Refuse, naming them, options given with --resume that are not known to leave the results unchanged."""
-    changing = sorted(set(given) - set(PLACEMENT_OPTIONS) - set(RESUME_OPTIONS))
-    if changing:
+def check_new_experiment(root: Path) -> None:
+    """Refuse to start an experiment where one is recorded already."""
+    if (Path(root) / RECORD).exists():
+        raise UsageError(f"experiment {root} already exists; add --resume to finish it, or choose another --name")
+
+
+def check_resume_options(given: dict, record: dict) -> None:
+    """Refuse, naming them, options given with --resume ({dest: value}) whose value differs from the record's:
+    the experiment's settings are fixed.  The same values again are fine, and placement options may change."""
+    differing = []
+    for dest, value in sorted(given.items()):
+        if dest in PLACEMENT_OPTIONS or dest in RESUME_OPTIONS:
+            continue
+        recorded = _recorded_value(dest, record)
+        if recorded is _UNRECORDED or not _same(dest, value, recorded):
+            if dest == "asha":  # a pair of switches: each value is its own flag
+                shown = "not recorded" if recorded is _UNRECORDED else "--asha" if recorded else "--no-asha"
+                differing.append(f"{'--asha' if value else '--no-asha'} (recorded: {shown})")
+            else:
+                shown = "not recorded" if recorded is _UNRECORDED else _show(recorded)
+                differing.append(f"{_flag(dest)} {_show(value)} (recorded: {shown})")
+    if differing:
         raise UsageError(
-            f"{', '.join(_flag(d) for d in changing)} cannot be given with --resume: the experiment's settings are "
-            f"fixed in its {RECORD} (only {', '.join(_flag(d) for d in PLACEMENT_OPTIONS)} may change); "
-            f"start a new experiment with another --name instead"
+            f"{'; '.join(differing)}: --resume cannot change what the experiment computes, fixed in its {RECORD} "
+            f"(only {', '.join(_flag(d) for d in PLACEMENT_OPTIONS)} may change); start a new experiment with "
+            f"another --name instead"
         )
+
+
+def _recorded_value(dest: str, record: dict):
+    settings = record["settings"]
+    if dest in ("grid", "optuna"):
+        return settings["space"]["name"] if settings["search"] == dest else f"--{settings['search']} search"
+    where, key = RECORDED_AS.get(dest, ("settings", dest))
+    return record.get(where, {}).get(key, _UNRECORDED)
+
+
+def _same(dest: str, given, recorded) -> bool:
+    if dest in ("grid", "optuna"):
+        return space_label(given) == recorded
+    if dest in ("data_dir", "teacher_path", "working_dir") and given is not None and recorded is not None:
+        folder = resolve_data_dir(given) if dest == "data_dir" else Path(given)
+        return folder.resolve() == Path(recorded).resolve()
+    if isinstance(given, (list, tuple)) or isinstance(recorded, (list, tuple)):
+        return len(given) == len(recorded) and all(_same(dest, a, b) for a, b in zip(given, recorded))
+    if isinstance(given, (int, float)) and isinstance(recorded, (int, float)) and not isinstance(given, bool):
+        return math.isclose(given, recorded, rel_tol=1e-12)
+    return given == recorded
+
+
+def _show(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(_show, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def absolute(resources: Resources) -> Resources:
@@ -61,10 +116,15 @@ def absolute(resources: Resources) -> Resources:
 
 
 def load_record(root: Path) -> dict:
-    path = Path(root) / RECORD
-    if not path.is_file():
+    """The record of the experiment to resume; refused, in one line, when it is missing, damaged or older."""
+    if not (Path(root) / RECORD).is_file():
         raise UserError(f"{root} is not a kdtune experiment (no {RECORD}); nothing to resume")
-    return json.loads(path.read_text())
+    record = read_record(root)
+    if is_older(record):
+        raise UserError(f"experiment {root} was started by an earlier kdtune (0.1), whose Tune state names modules "
+                        f"that have moved: it can be reported (kdtune report {shlex.quote(str(root))}) but not "
+                        f"resumed; start it again under another --name")
+    return record
 
 
 def recorded_settings(record: dict) -> SweepSettings:
@@ -73,9 +133,8 @@ def recorded_settings(record: dict) -> SweepSettings:
 
 def recorded_resources(record: dict, changes: dict) -> Resources:
     """The resources the experiment last ran with, changed by the placement options given to this --resume."""
-    saved = record.get("resources")
-    if saved is None:  # recorded before kdtune kept resources: only where Tune's state is, <storage-path>/<name>
-        saved = {"storage_path": record["storage"].rstrip("/").rsplit("/", 1)[0]} if "storage" in record else {}
+    saved = dict(record["resources"])
+    saved["py_modules"] = tuple(saved.get("py_modules", ()))  # JSON's list
     return absolute(Resources(**{**saved, **changes}))
 
 
@@ -84,7 +143,7 @@ def start_record(previous: dict | None, settings: SweepSettings, resources: Reso
     """The record of a run about to train: a new one, or `previous` with this run's placement."""
     record = dict(previous or {})
     record.update(status="running", settings=settings.to_dict(), resources=dataclasses.asdict(resources),
-                  storage=storage, cache_mode=cache_mode)
+                  storage=storage, cache_mode=cache_mode, kdtune_version=RECORD_VERSION)
     record.setdefault("phases_started", [])
     return record
 
@@ -94,7 +153,7 @@ def check_tune_state(storage: str, phases_started: list[str]) -> None:
     from ray import tune
 
     for phase in phases_started:
-        path = storage.rstrip("/") + "/" + phase
+        path = storage_child(storage, phase)
         if not tune.Tuner.can_restore(path):
             raise UserError(f"Tune's state of the {phase} phase is not in {path}, where {RECORD} says it is; "
                             f"pass --storage-path with where it is now (nothing was started over)")
@@ -127,7 +186,7 @@ def save_record(root: Path, record: dict) -> None:
 
 def resume_command(name: str, results_dir: str) -> str:
     """The command that finishes experiment `name`: its name is all it needs."""
-    words = ["python", "scripts/tune.py", "--resume", "--name", name]
+    words = ["kdtune", "tune", "--resume", "--name", name]
     if str(results_dir) != DEFAULT_RESULTS_DIR:
         words += ["--results-dir", str(results_dir)]
     return shlex.join(words)

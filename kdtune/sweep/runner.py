@@ -15,12 +15,14 @@ import torch
 
 from kdtune.engine import teacher as teachers
 from kdtune.engine.data import Splits
-from kdtune.engine.errors import UserError
+from kdtune.engine.errors import UserError, first_line
+from kdtune.report.record import storage_child
 from kdtune.sweep.interrupt import StopRequest
 from kdtune.sweep.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
-from kdtune.sweep.schedulers import BaselineKeepingASHA, GridPoints
+from kdtune.sweep.schedulers import BaselineKeepingASHA
+from kdtune.sweep.searchers import GridPoints
 from kdtune.sweep.settings import (BASELINE, METRIC, Resources, SweepSettings, check_models, check_storage_writable,
-                          load_splits, pack_members, plan, planned_seeds, sweep_points, tune_storage)
+                          load_splits, pack_members, plan, sweep_points, tune_storage)
 from kdtune.engine.teacher import cache_mode, heavy_part_from_state, model_from_state
 from kdtune.sweep.tracking import tracking_callbacks
 from kdtune.sweep.trainable import from_shared, kd_trainable, to_shared, trial_device
@@ -43,8 +45,7 @@ def connect(address: str | None, runtime_env: dict | None = None) -> None:
         # user's model code from `runtime_env` (--py-modules, --working-dir), which Ray ships to every node.
         ray.init(address=address, include_dashboard=False, logging_level="WARNING", runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot connect to the Ray cluster at {address!r}: {first}") from None
+        raise UserError(f"cannot connect to the Ray cluster at {address!r}: {first_line(error)}") from None
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -184,13 +185,11 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
 
     A trial is a pack of every seed of one configuration (`seeds` in its config, see kdtune.sweep.trainable):
     ASHA stops configurations, never single seeds, and Optuna is told one value per point.  The sweep's
-    first trial is the baseline's pack (`settings.baseline_in_sweep`), kept from ASHA and Optuna
+    first trial is the baseline's pack, kept from ASHA and Optuna
     (kdtune.sweep.schedulers)."""
     from ray import tune
 
     seeds = list(range(settings.seeds))
-    if phase == "baseline":
-        return {**BASELINE, "seeds": seeds}, None, None, 1
     if phase == "confirm":
         # The chosen configuration and the baseline, paired on fresh seeds; no early stopping.
         chosen_t, chosen_method = float(chosen["temperature"]), chosen.get("method", "kd")
@@ -200,7 +199,7 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
                 "seeds": list(chosen["seeds"])}, None, None, 1
     if settings.pack:
         return {"members": tune.grid_search(pack_members(settings))}, None, None, 1
-    baseline = [BASELINE] if settings.baseline_in_sweep else []
+    baseline = [BASELINE]
     scheduler = None
     if settings.asha:
         scheduler = BaselineKeepingASHA(
@@ -215,7 +214,7 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
     distributions = {k: _tune_distribution(spec) for k, spec in settings.space.distributions.items()}
     searcher = PruningAwareOptunaSearch(
         metric=METRIC, mode="max", sampler=make_sampler(settings.sampler, settings.search_seed),
-        full_epochs=settings.epochs, baseline=baseline[0] if baseline else None,
+        full_epochs=settings.epochs, baseline=BASELINE,
     )
     return ({**settings.space.fixed, **distributions, "seeds": seeds}, searcher, scheduler,
             settings.num_samples + len(baseline))
@@ -247,7 +246,7 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
                              test_every=settings.test_every, pack_mode=settings.pack_mode),
         resources.trial_resources,
     )
-    path = storage.rstrip("/") + "/" + phase
+    path = storage_child(storage, phase)
     if resume and tune.Tuner.can_restore(path) and tune_has_run(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -281,9 +280,9 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
 def choose_for_confirmation(settings: SweepSettings, record: dict) -> dict | None:
     """The search's chosen configuration (complete, best mean validation accuracy), by the report's own rule."""
     from kdtune.report.results import trial_table
-    from kdtune.report.stats import choose_best, config_table
+    from kdtune.report.stats import choose_best, config_table, planned_seeds
 
-    best = choose_best(config_table(trial_table(record), planned_seeds(settings)))
+    best = choose_best(config_table(trial_table(record), planned_seeds(settings.seeds, settings.confirm)))
     if best is None:
         return None
     return {"temperature": float(best["temperature"]), "alpha": float(best["alpha"]), "method": str(best["method"]),
@@ -322,11 +321,11 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
     check_storage_writable(storage)
     if previous is not None:
         check_tune_state(storage, previous.get("phases_started", []))
+    splits = load_splits(settings)  # bad data or models are refused before Ray starts
+    check_models(settings, splits)
     connect(resources.address, resources.runtime_env)
     resources = default_gpus(resources)
     check_cluster(resources, storage)
-    splits = load_splits(settings)
-    check_models(settings, splits)
     shared_splits = ray.put(to_shared(splits))
     mode = previous["cache_mode"] if previous and "cache_mode" in previous else cache_mode(
         settings.precision, torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu"))
@@ -346,13 +345,11 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
                       f"(--allow-foreign-teacher): it may have seen validation or test images")
             print(f"teacher {settings.teacher}: val {teacher.meta['val_acc']:.2%}  test {teacher.meta['test_acc']:.2%}")
             shared_cache = ray.put(to_shared(cache))
-            for phase in ("baseline", "sweep", "confirm"):
+            for phase in ("sweep", "confirm"):
                 if stop.requested:
                     break
                 if phase == "confirm" and not confirm_choice(settings, record, root):
                     break
-                if phase == "baseline" and settings.baseline_in_sweep:
-                    continue  # the baseline's students train in the sweep's experiment
                 tuner = run_phase(phase, settings, resources, storage, shared_splits, shared_cache,
                                   resume=previous is not None, chosen=record.get("confirm"))
                 kept = kept_by_tune(previous, resources) if phase in (previous or {}).get("phases_started", []) else []

@@ -4,16 +4,13 @@ Ray Tune runs one experiment at a time in a driver, so a baseline run as an expe
 every slot but its one idle while it trains.  Run as the sweep's first trial (`kdtune.sweep.settings.BASELINE`),
 sweep trials fill the other slots; but ASHA must never stop it (it is the reference every gain is paired
 with, and it never competes), and Optuna must never be told of it (alpha = 0 lies outside the searched
-space; see `kdtune.sweep.searchers`).  A grid is given to Tune as its list of points, the baseline's first
-(`GridPoints`): Tune's own grid expansion cannot add one point outside the grid.
+space; see `kdtune.sweep.searchers`, which also gives a grid to Tune as its list of points, the baseline's
+first: Tune's own grid expansion cannot add one point outside the grid).
 """
 
 from __future__ import annotations
 
-import pickle
-
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search import Searcher
 
 from kdtune.sweep.settings import is_baseline
 
@@ -37,34 +34,3 @@ class BaselineKeepingASHA(ASHAScheduler):
     def on_trial_remove(self, tune_controller, trial):
         if not is_baseline(trial.config):
             super().on_trial_remove(tune_controller, trial)
-
-
-class GridPoints(Searcher):
-    """Suggests the given configurations, one trial each, in order; the experiment's other values come from its
-    param_space.  Its state (how many were suggested) is saved with the experiment, so a resume goes on."""
-
-    def __init__(self, points: list[dict]):
-        super().__init__()
-        self.points = [dict(point) for point in points]
-        self.suggested = 0
-
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        self._metric, self._mode = metric, mode
-        return True
-
-    def suggest(self, trial_id: str):
-        if self.suggested == len(self.points):
-            return Searcher.FINISHED
-        self.suggested += 1
-        return dict(self.points[self.suggested - 1])
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        pass  # a grid does not learn from results
-
-    def save(self, checkpoint_path: str):
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump({"points": self.points, "suggested": self.suggested}, file)
-
-    def restore(self, checkpoint_path: str):
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))

@@ -1,4 +1,8 @@
-"""Ray's OptunaSearch, telling Optuna the truth about trials that did not finish.
+"""The sweep's searchers: a grid given as its list of points, and Ray's OptunaSearch telling Optuna the truth
+about trials that did not finish.
+
+`GridPoints` suggests the grid's points in order, the no-KD baseline's first (Tune's own grid expansion
+cannot add one point outside the grid).
 
 Stock `OptunaSearch.on_trial_complete` records a trial that ASHA stopped early
 as COMPLETE with its early (low) accuracy, which teaches the sampler that the
@@ -13,7 +17,9 @@ reaches the study: it is no point of the searched space.
 from __future__ import annotations
 
 import math
+import pickle
 
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 
@@ -66,4 +72,32 @@ def make_sampler(name: str, seed: int):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-SAMPLERS = ("tpe", "cmaes", "random")
+class GridPoints(Searcher):
+    """Suggests the given configurations, one trial each, in order; the experiment's other values come from its
+    param_space.  Its state (how many were suggested) is saved with the experiment, so a resume goes on."""
+
+    def __init__(self, points: list[dict]):
+        super().__init__()
+        self.points = [dict(point) for point in points]
+        self.suggested = 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        self._metric, self._mode = metric, mode
+        return True
+
+    def suggest(self, trial_id: str):
+        if self.suggested == len(self.points):
+            return Searcher.FINISHED
+        self.suggested += 1
+        return dict(self.points[self.suggested - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        pass  # a grid does not learn from results
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump({"points": self.points, "suggested": self.suggested}, file)
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))

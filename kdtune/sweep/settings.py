@@ -5,8 +5,7 @@
     --confirm K: the chosen configuration and the baseline on K fresh seeds) -> summaries
 
 The baseline is the sweep experiment's first trial, so that while it trains, sweep trials fill the other
-slots; ASHA never stops it and Optuna is never told of it (it is no candidate).  Experiments of kdtune
-versions that ran it as an experiment of its own (`baseline/`) resume that way.
+slots; ASHA never stops it and Optuna is never told of it (it is no candidate).
 
 Baseline and distilled students share every training setting but alpha, T and the method
 (`SweepSettings.student_config`): the comparison measures distillation alone.
@@ -28,21 +27,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdtune.report import stats
 from kdtune.engine.config import CTKD_RANGE, RunConfig, check_recipe_name, warmup_epochs
 from kdtune.engine.data import Splits, check_dataset, load_dataset, make_splits
 from kdtune.engine.errors import UserError
 from kdtune.engine.models import check_model, check_model_name
-from kdtune.sweep.searchers import SAMPLERS
-from kdtune.sweep.presets import get_preset
-from kdtune.sweep.spaces import (SearchSpace, apply_overrides, describe_distribution, format_value, resolve_search_space,
-                                  space_label)
 from kdtune.engine.stack import PACK_MODES
+from kdtune.report.record import (DEFAULT_METHOD, SearchSpace, describe_distribution, format_value, planned_students,
+                                  storage_child)
+from kdtune.sweep.presets import get_preset
+from kdtune.sweep.spaces import apply_overrides, resolve_search_space, space_label
 from kdtune.sweep.tracking import check_tracking
 
 METRIC = "val_acc"
+SEARCHES = ("grid", "optuna")
+SAMPLERS = ("tpe", "cmaes", "random")  # Optuna samplers by name (kdtune.sweep.searchers.make_sampler)
 # The no-KD baseline's trial config (a pack adds its seeds); "phase" tells it from the sweep's own trials.
-BASELINE = {"phase": "baseline", "alpha": 0.0, "temperature": 1.0, "method": stats.DEFAULT_METHOD}
+BASELINE = {"phase": "baseline", "alpha": 0.0, "temperature": 1.0, "method": DEFAULT_METHOD}
 
 
 def is_baseline(config: dict) -> bool:
@@ -51,7 +51,11 @@ def is_baseline(config: dict) -> bool:
 
 @dataclass(frozen=True)
 class SweepSettings:
-    """What an experiment computes; saved in experiment.json and reused by --resume."""
+    """What an experiment computes; saved in experiment.json and reused by --resume.
+
+    The defaults below, with a preset's (kdtune.sweep.presets) and `build_settings`'s search-dependent ones, are
+    the only defaults of a sweep: `kdtune tune` and `kdtune.api` both build their settings through
+    `build_settings`, passing None for what the user did not give."""
 
     name: str
     search: str  # "grid" or "optuna"
@@ -66,14 +70,14 @@ class SweepSettings:
     data_dir: str
     val_size: int
     train_subset: int | None
-    seeds: int
-    num_samples: int  # Optuna points (each run with every seed)
-    sampler: str
-    search_seed: int
-    asha: bool
-    grace_period: int
-    reduction_factor: int
-    max_failures: int
+    seeds: int  # build_settings: 3 for a grid, 1 for Optuna
+    asha: bool  # build_settings: on for Optuna, off for a grid
+    grace_period: int  # build_settings: the first epoch after the learning-rate warm-up
+    num_samples: int = 20  # Optuna points (each run with every seed)
+    sampler: str = "tpe"
+    search_seed: int = 0
+    reduction_factor: int = 3  # ASHA keeps the best 1/N at each rung
+    max_failures: int = 2  # retries of a crashed trial from its last checkpoint
     precision: str = "auto"
     aug_seed: int = 0
     lr: float | None = None  # students'; None: the recipe's
@@ -89,7 +93,6 @@ class SweepSettings:
     ctkd_ramp_epochs: int | None = None  # method ctkd: epochs of the gradient reversal's ramp (None: the paper's share)
     pack: int = 0  # students per Tune trial, of any configurations, baseline included; 0: a configuration's seeds
     pack_mode: str = "auto"  # how a pack trains its members: kdtune.engine.stack.PACK_MODES
-    baseline_apart: bool = False  # the baseline as a Tune experiment of its own, before the sweep (older records)
 
     def __post_init__(self):
         check_model_name(self.teacher)
@@ -159,14 +162,7 @@ class SweepSettings:
         values = {**values, "space": SearchSpace(**values["space"])}
         if "ctkd_range" in values:
             values["ctkd_range"] = tuple(values["ctkd_range"])  # JSON's list
-        values.setdefault("baseline_apart", True)  # recorded before the baseline shared the sweep's experiment
         return cls(**values)
-
-    @property
-    def baseline_in_sweep(self) -> bool:
-        """Whether the baseline's students train inside the sweep's Tune experiment (as its first trial, or
-        packed with its students by --pack), rather than as an experiment of their own before it."""
-        return bool(self.pack) or not self.baseline_apart
 
     def student_config(self, **varied) -> RunConfig:
         """The one set of student settings: every trial, baseline or distilled, adds only alpha, T, method and seed."""
@@ -261,18 +257,34 @@ def _as_json(value):
 
 
 def build_settings(name: str, search: str, space, preset_name: str, **values) -> SweepSettings:
-    """Settings from a preset, with any value given (not None) overriding it.  `space`: a built-in name, a YAML
-    path, a dict or a SearchSpace (see kdtune.sweep.spaces.resolve_search_space).  ASHA's grace period
-    defaults to the first epoch after the learning-rate warm-up."""
+    """Settings from a preset, with any value given (not None) overriding it, and SweepSettings' own defaults
+    for what neither sets.  `space`: a built-in name, a YAML path, a dict or a SearchSpace (see
+    kdtune.sweep.spaces.resolve_search_space).  Seeds default to 3 for a grid and 1 for Optuna, ASHA to on
+    for Optuna only, and its grace period to the first epoch after the learning-rate warm-up.  A preset's
+    training subset is an upper bound: at most the training images the data have (which reads the data)."""
+    if search not in SEARCHES:
+        raise UserError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
     preset = get_preset(preset_name)
     space = resolve_search_space(space, search)
     space = apply_overrides(space, preset.space_overrides)
     defaults = {k: getattr(preset, k) for k in ("teacher", "student", "recipe", "teacher_recipe", "teacher_epochs",
                                                  "epochs", "val_size", "train_subset", "confirm")}
     chosen = {**defaults, **{k: v for k, v in values.items() if v is not None}}
+    chosen.setdefault("seeds", 3 if search == "grid" else 1)
+    chosen.setdefault("asha", search == "optuna")
     if chosen.get("grace_period") is None:
         chosen["grace_period"] = warmup_epochs(chosen["recipe"], chosen["epochs"]) + 1
-    return SweepSettings(name=name, search=search, space=space, preset=preset_name, **chosen)
+    settings = SweepSettings(name=name, search=search, space=space, preset=preset_name, **chosen)
+    if values.get("train_subset") is None and preset.train_subset is not None:  # after the checks that cost nothing
+        available = training_images(settings.data_dir, settings.val_size, settings.dataset, settings.image_size)
+        if 0 < available < preset.train_subset:
+            settings = dataclasses.replace(settings, train_subset=available)
+    return settings
+
+
+def training_images(data_dir: str, val_size: int, dataset: str | None, image_size: int | None) -> int:
+    """How many training images the data have once the validation split is carved out (decoded once, cached)."""
+    return len(load_dataset(data_dir, dataset=dataset, image_size=image_size).train_labels) - val_size
 
 
 def default_name(search: str, space) -> str:
@@ -298,26 +310,19 @@ def sweep_points(settings: SweepSettings) -> list[dict]:
 
     A grid point with alpha = 0 is no distillation at all (its T is meaningless): it is the baseline,
     which runs with every seed anyway, so it is left out of the search."""
-    space = settings.space
-    points = [dict(space.fixed)]
-    if settings.search == "grid":
-        for param, values in space.axes.items():
-            points = [{**p, param: v} for p in points for v in values]
-    return [p for p in points if p.get("alpha", 1.0) > 0]
+    return settings.space.points()
 
 
 def plan(settings: SweepSettings) -> dict:
     """How many students of each kind (a Tune trial is a pack of them), how many Tune trials, and how many
     student epochs in total (ASHA may stop some early)."""
     seeds = settings.seeds
-    sweep_trials = seeds * (settings.num_samples if settings.search == "optuna" else len(sweep_points(settings)))
-    confirm_trials = 2 * settings.confirm
+    students = planned_students(settings.to_dict())
+    sweep_trials, confirm_trials = students["sweep"], students["confirm"]
     if settings.pack:  # the baseline's students and the sweep's, packed together
-        tune_trials = {"baseline": 0, "sweep": math.ceil((seeds + sweep_trials) / settings.pack)}
-    elif settings.baseline_in_sweep:  # the baseline's pack is the sweep experiment's first trial
-        tune_trials = {"baseline": 0, "sweep": 1 + sweep_trials // seeds}
-    else:
-        tune_trials = {"baseline": 1, "sweep": sweep_trials // seeds}
+        tune_trials = {"sweep": math.ceil((seeds + sweep_trials) / settings.pack)}
+    else:  # the baseline's pack is the sweep experiment's first trial
+        tune_trials = {"sweep": 1 + sweep_trials // seeds}
     tune_trials["confirm"] = 2 if settings.confirm else 0
     return {"baseline_trials": seeds, "sweep_trials": sweep_trials, "confirm_trials": confirm_trials,
             "student_epochs": (seeds + sweep_trials + confirm_trials) * settings.epochs, "tune_trials": tune_trials}
@@ -333,10 +338,6 @@ def pack_members(settings: SweepSettings) -> list[list[dict]]:
     return [members[i:i + settings.pack] for i in range(0, len(members), settings.pack)]
 
 
-def planned_seeds(settings: SweepSettings) -> dict:
-    return stats.planned_seeds(settings.seeds, settings.confirm)
-
-
 def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool, estimate: str | None = None) -> str:
     counts = plan(settings)
     space = settings.space
@@ -349,7 +350,7 @@ def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool, e
              f" seeds 0..{settings.seeds - 1}",
              f"  every student: {_shared_settings(settings)}; only alpha, T, the method and the seed differ",
              f"  baseline (no distillation, alpha 0): {counts['baseline_trials']} trials"
-             + (", trained alongside the sweep's" if settings.baseline_in_sweep else ", before the sweep")]
+             + ", trained alongside the sweep's"]
     if settings.search == "grid":
         for point in sweep_points(settings):
             lines.append("  " + ", ".join(f"{k}={format_value(v)}" for k, v in point.items()) + f" x {settings.seeds} seeds")
@@ -394,7 +395,7 @@ def tune_storage(root: Path, resources: Resources) -> str:
     if resources.storage_path is None:
         return str(root.resolve())
     if "://" in resources.storage_path:
-        return resources.storage_path.rstrip("/") + "/" + root.name
+        return storage_child(resources.storage_path, root.name)
     return str((Path(resources.storage_path) / root.name).resolve())
 
 
@@ -423,11 +424,9 @@ def phase_packs(settings: SweepSettings) -> dict:
     """phase -> the number of students in each of its Tune trials, in the order Tune launches them."""
     counts = plan(settings)
     if settings.pack:
-        packs = {"baseline": [], "sweep": [len(p) for p in pack_members(settings)]}
-    else:
-        packs = {"baseline": [settings.seeds], "sweep": [settings.seeds] * (counts["sweep_trials"] // settings.seeds)}
-        if settings.baseline_in_sweep:  # launched first, in the sweep's experiment
-            packs = {"baseline": [], "sweep": packs["baseline"] + packs["sweep"]}
+        packs = {"sweep": [len(p) for p in pack_members(settings)]}
+    else:  # the baseline's pack is launched first, in the sweep's experiment
+        packs = {"sweep": [settings.seeds] * counts["tune_trials"]["sweep"]}
     packs["confirm"] = [settings.confirm] * counts["tune_trials"]["confirm"]
     return packs
 

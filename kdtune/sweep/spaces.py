@@ -19,42 +19,18 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from kdtune.engine.errors import UserError
+from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.losses import METHODS
+from kdtune.report.record import SearchSpace
 
 PARAMETERS = {"temperature": (0.0, math.inf, False), "alpha": (0.0, 1.0, True)}  # (low, high, high inclusive)
 CATEGORICAL = {"method": METHODS}  # parameters whose values are names; optional, with the first as default
 DISTRIBUTIONS = ("uniform", "loguniform", "categorical")
 KINDS = ("grid", "optuna")
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    name: str
-    kind: str  # "grid" or "optuna"
-    fixed: dict[str, float | str]  # parameter -> value
-    axes: dict[str, list[float | str]]  # grid: parameter -> values
-    # optuna: parameter -> (distribution, low, high), or ("categorical", [choices])
-    distributions: dict[str, tuple]
-    description: str = ""
-
-    @property
-    def varied(self) -> list[str]:
-        return list(self.axes) + list(self.distributions)
-
-    @property
-    def methods(self) -> list[str]:
-        """The temperature methods the search can train (a space that names none: the first, plain KD)."""
-        if "method" in self.axes:
-            return list(self.axes["method"])
-        if "method" in self.distributions:
-            return list(self.distributions["method"][1])
-        return [self.fixed.get("method", CATEGORICAL["method"][0])]
 
 
 def default_dir() -> Path:
@@ -112,8 +88,7 @@ def load_search_space(name: str, kind: str, directory: Path | None = None) -> Se
     try:
         document = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"search space {path} is not valid YAML (only plain YAML is accepted): {first}") from None
+        raise UserError(f"search space {path} is not valid YAML (only plain YAML is accepted): {first_line(error)}") from None
     return parse_search_space(document, kind, path.stem, f"search space {path}")
 
 
@@ -172,17 +147,6 @@ def _check_distribution(param: str, spec: dict, kind: str, where: str) -> tuple:
     if not low < high or (dist == "loguniform" and low <= 0):
         raise UserError(f"{where}: invalid bounds {bounds!r}; need low < high (and low > 0 for loguniform)")
     return dist, low, high
-
-
-def describe_distribution(spec) -> str:
-    """'loguniform[1, 20]' or 'one of kd, ls' (spec as stored, or as read back from JSON)."""
-    if spec[0] == "categorical":
-        return "one of " + ", ".join(map(str, spec[1]))
-    return f"{spec[0]}[{spec[1]:g}, {spec[2]:g}]"
-
-
-def format_value(value) -> str:
-    return value if isinstance(value, str) else f"{value:g}"
 
 
 def apply_overrides(space: SearchSpace, overrides: dict) -> SearchSpace:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from kdtune.engine.errors import UserError
+from kdtune.engine.errors import UserError, first_line
 
 
 def check_installed(module: str, flag: str, extra: str) -> None:
@@ -35,7 +35,7 @@ def tracking_callbacks(mlflow_uri: str | None, wandb_project: str | None, experi
     if mlflow_uri is not None:
         from mlflow.exceptions import MlflowException
 
-        from kdtune.sweep.trackers import PhaseTaggedMLflow
+        from kdtune.sweep.tracker_callbacks import PhaseTaggedMLflow
 
         callback = PhaseTaggedMLflow(tracking_uri=mlflow_uri, experiment_name=experiment,
                                      tags={"kdtune_phase": phase})
@@ -45,14 +45,13 @@ def tracking_callbacks(mlflow_uri: str | None, wandb_project: str | None, experi
             raise UserError(f"--mlflow {mlflow_uri}: {' '.join(str(error).split())}") from None
         callbacks.append(callback)
     if wandb_project is not None:
-        from kdtune.sweep.trackers import PhaseTaggedWandb
+        from kdtune.sweep.tracker_callbacks import PhaseTaggedWandb
 
         callback = PhaseTaggedWandb(project=wandb_project, group=experiment, job_type=phase)
         try:
             callback.setup()  # finds the API key (or offline mode) now, not inside Tune's loop
         except ValueError as error:
-            first = str(error).strip().splitlines()[0]
-            raise UserError(f"--wandb {wandb_project}: {first} (or set WANDB_MODE=offline)") from None
+            raise UserError(f"--wandb {wandb_project}: {first_line(error)} (or set WANDB_MODE=offline)") from None
         callbacks.append(callback)
     return callbacks
 

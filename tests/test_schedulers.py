@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from kdtune.sweep.schedulers import BaselineKeepingASHA, GridPoints
+from kdtune.sweep.schedulers import BaselineKeepingASHA
+from kdtune.sweep.searchers import GridPoints
 from kdtune.sweep.settings import BASELINE
 
 
