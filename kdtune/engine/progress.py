@@ -50,7 +50,7 @@ def progress_bar(progress: Progress, total: int, desc: str, initial: int = 0, un
 
 def duration(seconds: float) -> str:
     """'45s', '1m12s' or '2h03m'."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
