@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -32,7 +33,12 @@ def test_one_line_per_ended_trial(capsys):
                                             epoch=3, val_acc=0.5, test_acc=0.5))
     assert progress.bar.n == 3
     progress.on_experiment_end([])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    captured = capsys.readouterr()
+    # Off a terminal (capsys is none) the epochs' progress is plain lines on stderr: a start and an end here.
+    start, end = [line.split("] ", 1)[1] for line in captured.err.splitlines()]
+    assert start == "sweep: trial epochs: started, epoch 0/12 (0%)"
+    assert re.fullmatch(r"sweep: trial epochs: ended at epoch 3/12 \(25%\) after \d+s", end), end
+    lines = [line for line in captured.out.splitlines() if line]
     assert lines == [
         "sweep T=4 alpha=0.5 seeds 0, 1, 2: finished after 3 epochs: val 45.12%, test 44.31%",
         "sweep T=4 alpha=0.5 seeds 0, 1, 2: stopped early after 1 epochs: val 20.00%",

@@ -36,7 +36,8 @@ from kdtune.engine.data import Splits, augmentation_params
 from kdtune.engine.device import autocast, prepare, uses_bf16
 from kdtune.engine.errors import UserError
 from kdtune.engine.models import count_parameters, create_model, storage_name
-from kdtune.engine.train import Progress, predict, progress_bar, train, training_views
+from kdtune.engine.progress import Progress, progress_bar
+from kdtune.engine.train import predict, train, training_views
 
 # Teacher inference batch: large on a GPU; on the CPU small batches stay in cache and run ~1.5x faster.
 CACHE_BATCH = {"cpu": 64, "cuda": 8192}

@@ -14,7 +14,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Union
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -26,10 +26,10 @@ from kdtune.engine.errors import UserError
 from kdtune.engine.losses import LearnedTemperature, ctkd_lambda, kd_loss_terms
 from kdtune.engine.metrics import agreement, classification_metrics
 from kdtune.engine.models import create_model
+from kdtune.engine.progress import Progress, progress_bar
 
 EVAL_BATCH = 1024
 EpochCallback = Callable[[dict, Callable[[], dict]], None]
-Progress = Union[bool, Callable[..., Any]]  # False, True (tqdm) or a tqdm-like class: see progress_bar
 
 
 # ----------------------------------------------------------------------------- inference
@@ -293,22 +293,3 @@ def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: 
         test_logits = predict(model, splits.test_images, splits, device, precision)
         metrics.update(classification_metrics(test_logits, splits.test_labels.to(device), "test"))
     return metrics
-
-
-def progress_bar(progress: Progress, total: int, desc: str, initial: int = 0, unit: str = "step"):
-    """A bar with update / set_description / close, or None when `progress` is False.
-
-    `progress` True is tqdm; otherwise it is a tqdm-like class called with total, desc and unit.  Code that
-    runs inside Ray tasks and trials passes `ray.experimental.tqdm_ray.tqdm`, so that the driver draws live
-    bars instead of printing a line per update; this module itself never imports Ray.
-    """
-    if not progress:
-        return None
-    if progress is True:
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
-    bar = progress(total=total, desc=desc, unit=unit)
-    if initial:
-        bar.update(initial)
-    return bar

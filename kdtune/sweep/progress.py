@@ -1,28 +1,28 @@
-"""What a sweep prints on the driver: a bar of trial epochs per phase and one line per trial that ends.
+"""What a sweep prints on the driver: the progress of each phase's trial epochs and one line per trial that ends.
 
 Tune's own console output (`verbose=1`) prints a status table every 30 s and a box of some 30 lines
 each time a trial starts or ends: over a thousand lines for the quick preset.  The experiment runs with
-`verbose=0` and this Tune callback instead; Tune's TensorBoard, CSV and JSON logs are unchanged.
+`verbose=0` and this Tune callback instead; Tune's TensorBoard, CSV and JSON logs are unchanged.  The
+progress is a live bar on a terminal and a few plain lines in a log (kdtune.engine.progress).
 """
 
 from __future__ import annotations
 
 from ray import tune
 
+from kdtune.engine.progress import progress_bar
+
 
 class SweepProgress(tune.Callback):
-    """A tqdm bar of the epochs the phase's trials report (up to `total_epochs`), and one line per trial."""
+    """The progress of the epochs the phase's trials report (up to `total_epochs`), and one line per trial."""
 
     def __init__(self, phase: str, total_epochs: int, full_epochs: int):
         self.phase, self.total_epochs, self.full_epochs = phase, total_epochs, full_epochs
         self.bar = None  # made in setup(): Tune pickles its callbacks with the experiment, a bar cannot be
 
     def setup(self, **info):
-        from tqdm import tqdm
-
-        # mininterval: a redraw every few seconds keeps a log file short; tqdm.write keeps lines off the bar.
-        self.bar = tqdm(total=self.total_epochs, desc=f"{self.phase}: trial epochs", unit="epoch", mininterval=5,
-                        dynamic_ncols=True)
+        # bar.write keeps the trial lines off a live bar.
+        self.bar = progress_bar(True, self.total_epochs, f"{self.phase}: trial epochs", unit="epoch")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.bar.update(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from kdtune.engine import teacher as teachers
 from kdtune.engine.data import Splits
 from kdtune.engine.errors import UserError, first_line
+from kdtune.engine.progress import LogLines, is_terminal
 from kdtune.report.record import storage_child
 from kdtune.sweep.interrupt import StopRequest
 from kdtune.sweep.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
@@ -38,6 +40,9 @@ def connect(address: str | None, runtime_env: dict | None = None) -> None:
         return
     # No address: a Ray of its own, never whichever cluster was started last on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if not is_terminal(sys.stderr):
+        # The driver reprints workers' lines behind a "(task pid=...)" prefix, in colour unless told not to.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if address not in ("auto", "local"):
         _check_reachable(address)
     try:
@@ -135,13 +140,17 @@ def autoscaling_node_types() -> list[dict]:
 # ----------------------------------------------------------------------------- teacher and cache
 
 
-def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list, aug_seed: int, mode: str):
-    """Ray task: `teacher.heavy_part_from_state` on the device Ray assigned, with the splits of the object store."""
-    from ray.experimental.tqdm_ray import tqdm as ray_tqdm  # bars the driver draws, not a line per update
-
+def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list, aug_seed: int, mode: str,
+                    live: bool):
+    """Ray task: `teacher.heavy_part_from_state` on the device Ray assigned, with the splits of the object store;
+    its progress as live bars the driver draws, or (not `live`: the driver's stderr is no terminal) plain lines."""
+    if live:
+        from ray.experimental.tqdm_ray import tqdm as progress  # bars the driver draws, not a line per update
+    else:
+        progress = LogLines
     device = trial_device()
     splits = from_shared(Splits, shared_splits)
-    return heavy_part_from_state(config, splits, state, names, aug_seed, device, mode, progress=ray_tqdm)
+    return heavy_part_from_state(config, splits, state, names, aug_seed, device, mode, progress=progress)
 
 
 def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Splits, shared_ref, mode: str,
@@ -162,7 +171,8 @@ def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Split
             print(f"computing {len(names)} missing teacher-logit cache entries as a Ray task")
         task = ray.remote(_prepare_remote).options(**teacher_task_resources(resources))
         state = None if model is None else model.state_dict()
-        new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, names, settings.aug_seed, mode))
+        new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, names, settings.aug_seed, mode,
+                                                      is_terminal(sys.stderr)))
         trained = None if new_state is None else model_from_state(config, splits.num_classes, new_state)
         return trained, meta, logits
 
