@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kdtune.engine.config import RunConfig  # noqa: E402
-from kdtune.sweep.estimate import slots_here  # noqa: E402
 from kdtune.engine.data import load_dataset, make_splits  # noqa: E402
 from kdtune.engine.teacher import obtain_teacher  # noqa: E402
+from kdtune.sweep.estimate import slots_here  # noqa: E402
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from kdtune.engine.data import resolve_data_dir
 from kdtune.engine.errors import UserError
 from kdtune.sweep.presets import default_preset
-from kdtune.sweep.resume import check_new_experiment
+from kdtune.sweep.resume import absolute, check_new_experiment
 from kdtune.sweep.settings import Resources, SweepSettings, build_settings, default_name, experiment_root
 
 CHOSEN_HERE = {"name", "search", "space", "preset", "data_dir", "seeds", "asha"}
@@ -54,8 +54,8 @@ def sweep(
     settings, resources = _settings(space, search, teacher, student, data_dir, preset, name, seeds, asha, options)
     root = experiment_root(settings.name, results_dir)
     check_new_experiment(root)
-    from kdtune.sweep.runner import run_sweep
     from kdtune.report.results import write_trial_summary
+    from kdtune.sweep.runner import run_sweep
 
     record = run_sweep(settings, resources, root)
     write_trial_summary(root, record)
@@ -68,8 +68,16 @@ def plan(space, *, search: str = "grid", teacher: str | None = None, student: st
     """What `sweep` with the same arguments would run, and its estimated cost on this machine (`--dry-run`)."""
     from kdtune.sweep.settings import dry_run
 
-    settings, resources = _settings(space, search, teacher, student, data_dir, preset, None, seeds, asha, options)
-    return dry_run(settings, resources)
+    return dry_run(*settings(space, search=search, teacher=teacher, student=student, data_dir=data_dir, preset=preset,
+                             seeds=seeds, asha=asha, **options))
+
+
+def settings(space, *, search: str = "grid", teacher: str | None = None, student: str | None = None,
+             data_dir: str | os.PathLike | None = None, preset: str | None = None, name: str | None = None,
+             seeds: int | None = None, asha: bool | None = None, **options) -> tuple[SweepSettings, Resources]:
+    """The settings and resources `sweep` with the same arguments would run with, built as `kdtune tune` builds
+    them (checked, defaults filled in); nothing runs."""
+    return _settings(space, search, teacher, student, data_dir, preset, name, seeds, asha, options)
 
 
 def report(experiment: str | os.PathLike, out: str | os.PathLike | None = None, fmt: str = "png") -> dict:
@@ -90,7 +98,7 @@ def _settings(space, search, teacher, student, data_dir, preset, name, seeds, as
     if unknown:
         allowed = sorted(resource_keys | setting_keys | {"seeds", "asha"})
         raise UserError(f"unknown sweep option(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
-    resources = Resources(**{k: v for k, v in options.items() if k in resource_keys})
+    resources = absolute(Resources(**{k: v for k, v in options.items() if k in resource_keys}))
     values = {k: v for k, v in options.items() if k in setting_keys}
     preset = preset or default_preset()[0]
     settings = build_settings(

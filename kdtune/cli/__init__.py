@@ -13,9 +13,9 @@ from kdtune import __version__
 from kdtune.cli.args import ArgumentParser, run_cli
 
 COMMANDS = {
-    "train": "train a teacher, a student or a distilled student (scripts/main.py)",
-    "tune": "sweep temperature and alpha with Ray Tune (scripts/tune.py)",
-    "report": "tables and figures of an experiment (scripts/report.py)",
+    "train": "train a teacher, a student or a distilled student",
+    "tune": "sweep temperature and alpha with Ray Tune",
+    "report": "tables and figures of an experiment",
 }
 
 

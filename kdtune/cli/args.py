@@ -86,6 +86,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        print("interrupted: stored teachers, logit caches and sweep checkpoints are kept (tune.py --resume finishes a sweep)", file=sys.stderr)
+        print("interrupted: stored teachers, logit caches and sweep checkpoints are kept (kdtune tune --resume "
+              "finishes a sweep)", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

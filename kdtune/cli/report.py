@@ -1,7 +1,7 @@
 """Turn an experiment (finished, interrupted or still running) into figures and tables.
 
-    python scripts/report.py results/<name>
-    python scripts/report.py results/<name> --out paper/figures --format pdf
+    kdtune report results/<name>
+    kdtune report results/<name> --out paper/figures --format pdf
 
 Writes summary.md (also printed), summary.csv and the figures into results/<name>/report/
 (or --out), and refreshes the experiment's per-trial summary.csv and temperature_results.json.

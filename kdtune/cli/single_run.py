@@ -16,12 +16,12 @@ from kdtune.engine.atomic import save_json
 from kdtune.engine.checkpoint import save_model
 from kdtune.engine.config import RunConfig
 from kdtune.engine.data import load_dataset, make_splits
+from kdtune.engine.device import resolve_device
 from kdtune.engine.errors import UserError
 from kdtune.engine.models import check_model, count_parameters
-from kdtune.report.curves import plot_training_curves
 from kdtune.engine.teacher import CachedTeacher, obtain_teacher, teacher_logits
-from kdtune.engine.device import resolve_device
 from kdtune.engine.train import LiveTeacher, train
+from kdtune.report.curves import plot_training_curves
 
 MODES = ("teacher", "student", "distill")
 

@@ -1,18 +1,18 @@
 """Train a teacher, a student, or a distilled student (the seed project's three modes).
 
-    python scripts/main.py --mode teacher --epochs 20
-    python scripts/main.py --mode student --epochs 20
-    python scripts/main.py --mode distill --temperature 4 --alpha 0.3 --epochs 20
-    python scripts/main.py --mode distill --method ctkd --temperature 4 --alpha 0.9 --epochs 20
+    kdtune train --mode teacher --epochs 20
+    kdtune train --mode student --epochs 20
+    kdtune train --mode distill --temperature 4 --alpha 0.3 --epochs 20
+    kdtune train --mode distill --method ctkd --temperature 4 --alpha 0.9 --epochs 20
 """
 
 from __future__ import annotations
 
 from kdtune.cli.args import ArgumentParser, positive_float, positive_int, run_cli, smoothing, unit_float
-from kdtune.engine.config import CTKD_RANGE, PRECISIONS, RunConfig
-from kdtune.engine.losses import METHODS
-from kdtune.engine.data import DATASETS, resolve_data_dir
 from kdtune.cli.single_run import MODES, run_mode
+from kdtune.engine.config import CTKD_RANGE, PRECISIONS, RunConfig
+from kdtune.engine.data import DATASETS, resolve_data_dir
+from kdtune.engine.losses import METHODS
 
 
 def parse_args(argv):

@@ -11,21 +11,42 @@ starts; this module imports neither Ray nor Optuna, so `--help` and a refusal ar
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
-import dataclasses
-
-from kdtune.cli.args import (ArgumentParser, given_options, non_negative_int, positive_float, positive_int, run_cli,
-                             smoothing)
+from kdtune.cli.args import (
+    ArgumentParser,
+    given_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+    smoothing,
+)
 from kdtune.engine.config import PRECISIONS
 from kdtune.engine.data import DATASETS, resolve_data_dir
 from kdtune.engine.stack import PACK_MODES
 from kdtune.sweep.interrupt import exit_at_once_on_ctrl_c
 from kdtune.sweep.presets import PRESETS, default_preset
-from kdtune.sweep.resume import (PLACEMENT_OPTIONS, absolute, check_new_experiment, check_resume_options, load_record,
-                                 recorded_resources, recorded_settings, resume_command)
-from kdtune.sweep.settings import (SAMPLERS, Resources, SweepSettings, build_settings, default_name, dry_run,
-                                   experiment_root)
+from kdtune.sweep.resume import (
+    PLACEMENT_OPTIONS,
+    absolute,
+    check_new_experiment,
+    check_resume_options,
+    load_record,
+    recorded_resources,
+    recorded_settings,
+    resume_command,
+)
+from kdtune.sweep.settings import (
+    SAMPLERS,
+    Resources,
+    SweepSettings,
+    build_settings,
+    default_name,
+    dry_run,
+    experiment_root,
+)
 
 # SweepSettings' and Resources' own defaults, shown in --help: the flags default to None, "not given".
 SETTING = {f.name: f.default for f in dataclasses.fields(SweepSettings)}

@@ -1,6 +1,7 @@
 """The report's figures: which ones an experiment gets, and one function per figure.
 
-Each plot function takes tables from `kdtune.report.summary` (the data model is `kdtune.report.experiment`) and plain values and writes one file.
+Each plot function takes tables from `kdtune.report.summary` (the data model is `kdtune.report.experiment`) and
+plain values and writes one file.
 Accuracies are drawn in %, temperature on a log axis; the no-KD student and the teacher are
 horizontal references (the no-KD student with its 95% band over seeds; the teacher is one model).
 When the temperature method varies, each method is its own curve (same axes, its own colour).

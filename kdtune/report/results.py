@@ -17,6 +17,7 @@ from kdtune.engine.atomic import atomic_write, save_json
 from kdtune.engine.pack import member_names
 from kdtune.report.record import is_old_alpha_zero_trial, storage_child, trial_method, trial_seed
 from kdtune.report.stats import PHASES, method_order
+
 TRIAL_COLUMNS = [
     "phase", "trial_id", "method", "temperature", "alpha", "seed", "status", "outcome", "epochs_run", "failures",
     "final_val_acc", "final_test_acc", "best_val_acc", "best_epoch", "test_acc_at_best_val",

@@ -1,6 +1,6 @@
 """The report of an experiment: the per-configuration table, the headline comparison, the files.
 
-    python scripts/report.py results/<name>   ->   results/<name>/report/summary.{md,csv} and figures
+    kdtune report results/<name>   ->   results/<name>/report/summary.{md,csv} and figures
 
 Reads Tune's experiment folders through `kdtune.report.results` (no Ray cluster needed), so it works on
 finished, interrupted and running experiments, local or on remote storage.  The statistics (finished
@@ -11,7 +11,8 @@ fractions in summary.csv and percentages in summary.md and the figures.
 summary.csv, one row per configuration: phase, method, temperature, alpha, trials, seeds_finished, complete
 (every planned seed finished: only complete configurations can be chosen); mean, std (and for
 val_acc / test_acc the 95% CI half-width, t distribution, NaN below 2 seeds) of the final val_acc,
-test_acc, agreement, val_ece and (ctkd) the learned temperature, and of the best-epoch best_epoch_val_acc / best_epoch_test_acc (the
+test_acc, agreement, val_ece and (ctkd) the learned temperature, and of the best-epoch best_epoch_val_acc /
+best_epoch_test_acc (the
 epoch of highest validation accuracy: optimistic); the paired gain in final test accuracy over the
 no-KD students of the same seeds (gain_pairs, gain_mean, gain_ci95, p_paired) and its Holm-adjusted
 p-value over the search's configurations (p_holm); epochs_run_min/max; one count column per outcome.
@@ -30,8 +31,16 @@ from kdtune.engine.errors import UserError
 from kdtune.report.experiment import Experiment, Headline, load_experiment
 from kdtune.report.record import SearchSpace, describe_distribution, format_value, planned_students
 from kdtune.report.results import write_trial_summary
-from kdtune.report.stats import (OUTCOMES, PHASES, SIGNIFICANCE, baseline_row_of, best_per_method, choose_best, config_table,
-                          incomplete_reasons, planned_seeds, summary_columns)
+from kdtune.report.stats import (
+    OUTCOMES,
+    SIGNIFICANCE,
+    baseline_row_of,
+    best_per_method,
+    choose_best,
+    config_table,
+    incomplete_reasons,
+    summary_columns,
+)
 
 FORMATS = ("png", "pdf", "svg")
 METHOD_NAME = {"kd": "KD", "ls": "LS", "ctkd": "CTKD"}

@@ -18,17 +18,28 @@ from kdtune.engine import teacher as teachers
 from kdtune.engine.data import Splits
 from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.progress import LogLines, is_terminal
+from kdtune.engine.teacher import cache_mode, heavy_part_from_state, model_from_state
 from kdtune.report.record import storage_child
 from kdtune.sweep.interrupt import StopRequest
 from kdtune.sweep.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
 from kdtune.sweep.schedulers import BaselineKeepingASHA
 from kdtune.sweep.searchers import GridPoints
-from kdtune.sweep.settings import (BASELINE, METRIC, Resources, SweepSettings, check_models, check_storage_writable,
-                          load_splits, pack_members, plan, sweep_points, tune_storage)
-from kdtune.engine.teacher import cache_mode, heavy_part_from_state, model_from_state
+from kdtune.sweep.settings import (
+    BASELINE,
+    METRIC,
+    Resources,
+    SweepSettings,
+    check_models,
+    check_storage_writable,
+    describe_plan,
+    load_splits,
+    pack_members,
+    plan,
+    sweep_points,
+    tune_storage,
+)
 from kdtune.sweep.tracking import tracking_callbacks
 from kdtune.sweep.trainable import from_shared, kd_trainable, to_shared, trial_device
-
 
 # ----------------------------------------------------------------------------- cluster
 
@@ -333,6 +344,8 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
         check_tune_state(storage, previous.get("phases_started", []))
     splits = load_splits(settings)  # bad data or models are refused before Ray starts
     check_models(settings, splits)
+    if previous is None:
+        print(describe_plan(settings, len(splits.train_labels), teacher_stored=None))
     connect(resources.address, resources.runtime_env)
     resources = default_gpus(resources)
     check_cluster(resources, storage)

@@ -32,8 +32,14 @@ from kdtune.engine.data import Splits, check_dataset, load_dataset, make_splits
 from kdtune.engine.errors import UserError
 from kdtune.engine.models import check_model, check_model_name
 from kdtune.engine.stack import PACK_MODES
-from kdtune.report.record import (DEFAULT_METHOD, SearchSpace, describe_distribution, format_value, planned_students,
-                                  storage_child)
+from kdtune.report.record import (
+    DEFAULT_METHOD,
+    SearchSpace,
+    describe_distribution,
+    format_value,
+    planned_students,
+    storage_child,
+)
 from kdtune.sweep.presets import get_preset
 from kdtune.sweep.spaces import apply_overrides, resolve_search_space, space_label
 from kdtune.sweep.tracking import check_tracking
@@ -338,16 +344,19 @@ def pack_members(settings: SweepSettings) -> list[list[dict]]:
     return [members[i:i + settings.pack] for i in range(0, len(members), settings.pack)]
 
 
-def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool, estimate: str | None = None) -> str:
+def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool | None,
+                  estimate: str | None = None) -> str:
+    """The plan, a line per part; `teacher_stored` None: not looked up yet."""
     counts = plan(settings)
     space = settings.space
     lines = [f"experiment {settings.name}: {settings.search} search over {space.name!r} ({space.description})",
              f"  teacher {settings.teacher} ({settings.teacher_recipe}, {settings.teacher_epochs} epochs): "
              + (f"from {settings.teacher_path}" if settings.teacher_path else
-                "in the store, reused" if teacher_stored else "to be trained")
+                "in the store, reused" if teacher_stored else "to be trained" if teacher_stored is not None else
+                "from the store, or trained and stored")
              + (f", label smoothing {settings.teacher_label_smoothing:g}" if settings.teacher_label_smoothing else ""),
-             f"  students {settings.student} ({settings.recipe}, {settings.epochs} epochs) on {n_train} training images,"
-             f" seeds 0..{settings.seeds - 1}",
+             f"  students {settings.student} ({settings.recipe}, {settings.epochs} epochs) on {n_train} training images"
+             f"{_subset_note(settings, n_train)}, seeds 0..{settings.seeds - 1}",
              f"  every student: {_shared_settings(settings)}; only alpha, T, the method and the seed differ",
              f"  baseline (no distillation, alpha 0): {counts['baseline_trials']} trials"
              + ", trained alongside the sweep's"]
@@ -359,7 +368,8 @@ def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool, e
     else:
         for param, spec in space.distributions.items():
             lines.append(f"  {param} ~ {describe_distribution(spec)}")
-        lines.append(f"  fixed: {space.fixed}; {settings.num_samples} points x {settings.seeds} seeds, sampler {settings.sampler}")
+        lines.append(f"  fixed: {space.fixed}; {settings.num_samples} points x {settings.seeds} seeds, "
+                     f"sampler {settings.sampler}")
     if settings.asha:
         lines.append(f"  ASHA early stopping: grace {settings.grace_period} epochs (warm-up: "
                      f"{warmup_epochs(settings.recipe, settings.epochs)}), reduction factor {settings.reduction_factor}")
@@ -375,6 +385,12 @@ def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool, e
     if estimate:
         lines.append(estimate)
     return "\n".join(lines)
+
+
+def _subset_note(settings: SweepSettings, n_train: int) -> str:
+    """A word when the preset's training subset is more than the data have: it is an upper bound."""
+    bound = get_preset(settings.preset).train_subset
+    return f" (all the data have: preset {settings.preset}'s subset is {bound})" if bound and n_train < bound else ""
 
 
 def _shared_settings(settings: SweepSettings) -> str:
@@ -435,8 +451,8 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
     """The plan, and its wall clock estimated from throughput measured here (see kdtune.sweep.estimate)."""
     import torch
 
-    from kdtune.sweep import estimate as cost
     from kdtune.engine.teacher import cache_entries, cache_mode, locate_teacher
+    from kdtune.sweep import estimate as cost
 
     splits = load_splits(settings)
     gpus = torch.cuda.device_count()

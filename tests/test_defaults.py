@@ -1,0 +1,91 @@
+"""One home for every default: `kdtune tune` and `kdtune.api` build the same settings from the same inputs, and
+the defaults that once drifted (ASHA's grace period, a preset's subset on small data) hold on both paths."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kdtune import api
+from kdtune.cli.tune import parse_args, settings_from_args
+from kdtune.engine.config import warmup_epochs
+from kdtune.engine.errors import UserError
+
+SPACES = {"grid": "temperature", "optuna": "joint"}
+
+
+def through_cli(search: str, preset: str, data_dir, extra=()):
+    argv = [f"--{search}", SPACES[search], "--preset", preset, "--name", "same", "--data-dir", str(data_dir),
+            "--val-size", "30", *extra]
+    return settings_from_args(parse_args(argv))
+
+
+def through_api(search: str, preset: str, data_dir, **extra):
+    return api.settings(SPACES[search], search=search, preset=preset, name="same", data_dir=data_dir, val_size=30,
+                        **extra)
+
+
+@pytest.mark.parametrize("preset", ["quick", "paper", "seed"])
+@pytest.mark.parametrize("search", ["grid", "optuna"])
+def test_the_command_and_the_api_build_identical_settings(three_class_dir, search, preset, monkeypatch):
+    monkeypatch.delenv("KDTUNE_TEACHER_STORE", raising=False)
+    cli_settings, cli_resources = through_cli(search, preset, three_class_dir)
+    api_settings, api_resources = through_api(search, preset, three_class_dir)
+    assert cli_settings == api_settings
+    assert cli_resources == api_resources
+    # What no preset sets comes from SweepSettings and build_settings, the same for both.
+    assert cli_settings.seeds == (3 if search == "grid" else 1) and cli_settings.asha == (search == "optuna")
+    assert cli_settings.grace_period == warmup_epochs(cli_settings.recipe, cli_settings.epochs) + 1
+    defaults = {f.name: f.default for f in dataclasses.fields(type(cli_settings))}
+    assert (cli_settings.num_samples, cli_settings.sampler, cli_settings.reduction_factor) == (
+        defaults["num_samples"], defaults["sampler"], defaults["reduction_factor"])
+
+
+def test_given_values_override_on_both_paths_alike(three_class_dir):
+    cli, _ = through_cli("optuna", "quick", three_class_dir, ["--num-samples", "7", "--seeds", "2", "--no-asha",
+                                                              "--epochs", "9"])
+    python, _ = through_api("optuna", "quick", three_class_dir, num_samples=7, seeds=2, asha=False, epochs=9)
+    assert cli == python and (cli.num_samples, cli.seeds, cli.asha, cli.epochs) == (7, 2, False, 9)
+
+
+def test_optuna_through_the_api_takes_asha_after_the_warm_up(three_class_dir):
+    """An Optuna sweep through the API once failed on a hard-coded grace period inside the warm-up."""
+    settings, _ = through_api("optuna", "quick", three_class_dir)
+    assert settings.asha and settings.grace_period > warmup_epochs(settings.recipe, settings.epochs)
+
+
+def test_a_presets_subset_is_at_most_what_the_data_have(three_class_dir):
+    """quick's 5,000-image subset on 180 training images (30 of them for validation): all 150, and the plan
+    says so in its first lines; a subset the user gives is still checked against the data."""
+    settings, _ = through_cli("grid", "quick", three_class_dir)
+    assert settings.train_subset == 150
+    from kdtune.sweep.settings import describe_plan
+
+    head = describe_plan(settings, 150, teacher_stored=None).splitlines()[:3]
+    assert any("150 training images (all the data have: preset quick's subset is 5000)" in line for line in head)
+    given, _ = through_cli("grid", "quick", three_class_dir, ["--train-subset", "100"])
+    assert given.train_subset == 100
+    from kdtune.sweep.settings import load_splits
+
+    with pytest.raises(UserError, match="invalid train_subset 5000: must be between 1 and 150"):
+        load_splits(dataclasses.replace(settings, train_subset=5000))
+
+
+def test_bad_data_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    """No data where --data-dir points: one line, and Ray was never asked to start."""
+    import kdtune.sweep.runner
+    from kdtune.cli.args import run_cli
+    from kdtune.cli.tune import main
+
+    connected = []
+    monkeypatch.setattr(kdtune.sweep.runner, "connect", lambda *args, **kwargs: connected.append(args))
+    folder = tmp_path / "images"
+    (folder / "train" / "cat").mkdir(parents=True)
+    (folder / "test" / "cat").mkdir(parents=True)  # an image folder whose classes hold no images
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, ["--grid", "temperature", "--preset", "paper", "--data-dir", str(folder), "--results-dir",
+                       str(tmp_path / "results"), "--teacher-store", str(tmp_path / "teachers")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "holds no images" in err, err
+    assert connected == []
