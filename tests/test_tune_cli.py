@@ -87,7 +87,8 @@ def test_unreachable_cluster_address(tmp_path, capsys, monkeypatch, mini_data_di
     # as in a fresh process, there is none.
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     got, _, err = tune_main(["--grid", "temperature", "--preset", "quick", "--data-dir", str(mini_data_dir),
-                             "--train-subset", "100", "--val-size", "100", "--address", "127.0.0.1:1"], capsys, tmp_path)
+                             "--train-subset", "100", "--val-size", "100", "--address", "127.0.0.1:1"],
+                            capsys, tmp_path)
     assert_refused(got, err, 1, "cannot reach the Ray cluster at '127.0.0.1:1'")
     assert_nothing_trained(tmp_path)
 
@@ -113,10 +114,22 @@ def test_resources_no_node_has_are_refused(ray_session, tmp_path, capsys, mini_d
     assert_nothing_trained(tmp_path)
 
 
-def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, mini_data_dir):
-    code, out, err = tune_main(["--grid", "temperature", "--preset", "quick", "--seeds", "2", "--data-dir",
-                                str(mini_data_dir), "--train-subset", "200", "--val-size", "100", "--dry-run"],
-                               capsys, tmp_path)
+@pytest.fixture
+def quick_measure(monkeypatch):
+    """--dry-run times the teacher with one thread per CPU.  On a small shared CPU two OpenMP threads mostly wait
+    for each other (seconds a step): the dry runs below time the same steps with one thread, and a tinycnn
+    teacher where the teacher is not what they check."""
+    from kdtune.sweep import estimate
+
+    measure = estimate.measure
+    monkeypatch.setattr(estimate, "measure", lambda model, batch_size, splits, device, threads, **kwargs:
+                        measure(model, batch_size, splits, device, 1, **kwargs))
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, quick_measure, mini_data_dir):
+    code, out, err = tune_main(["--grid", "temperature", "--preset", "quick", "--teacher", "tinycnn", "--seeds", "2",
+                                "--data-dir", str(mini_data_dir), "--train-subset", "200", "--val-size", "100",
+                                "--dry-run"], capsys, tmp_path)
     assert code == 0, err
     assert "baseline (no distillation, alpha 0): 2 trials" in out
     assert "alpha=0.5, temperature=20 x 2 seeds" in out
@@ -179,14 +192,14 @@ def test_comparison_guards_refuse_in_one_line(tmp_path, capsys, monkeypatch, arg
     assert not (tmp_path / "results").exists()
 
 
-def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, mini_data_dir):
+def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, quick_measure, mini_data_dir):
     spaces = tmp_path / "spaces"
     spaces.mkdir()
     (spaces / "withzero.yaml").write_text("grid:\n  temperature: [2, 4]\n  alpha: [0, 0.5]\n")
     monkeypatch.setenv("KDTUNE_SEARCH_SPACES", str(spaces))
-    code, out, _ = tune_main(["--grid", "withzero", "--preset", "quick", "--asha", "--confirm", "2", "--seeds", "2",
-                              "--data-dir", str(mini_data_dir), "--train-subset", "200", "--val-size", "100",
-                              "--dry-run"], capsys, tmp_path)
+    code, out, _ = tune_main(["--grid", "withzero", "--preset", "quick", "--teacher", "tinycnn", "--asha", "--confirm",
+                              "2", "--seeds", "2", "--data-dir", str(mini_data_dir), "--train-subset", "200",
+                              "--val-size", "100", "--dry-run"], capsys, tmp_path)
     assert code == 0
     assert "temperature=2, alpha=0.5 x 2 seeds" in out and "alpha=0 x" not in out
     assert "alpha = 0 is the baseline above, not a distilled configuration: left out of the grid" in out
@@ -197,13 +210,14 @@ def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, mini_data_
     assert "total: 10 students in 5 Tune trials" in out
 
 
-def test_teacher_path_from_other_data_is_refused_before_any_work(tmp_path, capsys, mini_data_dir):
+def test_teacher_path_from_other_data_is_refused_before_any_work(tmp_path, capsys, quick_measure, mini_data_dir):
     from kdtune.engine.checkpoint import save_model
     from kdtune.engine.models import create_model
 
     path = tmp_path / "foreign.pt"
-    save_model(path, create_model("resnet20"), "resnet20", {"val_acc": 0.9, "test_acc": 0.9, "data_key": "elsewhere"})
-    data = ["--preset", "quick", "--data-dir", str(mini_data_dir), "--train-subset", "200", "--val-size", "100"]
+    save_model(path, create_model("tinycnn"), "tinycnn", {"val_acc": 0.9, "test_acc": 0.9, "data_key": "elsewhere"})
+    data = ["--preset", "quick", "--teacher", "tinycnn", "--data-dir", str(mini_data_dir), "--train-subset", "200",
+            "--val-size", "100"]
     code, _, err = tune_main(["--grid", "temperature", *data, "--teacher-path", str(path), "--dry-run"], capsys, tmp_path)
     assert code == 1 and "trained on data splits elsewhere" in err and "--allow-foreign-teacher" in err, err
     code, out, _ = tune_main(["--grid", "temperature", *data, "--teacher-path", str(path), "--allow-foreign-teacher",
