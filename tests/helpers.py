@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
+import pytest
 import torch
 
 from kdtune.engine.data import Splits, channel_stats
@@ -85,3 +89,60 @@ def wait_for(predicate, timeout: float) -> bool:
             return True
         time.sleep(0.3)
     return False
+
+
+# ----------------------------------------------------------------------------- commands run in this process
+
+
+def run_command(main, argv: list[str], capture, cwd: Path, prog: str) -> subprocess.CompletedProcess:
+    """A command's `main(argv)` run in this process as its script runs it (through `kdtune.cli.args.run_cli`),
+    from `cwd`; returns what `subprocess.run` would: the exit code, stdout and stderr (read from `capture`,
+    capsys or capfd).
+
+    Python warnings go to stderr under Python's default filters, as a fresh interpreter would print them, so
+    that "one line on stderr" means the same here as in a terminal.  An exception that run_cli lets through
+    (a traceback, in a terminal) fails the test with that traceback.  sys.argv[0] (argparse's program name),
+    sys.path and the modules imported from `cwd` (a user's `module:callable` model) are restored afterwards.
+    """
+    from kdtune.cli.args import run_cli
+
+    capture.readouterr()  # only this command's output
+    modules = set(sys.modules)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setattr(sys, "argv", [prog])
+        mp.setattr(sys, "path", list(sys.path))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                _python_default_warning_filters()
+                with pytest.raises(SystemExit) as exit_info:
+                    run_cli(main, argv)
+        finally:
+            for name in set(sys.modules) - modules:
+                where = getattr(sys.modules[name], "__file__", None) or ""
+                if Path(where).resolve().is_relative_to(Path(cwd).resolve()):
+                    del sys.modules[name]
+    out, err = capture.readouterr()
+    err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
+    code = exit_info.value.code
+    code = 0 if code is None else code if isinstance(code, int) else 1  # as the interpreter maps sys.exit(x)
+    return subprocess.CompletedProcess([prog, *argv], code, out, err)
+
+
+def _python_default_warning_filters() -> None:
+    """The warning filters of a fresh `python script.py` (no -W, no PYTHONWARNINGS), not pytest's."""
+    warnings.resetwarnings()
+    warnings.simplefilter("default")
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.simplefilter("ignore", category)
+
+
+def offline_env(monkeypatch, teacher_store: Path) -> None:
+    """What the command-line tests give every run: no $KDTUNE_DATA_DIR, a teacher store of the test's own, and
+    a proxy that refuses at once, so that a download attempt fails in an instant instead of reaching the network."""
+    monkeypatch.delenv("KDTUNE_DATA_DIR", raising=False)
+    monkeypatch.setenv("KDTUNE_TEACHER_STORE", str(teacher_store))
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")

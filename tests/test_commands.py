@@ -111,3 +111,23 @@ def test_installed_command_from_an_unrelated_folder(installed, mini_data_dir, re
     assert "T = 8, α = 0.5" in report.stdout and (tmp_path / "report" / "summary.md").read_text() in report.stdout
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
         "fidelity_calibration.png", "learning_curves.png", "temperature_analysis.png"]
+
+
+# ----------------------------------------------------------------------------- the one command run as a process
+
+
+def test_a_refused_command_is_one_line_and_no_traceback_from_a_shell(tmp_path):
+    """The one fast test that starts the command as a shell does (`python -m kdtune`, as the installed `kdtune`
+    script runs kdtune.cli:main); every other refusal is checked in-process, through the same run_cli.
+    What only a real process shows: nothing else on stderr (no warning at import, no Ray notice), and the
+    exit code the interpreter returns."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    env.pop("KDTUNE_DATA_DIR", None)
+    done = subprocess.run([sys.executable, "-m", "kdtune", "train", "--mode", "distill", "--teacher", "nosuchnet",
+                           "--data-dir", str(tmp_path / "unused")], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "nosuchnet" in done.stderr and "resnet20" in done.stderr, done.stderr
+    assert not (tmp_path / "unused").exists() and not (tmp_path / "results").exists()

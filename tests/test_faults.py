@@ -73,8 +73,8 @@ def test_a_diverging_trial_stops_itself_and_the_sweep_goes_on(workdir, mini_data
     assert (table["epochs_run"] < 3).all()  # stopped itself rather than training on NaN
 
 
-def test_a_dying_worker_node_reschedules_its_trials(workdir, mini_data_dir, tmp_path_factory):
-    import ray
+def test_a_dying_worker_node_reschedules_its_trials(own_ray, workdir, mini_data_dir, tmp_path_factory):
+    ray = own_ray  # connect() joins the cluster at --address only if no Ray is initialized here
     from ray.cluster_utils import Cluster
 
     sys.path.insert(0, str(ROOT / "scripts"))

@@ -1,43 +1,35 @@
-"""scripts/main.py as a user runs it: one-line errors with the right exit code, and one real end-to-end run."""
+"""scripts/main.py (`kdtune train`) as a user runs it: one-line errors with the right exit code, user models and
+data, and one real end-to-end run.
+
+The command's main() runs in this process, through run_cli as the script runs it (helpers.run_command);
+test_commands.py starts the one real process that checks the same contract from a shell.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import link_image_subset
+from helpers import link_image_subset, offline_env, run_command
 import torch
 
+from kdtune.cli.train import main as train_main
 from kdtune.engine.checkpoint import save_model
-from kdtune.engine.data import load_dataset
 from kdtune.engine.models import create_model
 
-REPO = Path(__file__).resolve().parents[1]
-MAIN = REPO / "scripts" / "main.py"
 QUICK = ["--mode", "distill", "--teacher", "tinycnn", "--student", "tinycnn", "--epochs", "1", "--no-progress"]
 
 
-def _env(tmp_path: Path) -> dict:
-    env = dict(os.environ)  # carries KDTUNE_CACHE_DIR from conftest's isolated cache
-    env.pop("KDTUNE_DATA_DIR", None)
-    env["KDTUNE_TEACHER_STORE"] = str(tmp_path / "teachers")
-    # A download attempt fails at once (connection refused) instead of reaching, or waiting for, the network.
-    for name in ("no_proxy", "NO_PROXY"):
-        env.pop(name, None)
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        env[name] = "http://127.0.0.1:9"
-    # One intra-op thread: on a small shared CPU, two OpenMP threads per process mostly wait for each other.
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+@pytest.fixture
+def run_main(tmp_path, monkeypatch, capfd, one_thread):
+    """run_main(args) -> CompletedProcess: scripts/main.py ARGS from tmp_path, offline, with its own teacher store.
 
-
-def run_main(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(MAIN), *args], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-                          text=True, timeout=timeout)
+    capfd rather than capsys: what native code or a logger bound to the real stderr prints counts too.
+    """
+    offline_env(monkeypatch, tmp_path / "teachers")
+    return lambda args: run_command(train_main, args, capfd, tmp_path, prog="main.py")
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> str:
@@ -77,30 +69,24 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needl
         (["--device", "nonsense"], 1, ["nonsense"]),
     ],
 )
-def test_bad_flag(tmp_path, flags, code, needles):
-    result = run_main(["--mode", "distill", "--data-dir", str(tmp_path / "unused"), *flags], tmp_path)
+def test_bad_flag(tmp_path, run_main, flags, code, needles):
+    result = run_main(["--mode", "distill", "--data-dir", str(tmp_path / "unused"), *flags])
     assert_one_line_error(result, code, *needles)
     assert not (tmp_path / "unused").exists() and not (tmp_path / "results").exists()
 
 
-def test_missing_mode(tmp_path):
-    assert_one_line_error(run_main(["--epochs", "1"], tmp_path), 2, "--mode")
+def test_missing_mode(run_main):
+    assert_one_line_error(run_main(["--epochs", "1"]), 2, "--mode")
 
 
-def test_missing_data_dir_offline(tmp_path):
+def test_missing_data_dir_offline(tmp_path, run_main):
     missing = tmp_path / "nonexistent"
-    result = run_main([*QUICK, "--data-dir", str(missing)], tmp_path)
+    result = run_main([*QUICK, "--data-dir", str(missing)])
     assert_one_line_error(result, 1, str(missing), "--data-dir")
 
 
 # ----------------------------------------------------------------------------- bad values that need the data
-
-
-@pytest.fixture(scope="module")
-def real_data(real_data_dir) -> Path:
-    """The real folder, decoded once into this session's cache (in-process), so the scripts start from the cache."""
-    load_dataset(real_data_dir)
-    return real_data_dir
+# (a small folder of PNGs: these runs are refused before any training, whatever the images)
 
 
 def _image_folder(root: Path, classes: dict[str, list[str]]) -> Path:
@@ -118,40 +104,39 @@ def _image_folder(root: Path, classes: dict[str, list[str]]) -> Path:
     return root
 
 
-def test_data_folder_with_a_missing_class(tmp_path):
+def test_data_folder_with_a_missing_class(tmp_path, run_main):
     data = _image_folder(tmp_path / "data", {"train/cat": ["0.png"], "train/dog": ["0.png"], "test/cat": ["0.png"]})
-    assert_one_line_error(run_main([*QUICK, "--data-dir", str(data)], tmp_path), 1, "dog", "train and test classes")
+    assert_one_line_error(run_main([*QUICK, "--data-dir", str(data)]), 1, "dog", "train and test classes")
 
 
-def test_data_folder_with_an_unreadable_image(tmp_path):
+def test_data_folder_with_an_unreadable_image(tmp_path, run_main):
     data = _image_folder(tmp_path / "data", {"train/cat": ["0.png", "1.jpg"], "test/cat": ["0.png"]})
-    assert_one_line_error(run_main([*QUICK, "--data-dir", str(data)], tmp_path), 1, "cannot read image", "1.jpg")
+    assert_one_line_error(run_main([*QUICK, "--data-dir", str(data)]), 1, "cannot read image", "1.jpg")
 
 
-def test_train_subset_larger_than_data(tmp_path, real_data):
-    result = run_main([*QUICK, "--data-dir", str(real_data), "--train-subset", "100000"], tmp_path)
+def test_train_subset_larger_than_data(run_main, three_class_dir):
+    result = run_main([*QUICK, "--data-dir", str(three_class_dir), "--val-size", "30", "--train-subset", "100000"])
     assert_one_line_error(result, 1, "train_subset", "100000")
 
 
-def test_val_size_larger_than_data(tmp_path, real_data):
-    result = run_main([*QUICK, "--data-dir", str(real_data), "--val-size", "60000"], tmp_path)
+def test_val_size_larger_than_data(run_main, three_class_dir):
+    result = run_main([*QUICK, "--data-dir", str(three_class_dir), "--val-size", "60000"])
     assert_one_line_error(result, 1, "val_size", "60000")
 
 
-def test_teacher_path_to_a_text_file(tmp_path, real_data):
+def test_teacher_path_to_a_text_file(tmp_path, run_main, three_class_dir):
     text = tmp_path / "teacher.pt"
     text.write_text("not a model\n")
-    result = run_main([*QUICK, "--data-dir", str(real_data), "--train-subset", "100", "--val-size", "100",
-                       "--teacher-path", str(text)], tmp_path)
+    result = run_main([*QUICK, "--data-dir", str(three_class_dir), "--val-size", "30", "--teacher-path", str(text)])
     assert_one_line_error(result, 1, str(text))
     assert text.read_text() == "not a model\n"
 
 
-def test_teacher_path_to_another_architecture(tmp_path, real_data):
-    other = save_model(tmp_path / "tiny.pt", create_model("tinycnn"), "tinycnn", {})
-    args = [*QUICK, "--teacher", "resnet20", "--data-dir", str(real_data), "--train-subset", "100", "--val-size", "100",
+def test_teacher_path_to_another_architecture(tmp_path, run_main, three_class_dir):
+    other = save_model(tmp_path / "tiny.pt", create_model("tinycnn", 3), "tinycnn", {})
+    args = [*QUICK, "--teacher", "resnet20", "--data-dir", str(three_class_dir), "--val-size", "30",
             "--teacher-path", str(other)]
-    assert_one_line_error(run_main(args, tmp_path), 1, str(other), "tinycnn", "resnet20")
+    assert_one_line_error(run_main(args), 1, str(other), "tinycnn", "resnet20")
 
 
 # ----------------------------------------------------------------------------- your own models and data
@@ -171,14 +156,14 @@ def not_a_model(num_classes):
 """
 
 
-def test_torchvision_teacher_distils_into_a_module_callable_student(tmp_path, three_class_dir):
+def test_torchvision_teacher_distils_into_a_module_callable_student(tmp_path, run_main, three_class_dir):
     """3 classes of 40x40 images; the student's module is found in the current directory, as Ray's workers find it."""
     (tmp_path / "usermodels.py").write_text(USER_MODELS)
     store, output = tmp_path / "store", tmp_path / "run.json"
     args = ["--mode", "distill", "--teacher", "torchvision:resnet18", "--student", "usermodels:small_cnn",
             "--epochs", "2", "--val-size", "30", "--batch-size", "50", "--data-dir", str(three_class_dir),
             "--teacher-store", str(store), "--output", str(output), "--no-progress"]
-    done = run_main(args, tmp_path)
+    done = run_main(args)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(output.read_text())
     assert summary["data"]["classes"] == 3 and summary["data"]["image_size"] == [40, 40]
@@ -195,21 +180,21 @@ def test_torchvision_teacher_distils_into_a_module_callable_student(tmp_path, th
     assert student["arch"] == "usermodels:small_cnn" and student["num_classes"] == 3
 
 
-def test_a_callable_that_is_no_model_fails_before_training(tmp_path, three_class_dir):
+def test_a_callable_that_is_no_model_fails_before_training(tmp_path, run_main, three_class_dir):
     (tmp_path / "usermodels.py").write_text(USER_MODELS)
     args = ["--mode", "student", "--student", "usermodels:not_a_model", "--epochs", "1", "--val-size", "30",
             "--data-dir", str(three_class_dir), "--output", str(tmp_path / "run.json"), "--no-progress"]
-    result = run_main(args, tmp_path)
+    result = run_main(args)
     assert_one_line_error(result, 1, "'usermodels:not_a_model'", "returned str, not a torch.nn.Module")
     assert not (tmp_path / "run.json").exists()
 
 
-def test_timm_student_on_three_classes(tmp_path, three_class_dir):
+def test_timm_student_on_three_classes(tmp_path, run_main, three_class_dir):
     pytest.importorskip("timm", reason="timm is not installed (pip install 'kdtune[timm]')")
     output = tmp_path / "run.json"
     args = ["--mode", "student", "--student", "timm:test_resnet", "--epochs", "1", "--val-size", "30",
             "--image-size", "32", "--data-dir", str(three_class_dir), "--output", str(output), "--no-progress"]
-    done = run_main(args, tmp_path)
+    done = run_main(args)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(output.read_text())
     assert summary["config"]["model"] == "timm:test_resnet" and summary["data"]["image_size"] == [32, 32]
@@ -230,13 +215,13 @@ def real_subset(real_data_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_distill_end_to_end_on_real_images(tmp_path, real_subset):
+def test_distill_end_to_end_on_real_images(tmp_path, run_main, real_subset):
     store = tmp_path / "store"
     output = tmp_path / "run.json"
     args = ["--mode", "distill", "--teacher", "resnet20", "--student", "tinycnn", "--epochs", "2",
             "--train-subset", "2000", "--val-size", "1000", "--data-dir", str(real_subset),
             "--teacher-store", str(store), "--output", str(output), "--no-progress"]
-    first = run_main(args, tmp_path, timeout=1200)  # a guard against hangs only
+    first = run_main(args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Traceback" not in first.stderr
 
@@ -264,7 +249,7 @@ def test_distill_end_to_end_on_real_images(tmp_path, real_subset):
     assert len([p for p in files if p.name.startswith("epoch-")]) == 2  # the logit cache: one file per epoch
     second_args = [*args]
     second_args[second_args.index("--output") + 1] = str(tmp_path / "run2.json")
-    second = run_main(second_args, tmp_path, timeout=1200)
+    second = run_main(second_args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert teacher_line in second.stdout.splitlines()  # same accuracies, same path
     assert [p.name for p in store.iterdir()] == [entries[0].name]

@@ -182,26 +182,18 @@ def test_methods_differ_in_training_and_kd_is_unchanged(splits, teacher):
 
 
 @pytest.fixture(scope="module")
-def methods_sweep(mini_data_dir, tmp_path_factory):
+def methods_sweep(ray_session, mini_data_dir, tmp_path_factory):
     """`kdtune tune --grid` over the three methods at one T (real images, 2 seeds, 2 epochs), then its report."""
-    import ray
-
     from kdtune.cli import tune
 
     base = tmp_path_factory.mktemp("methods")
     (base / "spaces").mkdir()
     (base / "spaces" / "three.yaml").write_text("grid:\n  method: [kd, ls, ctkd]\n  temperature: [4]\n  alpha: 0.9\n")
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
-        code = tune.main(["--grid", str(base / "spaces" / "three.yaml"), "--preset", "quick", "--teacher", "tinycnn",
-                          "--seeds", "2", "--epochs", "2", "--teacher-epochs", "1", "--train-subset", "100",
-                          "--val-size", "20", "--ctkd-ramp-epochs", "1", "--data-dir", str(mini_data_dir),
-                          "--name", "methods", "--results-dir", str(base / "results"),
-                          "--teacher-store", str(base / "teachers")])
-    finally:
-        ray.shutdown()
+    code = tune.main(["--grid", str(base / "spaces" / "three.yaml"), "--preset", "quick", "--teacher", "tinycnn",
+                      "--seeds", "2", "--epochs", "2", "--teacher-epochs", "1", "--train-subset", "100",
+                      "--val-size", "20", "--ctkd-ramp-epochs", "1", "--data-dir", str(mini_data_dir),
+                      "--name", "methods", "--results-dir", str(base / "results"),
+                      "--teacher-store", str(base / "teachers")])
     assert code == 0
     return base / "results" / "methods"
 

@@ -93,11 +93,9 @@ def test_samplers_are_seeded_and_of_the_right_kind(name, cls):
 
 
 @pytest.mark.slow
-def test_optuna_asha_and_three_seeds_one_point_per_pack_stopped_points_pruned(tmp_path):
+def test_optuna_asha_and_three_seeds_one_point_per_pack_stopped_points_pruned(ray_session, tmp_path):
     """Through Tune itself: each Optuna point is one trial training all 3 seeds (no Repeater), ASHA stops
     points, and the study records the stopped ones as PRUNED."""
-    import ray
-
     from kdtune.sweep.runner import _tuner_parts
     from kdtune.sweep.spaces import SearchSpace
     from kdtune.sweep.settings import SweepSettings
@@ -119,18 +117,12 @@ def test_optuna_asha_and_three_seeds_one_point_per_pack_stopped_points_pruned(tm
                    for s in config["seeds"]}
             tune.report({"epoch": epoch, "val_acc": sum(own.values()) / len(own), "diverged": False, **own})
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
-        results = tune.Tuner(
-            pack, param_space=param_space,
-            tune_config=tune.TuneConfig(metric="val_acc", mode="max", search_alg=search, scheduler=scheduler,
-                                        num_samples=num_samples, max_concurrent_trials=2),
-            run_config=tune.RunConfig(storage_path=str(tmp_path), name="optuna", verbose=0),
-        ).fit()
-    finally:
-        ray.shutdown()
+    results = tune.Tuner(
+        pack, param_space=param_space,
+        tune_config=tune.TuneConfig(metric="val_acc", mode="max", search_alg=search, scheduler=scheduler,
+                                    num_samples=num_samples, max_concurrent_trials=2),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="optuna", verbose=0),
+    ).fit()
     # The baseline's pack is the experiment's first trial (it shares the sweep's slots), and runs every epoch.
     assert num_samples == 9 and len(results) == 9 and all(r.config["seeds"] == [0, 1, 2] for r in results)
     (baseline,) = [r for r in results if r.config.get("phase") == "baseline"]

@@ -132,14 +132,10 @@ def interrupt_at(temperature: float, seed: int, epoch: int):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    if ray.is_initialized():
-        ray.shutdown()  # left by an earlier test module
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+def ray_local(ray_session):
+    """The session's Ray, whose workers are sent this module's functions by value: they cannot import it."""
+    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return ray_session
 
 
 @pytest.fixture(scope="module")

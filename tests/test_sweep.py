@@ -259,8 +259,8 @@ def test_resume_after_the_driver_is_killed_runs_only_what_was_unfinished(workdir
         assert sorted(set(epochs)) == [1, 2, 3]
 
 
-def test_two_node_cluster_places_trials_on_the_worker_node(workdir, mini_data_dir, tmp_path):
-    import ray
+def test_two_node_cluster_places_trials_on_the_worker_node(own_ray, workdir, mini_data_dir, tmp_path):
+    ray = own_ray  # this test's ray.init(address=cluster.address): no other Ray may be initialized here
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

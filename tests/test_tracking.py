@@ -68,20 +68,14 @@ def test_a_wandb_run_is_of_its_trials_own_phase(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tracked(mini_data_dir, tmp_path_factory):
+def tracked(ray_session, mini_data_dir, tmp_path_factory):
     """A sweep (baseline + one distilled trial) logged to whichever trackers are installed."""
     if not (HAS_MLFLOW or HAS_WANDB):
         pytest.skip("neither mlflow nor wandb is installed (pip install 'kdtune[mlflow,wandb]')")
-    import ray
-
     base = tmp_path_factory.mktemp("tracking")
     mp = pytest.MonkeyPatch()
     mp.setenv("WANDB_MODE", "offline")
     mp.setenv("WANDB_DIR", str(base))
-    if ray.is_initialized():
-        ray.shutdown()
-    # A fresh local instance: with no address, ray.init would join any cluster running on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         root = api.sweep({"temperature": [4], "alpha": 0.5}, name="tracked", results_dir=base / "results",
                          teacher="tinycnn", student="tinycnn", data_dir=mini_data_dir, preset="quick", epochs=2,
@@ -89,7 +83,6 @@ def tracked(mini_data_dir, tmp_path_factory):
                          mlflow_uri=f"sqlite:///{base / 'mlflow.db'}" if HAS_MLFLOW else None,
                          wandb_project="kdtune-test" if HAS_WANDB else None)
     finally:
-        ray.shutdown()
         mp.undo()
     return base, pd.read_csv(root / "summary.csv")
 

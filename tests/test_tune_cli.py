@@ -1,38 +1,25 @@
-"""Bad input to scripts/tune.py: refused before any training, in one line, with a non-zero exit."""
+"""Bad input to scripts/tune.py: refused before any training, in one line, with a non-zero exit.
+
+Its main() runs in this process, through run_cli as the script runs it (tune_main below); test_commands.py
+starts the one real process that checks the same contract from a shell.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tune(tmp_path: Path, *args: str, spaces: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if spaces is not None:
-        env["KDTUNE_SEARCH_SPACES"] = str(spaces)
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "tune.py"), *args, "--results-dir", str(tmp_path / "results"),
-         "--teacher-store", str(tmp_path / "teachers")],
-        env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
-    )
-
-
-def assert_refused(done: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
-    # Progress bars and Ray's start-up notice may precede it; the error itself is one line, the last.
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line]
-    assert done.returncode == code, done.stderr
-    assert "Traceback" not in done.stderr
-    assert len(errors) == 1 and errors[0] == lines[-1], done.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
+def assert_refused(got: int, err: str, code: int, *fragments: str) -> None:
+    """The exit code, no traceback, and one error line naming what was wrong. Progress bars and Ray's start-up
+    notice may precede it; the error itself is the last line."""
+    assert "Traceback" not in err, err
+    assert_one_error_line(got, err, code, *fragments)
 
 
 def assert_nothing_trained(tmp_path: Path) -> None:
@@ -94,37 +81,56 @@ def test_bad_search_space_files_are_refused(tmp_path, capsys, monkeypatch, text,
     assert not (tmp_path / "pwned").exists()
 
 
-def test_unreachable_cluster_address(tmp_path, mini_data_dir):
-    done = tune(tmp_path, "--grid", "temperature", "--preset", "quick", "--data-dir", str(mini_data_dir),
-                "--train-subset", "100", "--val-size", "100", "--address", "127.0.0.1:1")
-    assert_refused(done, 1, "cannot reach the Ray cluster at '127.0.0.1:1'")
+def test_unreachable_cluster_address(tmp_path, capsys, monkeypatch, mini_data_dir):
+    ray = pytest.importorskip("ray")
+    # connect() keeps a Ray already initialized in this process (the session's, when slow tests ran before):
+    # as in a fresh process, there is none.
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    got, _, err = tune_main(["--grid", "temperature", "--preset", "quick", "--data-dir", str(mini_data_dir),
+                             "--train-subset", "100", "--val-size", "100", "--address", "127.0.0.1:1"],
+                            capsys, tmp_path)
+    assert_refused(got, err, 1, "cannot reach the Ray cluster at '127.0.0.1:1'")
     assert_nothing_trained(tmp_path)
 
 
-def test_unwritable_storage_path(tmp_path, mini_data_dir):
+def test_unwritable_storage_path(tmp_path, capsys, mini_data_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    done = tune(tmp_path, "--grid", "temperature", "--preset", "quick", "--data-dir", str(mini_data_dir),
-                "--train-subset", "100", "--val-size", "100", "--storage-path", str(blocker / "sub"))
-    assert_refused(done, 1, "cannot be written", str(blocker))
+    got, _, err = tune_main(["--grid", "temperature", "--preset", "quick", "--data-dir", str(mini_data_dir),
+                             "--train-subset", "100", "--val-size", "100", "--storage-path", str(blocker / "sub")],
+                            capsys, tmp_path)
+    assert_refused(got, err, 1, "cannot be written", str(blocker))
     assert_nothing_trained(tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flag, fragment", [(["--gpus-per-trial", "0.5"], "gpus-per-trial 0.5"),
                                              (["--cpus-per-trial", "64"], "cpus-per-trial 64")])
-def test_resources_no_node_has_are_refused(tmp_path, mini_data_dir, flag, fragment):
-    done = tune(tmp_path, "--grid", "temperature", "--preset", "quick", "--data-dir", str(mini_data_dir),
-                "--train-subset", "100", "--val-size", "100", *flag)
-    assert_refused(done, 1, fragment, "more than any node has")
+def test_resources_no_node_has_are_refused(ray_session, tmp_path, capsys, mini_data_dir, flag, fragment):
+    # connect() keeps the session's local Ray (2 CPUs), as a fresh process would start its own
+    got, _, err = tune_main(["--grid", "temperature", "--preset", "quick", "--data-dir", str(mini_data_dir),
+                             "--train-subset", "100", "--val-size", "100", *flag], capsys, tmp_path)
+    assert_refused(got, err, 1, fragment, "more than any node has")
     assert_nothing_trained(tmp_path)
 
 
-def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, mini_data_dir):
-    done = tune(tmp_path, "--grid", "temperature", "--preset", "quick", "--seeds", "2", "--data-dir",
-                str(mini_data_dir), "--train-subset", "200", "--val-size", "100", "--dry-run")
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+@pytest.fixture
+def quick_measure(monkeypatch):
+    """--dry-run times the teacher with one thread per CPU.  On a small shared CPU two OpenMP threads mostly wait
+    for each other (seconds a step): the dry runs below time the same steps with one thread, and a tinycnn
+    teacher where the teacher is not what they check."""
+    from kdtune.sweep import estimate
+
+    measure = estimate.measure
+    monkeypatch.setattr(estimate, "measure", lambda model, batch_size, splits, device, threads, **kwargs:
+                        measure(model, batch_size, splits, device, 1, **kwargs))
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, quick_measure, mini_data_dir):
+    code, out, err = tune_main(["--grid", "temperature", "--preset", "quick", "--teacher", "tinycnn", "--seeds", "2",
+                                "--data-dir", str(mini_data_dir), "--train-subset", "200", "--val-size", "100",
+                                "--dry-run"], capsys, tmp_path)
+    assert code == 0, err
     assert "baseline (no distillation, alpha 0): 2 trials" in out
     assert "alpha=0.5, temperature=20 x 2 seeds" in out
     assert ("total: 22 students in 11 Tune trials (a configuration's seeds per trial; pack mode auto), up to 132 "
@@ -137,20 +143,17 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, mini_data_dir):
 
 
 def tune_main(argv: list[str], capsys, tmp_path: Path) -> tuple[int, str, str]:
-    """scripts/tune.py's main() in this process, as its command line would run it: (exit code, stdout, stderr)."""
+    """scripts/tune.py's main() in this process, as its command line would run it from tmp_path:
+    (exit code, stdout, stderr)."""
     import importlib.util
-
-    from kdtune.cli.args import run_cli
 
     spec = importlib.util.spec_from_file_location("tune_script", ROOT / "scripts" / "tune.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(module.main, [*argv, "--results-dir", str(tmp_path / "results"),
-                              "--teacher-store", str(tmp_path / "teachers")])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return exit_info.value.code, out, err
+    done = run_command(module.main, [*argv, "--results-dir", str(tmp_path / "results"),
+                                     "--teacher-store", str(tmp_path / "teachers")], capsys, tmp_path, prog="tune.py")
+    assert "Traceback" not in done.stderr
+    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.mark.parametrize(
@@ -189,14 +192,14 @@ def test_comparison_guards_refuse_in_one_line(tmp_path, capsys, monkeypatch, arg
     assert not (tmp_path / "results").exists()
 
 
-def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, mini_data_dir):
+def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, quick_measure, mini_data_dir):
     spaces = tmp_path / "spaces"
     spaces.mkdir()
     (spaces / "withzero.yaml").write_text("grid:\n  temperature: [2, 4]\n  alpha: [0, 0.5]\n")
     monkeypatch.setenv("KDTUNE_SEARCH_SPACES", str(spaces))
-    code, out, _ = tune_main(["--grid", "withzero", "--preset", "quick", "--asha", "--confirm", "2", "--seeds", "2",
-                              "--data-dir", str(mini_data_dir), "--train-subset", "200", "--val-size", "100",
-                              "--dry-run"], capsys, tmp_path)
+    code, out, _ = tune_main(["--grid", "withzero", "--preset", "quick", "--teacher", "tinycnn", "--asha", "--confirm",
+                              "2", "--seeds", "2", "--data-dir", str(mini_data_dir), "--train-subset", "200",
+                              "--val-size", "100", "--dry-run"], capsys, tmp_path)
     assert code == 0
     assert "temperature=2, alpha=0.5 x 2 seeds" in out and "alpha=0 x" not in out
     assert "alpha = 0 is the baseline above, not a distilled configuration: left out of the grid" in out
@@ -207,13 +210,14 @@ def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, mini_data_
     assert "total: 10 students in 5 Tune trials" in out
 
 
-def test_teacher_path_from_other_data_is_refused_before_any_work(tmp_path, capsys, mini_data_dir):
+def test_teacher_path_from_other_data_is_refused_before_any_work(tmp_path, capsys, quick_measure, mini_data_dir):
     from kdtune.engine.checkpoint import save_model
     from kdtune.engine.models import create_model
 
     path = tmp_path / "foreign.pt"
-    save_model(path, create_model("resnet20"), "resnet20", {"val_acc": 0.9, "test_acc": 0.9, "data_key": "elsewhere"})
-    data = ["--preset", "quick", "--data-dir", str(mini_data_dir), "--train-subset", "200", "--val-size", "100"]
+    save_model(path, create_model("tinycnn"), "tinycnn", {"val_acc": 0.9, "test_acc": 0.9, "data_key": "elsewhere"})
+    data = ["--preset", "quick", "--teacher", "tinycnn", "--data-dir", str(mini_data_dir), "--train-subset", "200",
+            "--val-size", "100"]
     code, _, err = tune_main(["--grid", "temperature", *data, "--teacher-path", str(path), "--dry-run"], capsys, tmp_path)
     assert code == 1 and "trained on data splits elsewhere" in err and "--allow-foreign-teacher" in err, err
     code, out, _ = tune_main(["--grid", "temperature", *data, "--teacher-path", str(path), "--allow-foreign-teacher",
