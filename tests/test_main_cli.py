@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import link_image_subset, offline_env, run_command
 import torch
+from helpers import link_image_subset, offline_env, run_command
 
 from kdtune.cli.train import main as train_main
 from kdtune.engine.checkpoint import save_model

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from kdtune.engine.errors import UserError
-from kdtune.engine.models import (check_model, check_model_name, count_parameters, create_model, list_models, model_spec,
-                           storage_name)
+from kdtune.engine.models import (
+    check_model,
+    check_model_name,
+    count_parameters,
+    create_model,
+    list_models,
+    model_spec,
+    storage_name,
+)
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 

@@ -97,8 +97,8 @@ def test_optuna_asha_and_three_seeds_one_point_per_pack_stopped_points_pruned(ra
     """Through Tune itself: each Optuna point is one trial training all 3 seeds (no Repeater), ASHA stops
     points, and the study records the stopped ones as PRUNED."""
     from kdtune.sweep.runner import _tuner_parts
-    from kdtune.sweep.spaces import SearchSpace
     from kdtune.sweep.settings import SweepSettings
+    from kdtune.sweep.spaces import SearchSpace
 
     settings = SweepSettings(
         name="x", search="optuna", preset="quick", teacher="tinycnn", student="tinycnn", recipe="cosine",

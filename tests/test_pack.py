@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import synthetic_splits
+
 from kdtune.engine.config import RunConfig
 from kdtune.engine.pack import pack_metrics, train_pack
 from kdtune.engine.train import LiveTeacher, train

@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-
 from helpers import synthetic_splits
+
 from kdtune.engine.config import RunConfig
 from kdtune.engine.progress import LogLines, duration, progress_bar
 from kdtune.engine.train import train

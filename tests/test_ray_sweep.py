@@ -9,6 +9,7 @@ the data into Ray's object store, where it is stopped: the cluster checks before
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def cluster(monkeypatch, tmp_path):
     def stop(*args, **kwargs):
         raise DataSharingReached("every check passed")
 
-    monkeypatch.setattr(kdtune.sweep.runner, "load_splits", lambda settings: "splits")
+    splits = types.SimpleNamespace(train_labels=range(100))  # what the plan printed at the start reads of them
+    monkeypatch.setattr(kdtune.sweep.runner, "load_splits", lambda settings: splits)
     monkeypatch.setattr(kdtune.sweep.runner, "check_models", lambda settings, splits: None)
     monkeypatch.setattr(kdtune.sweep.runner, "to_shared", stop)
     return Simulated

@@ -28,8 +28,8 @@ from scipy import stats
 
 from kdtune.cli.args import run_cli
 from kdtune.report.summary import OUTCOMES, Experiment, config_table, headline, summary_columns, write_report
-from kdtune.sweep.spaces import SearchSpace
 from kdtune.sweep.settings import SweepSettings, sweep_points
+from kdtune.sweep.spaces import SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
 

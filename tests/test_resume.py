@@ -19,9 +19,15 @@ import pytest
 from helpers import wait_for
 
 from kdtune.cli.args import ArgumentParser, given_options, run_cli
-from kdtune.sweep.resume import (absolute, kept_by_tune, recorded_resources, resume_command, save_record, start_record,
-                           tune_has_run)
-from kdtune.sweep.settings import Resources, build_settings, tune_storage
+from kdtune.sweep.resume import (
+    absolute,
+    kept_by_tune,
+    resume_command,
+    save_record,
+    start_record,
+    tune_has_run,
+)
+from kdtune.sweep.settings import Resources, build_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = ROOT / "scripts" / "tune.py"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kdtune.engine.errors import UserError
-from kdtune.sweep.spaces import (apply_overrides, available, default_dir, load_search_space, resolve_search_space,
-                                  space_label)
+from kdtune.sweep.spaces import apply_overrides, available, default_dir, load_search_space, resolve_search_space, space_label
 
 
 def test_shipped_spaces_load_with_their_issue_values():

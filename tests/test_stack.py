@@ -19,15 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import synthetic_splits
+
 from kdtune.engine.config import RunConfig
 from kdtune.engine.errors import UserError
 from kdtune.engine.losses import kd_loss_terms
 from kdtune.engine.models import create_model
 from kdtune.engine.pack import train_pack
-from kdtune.engine.stack import (Stack, can_stack, choose_pack_mode, member_optimizer_state, stacked_kd_loss_terms,
-                          train_stacked)
+from kdtune.engine.stack import Stack, can_stack, choose_pack_mode, member_optimizer_state, stacked_kd_loss_terms, train_stacked
 from kdtune.engine.train import LiveTeacher, build_optimizer, lr_factor, predict, train
 
 CPU = torch.device("cpu")
@@ -205,9 +204,9 @@ def test_choose_pack_mode():
 
 def test_the_benchmark_and_the_training_modules_never_import_ray_or_optuna():
     root = Path(__file__).resolve().parents[1]
-    code = ("import sys; import benchmarks.population, kdtune.engine.stack, kdtune.engine.pack, kdtune.engine.train, kdtune.engine.data, "
-            "kdtune.engine.teacher; bad = sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}); "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = ("import sys; import benchmarks.population, kdtune.engine.stack, kdtune.engine.pack, kdtune.engine.train, "
+            "kdtune.engine.data, kdtune.engine.teacher; "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna'}); print(bad); sys.exit(1 if bad else 0)")
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

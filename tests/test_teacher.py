@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import synthetic_splits
 
 import kdtune.engine.teacher as teacher_mod
 from kdtune.engine.checkpoint import save_model
@@ -14,9 +15,15 @@ from kdtune.engine.config import RunConfig
 from kdtune.engine.data import Splits, augment, augmentation_params, normalize
 from kdtune.engine.errors import UserError
 from kdtune.engine.models import create_model
-from kdtune.engine.teacher import (CachedTeacher, heavy_part_from_state, model_from_state, obtain_teacher, prepare_teacher,
-                            teacher_key, teacher_logits)
-from helpers import synthetic_splits
+from kdtune.engine.teacher import (
+    CachedTeacher,
+    heavy_part_from_state,
+    model_from_state,
+    obtain_teacher,
+    prepare_teacher,
+    teacher_key,
+    teacher_logits,
+)
 from kdtune.engine.train import LiveTeacher, predict, train
 
 CPU = torch.device("cpu")

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from helpers import synthetic_splits
 
 from kdtune.engine.config import RunConfig
 from kdtune.engine.data import Splits
+from kdtune.engine.device import resolve_device
 from kdtune.engine.errors import UserError
 from kdtune.engine.models import create_model
-from helpers import synthetic_splits
-from kdtune.engine.device import resolve_device
 from kdtune.engine.train import LiveTeacher, lr_factor, train
 
 CPU = torch.device("cpu")
