@@ -164,8 +164,8 @@ def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list
     return heavy_part_from_state(config, splits, state, names, aug_seed, device, mode, progress=progress)
 
 
-def prepare_teacher(settings: SweepSettings, resources: Resources, splits: Splits, shared_ref, mode: str,
-                    recorded: str | None = None):
+def teacher_for_sweep(settings: SweepSettings, resources: Resources, splits: Splits, shared_ref, mode: str,
+                      recorded: str | None = None):
     """The teacher (from the store, or trained as a Ray task) and the complete logit cache for the students.
 
     `teacher.prepare_teacher` with its heavy part (training, missing cache entries) run as a Ray task with
@@ -358,8 +358,8 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
     with StopRequest() as stop:
         save_record(root, record)
         try:
-            teacher, cache = prepare_teacher(settings, resources, splits, shared_splits, mode,
-                                             recorded=(record.get("teacher") or {}).get("path"))
+            teacher, cache = teacher_for_sweep(settings, resources, splits, shared_splits, mode,
+                                               recorded=(record.get("teacher") or {}).get("path"))
             record["teacher"] = {"path": str(teacher.path.resolve()),
                                  **{k: v for k, v in teacher.meta.items() if k != "history"}}
             save_record(root, record)
