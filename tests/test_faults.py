@@ -54,7 +54,8 @@ def test_a_crashing_trial_is_retried_from_its_checkpoint(workdir, mini_data_dir)
     assert (table["outcome"] == "finished").all() and (table["epochs_run"] == 3).all()
     assert table["failures"].sum() == 1  # one trial crashed once; the summary shows its retry
     crashed = table.loc[table["failures"] == 1].iloc[0]
-    folder = workdir / "results" / "crash" / crashed["phase"]
+    # The baseline's trials live in the sweep experiment's folder, beside the sweep's own.
+    folder = workdir / "results" / "crash" / ("confirm" if crashed["phase"] == "confirm" else "sweep")
     pack = crashed["trial_id"].rsplit("_s", 1)[0]  # the Tune trial (a pack of seeds) this student belongs to
     (result,) = [p for p in folder.glob(f"*{pack}*/result.json")]
     rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
