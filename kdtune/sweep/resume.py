@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
+import shutil
 from pathlib import Path
 
 from kdtune.engine.atomic import save_json
@@ -51,9 +52,40 @@ def _flag(dest: str) -> str:
 
 
 def check_new_experiment(root: Path) -> None:
-    """Refuse to start an experiment where one is recorded already."""
+    """Refuse to start an experiment where one is recorded already (a cheap early check; `Claim` decides)."""
     if (Path(root) / RECORD).exists():
         raise UsageError(f"experiment {root} already exists; add --resume to finish it, or choose another --name")
+
+
+class Claim:
+    """A new experiment's name, claimed by creating its record exclusively: of two starts with one name, one
+    wins and the other is refused before it touches anything.  Only the winner may remove what it made, and
+    only while nothing of value is in it (`release`)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.made = [folder for folder in (self.root, *self.root.parents) if not folder.exists()]  # deepest first
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / RECORD, "x") as file:
+                file.write('{"status": "starting"}\n')
+        except FileExistsError:
+            raise UsageError(f"experiment {self.root} was started by another kdtune a moment ago and is running; "
+                             f"choose another --name") from None
+        except OSError as error:
+            raise UserError(f"cannot create experiment {self.root}: {error.strerror or error}") from None
+
+    def release(self) -> None:
+        """Remove the experiment folder this claim made (or only its record, in a folder that was there)."""
+        if self.root in self.made:
+            shutil.rmtree(self.root, ignore_errors=True)
+            for folder in self.made[1:]:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        else:
+            (self.root / RECORD).unlink(missing_ok=True)
 
 
 def check_resume_options(given: dict, record: dict) -> None:

@@ -7,7 +7,6 @@ and reports never need a Ray cluster.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 from pathlib import Path
@@ -19,9 +18,9 @@ from kdtune.engine.data import Splits
 from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.progress import LogLines, is_terminal
 from kdtune.engine.teacher import cache_mode, heavy_part_from_state, model_from_state
-from kdtune.report.record import storage_child
+from kdtune.report.record import read_record, storage_child
 from kdtune.sweep.interrupt import StopRequest
-from kdtune.sweep.resume import check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
+from kdtune.sweep.resume import Claim, check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
 from kdtune.sweep.schedulers import BaselineKeepingASHA
 from kdtune.sweep.searchers import GridPoints
 from kdtune.sweep.settings import (
@@ -334,8 +333,31 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
 
     The record is written before any training, so a run stopped once training started (Ctrl-C, a
     crash, a kill) can always be resumed, and a run refused before leaves no folder behind.  Ctrl-C
-    stops it before its next phase: the record's status is then "interrupted".
+    stops it before its next phase: the record's status is then "interrupted".  A new experiment first
+    claims its name (`Claim`): of two started at once with one name, the second is refused untouched.
     """
+    claim = None if previous is not None else Claim(root)
+    try:
+        return _run(settings, resources, root, previous)
+    except UserError:
+        if claim is not None and not _recorded(root, "phases_started"):
+            claim.release()  # refused before any trial: a new experiment leaves nothing behind
+        raise
+    except KeyboardInterrupt:
+        if claim is not None and not _recorded(root, "settings"):
+            claim.release()  # stopped before its record was written: nothing to resume
+        raise
+
+
+def _recorded(root: Path, key: str) -> bool:
+    """Whether the experiment's record holds a non-empty `key` (a claim's placeholder holds neither)."""
+    try:
+        return bool(read_record(root).get(key))
+    except UserError:
+        return False
+
+
+def _run(settings: SweepSettings, resources: Resources, root: Path, previous: dict | None) -> dict:
     import ray
 
     storage = tune_storage(root, resources)
@@ -354,7 +376,6 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
         settings.precision, torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu"))
     record = start_record(previous, settings, resources, storage, mode)
     record.update(data=splits.summary(), points=sweep_points(settings), students=settings.students_record())
-    new_folder = not root.exists()
     with StopRequest() as stop:
         save_record(root, record)
         try:
@@ -383,10 +404,6 @@ def run_sweep(settings: SweepSettings, resources: Resources, root: Path, previou
                     record["phases_started"].append(phase)
                     save_record(root, record)
                 stop.run_tune(tuner.fit)
-        except UserError:
-            if new_folder and not record["phases_started"]:
-                shutil.rmtree(root, ignore_errors=True)  # refused before any trial: leave nothing behind
-            raise
         except KeyboardInterrupt:
             record["status"] = "interrupted"
             save_record(root, record)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from kdtune.engine.config import CTKD_RANGE, RunConfig, check_recipe_name, warmup_epochs
 from kdtune.engine.data import Splits, check_dataset, load_dataset, make_splits
-from kdtune.engine.errors import UserError
+from kdtune.engine.errors import UsageError, UserError
 from kdtune.engine.models import check_model, check_model_name
 from kdtune.engine.stack import PACK_MODES
 from kdtune.report.record import (
@@ -45,6 +46,7 @@ from kdtune.sweep.spaces import apply_overrides, resolve_search_space, space_lab
 from kdtune.sweep.tracking import check_tracking
 
 METRIC = "val_acc"
+NAME = re.compile(r"[A-Za-z0-9._-]+")  # an experiment's name: one folder, safe in a shell and on any file system
 SEARCHES = ("grid", "optuna")
 SAMPLERS = ("tpe", "cmaes", "random")  # Optuna samplers by name (kdtune.sweep.searchers.make_sampler)
 # The no-KD baseline's trial config (a pack adds its seeds); "phase" tells it from the sweep's own trials.
@@ -294,7 +296,8 @@ def training_images(data_dir: str, val_size: int, dataset: str | None, image_siz
 
 
 def default_name(search: str, space) -> str:
-    return f"{space_label(space)}-{search}-{time.strftime('%Y%m%d-%H%M%S')}"
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", space_label(space)).strip(".-") or "space"  # a file's stem may hold spaces
+    return f"{label}-{search}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def load_splits(settings: SweepSettings) -> Splits:
@@ -403,7 +406,16 @@ def _shared_settings(settings: SweepSettings) -> str:
 
 
 def experiment_root(name: str, results_dir: str | os.PathLike = "results") -> Path:
+    """`<results_dir>/<name>`; a name is one path component, so that no experiment is written outside its folder."""
+    if not NAME.fullmatch(name) or name in (".", ".."):
+        raise UsageError(f"invalid experiment name {_quote(name)}: use letters, digits, '-', '_' and '.' "
+                         f"(one folder name under --results-dir, not '.' or '..')")
     return Path(results_dir) / name
+
+
+def _quote(value: str, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def tune_storage(root: Path, resources: Resources) -> str:
