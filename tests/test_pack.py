@@ -87,3 +87,26 @@ def test_a_diverging_member_stops_the_pack(splits, teacher):
     train_pack(configs, splits, CPU, teacher=teacher,
                on_epoch=lambda metrics, states: reports.append(pack_metrics(metrics, configs)))
     assert reports[-1]["diverged"] is True and len(reports) < 3
+
+
+def test_in_a_pack_of_several_configurations_a_diverged_member_stops_alone(splits, teacher):
+    """--pack N: a diverging configuration packed beside the baseline; the baseline trains to its end, exactly
+    as alone, and a resume from after the divergence neither trains the diverged member on nor stops the rest."""
+    baseline, wild = members(seeds=(0,), alpha=0.0, epochs=3)[0], members(seeds=(1,), lr=1e30, epochs=3)[0]
+    alone = train(baseline, splits, CPU)
+    reports, saved = [], []
+
+    def on_epoch(metrics, states):
+        reports.append(pack_metrics(metrics, [baseline, wild], ["m0", "m1"]))
+        saved.append(states)
+
+    results = train_pack([baseline, wild], splits, CPU, teacher=teacher, on_epoch=on_epoch)
+    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    assert reports[0]["m1/diverged"] is True and not any("m1/epoch" in r for r in reports[1:])
+    assert all(r["m0/diverged"] is False for r in reports) and reports[-1]["m0/epoch"] == 3
+    assert without_timing(results[0].history) == without_timing(alone.history)
+    assert len(results[1].history) == 1 and results[1].history[-1]["diverged"]
+    assert all(len(states) == 2 for states in saved)  # the diverged member keeps its last state in every checkpoint
+    resumed = train_pack([baseline, wild], splits, CPU, teacher=teacher, resume=saved[0])
+    assert without_timing(resumed[0].history) == without_timing(alone.history)
+    assert len(resumed[1].history) == 1

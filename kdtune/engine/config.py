@@ -187,3 +187,8 @@ def _coerce(name: str, value, type_name: str):
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return tuple(float(v) for v in value)  # JSON has no tuples: a checkpoint's config holds a list
     raise UserError(f"invalid {name} {value!r}: expected {type_name}")
+
+
+def several_configurations(configs: list[RunConfig]) -> bool:
+    """Whether a pack holds students of different configurations, not only one configuration's seeds."""
+    return len({repr(sorted({**c.to_dict(), "seed": None}.items())) for c in configs}) > 1

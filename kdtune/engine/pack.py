@@ -18,13 +18,14 @@ from typing import Callable
 
 import torch
 
-from kdtune.engine.config import RunConfig
+from kdtune.engine.config import RunConfig, several_configurations
 from kdtune.engine.data import Splits
 from kdtune.engine.stack import choose_pack_mode, train_stacked
 from kdtune.engine.train import TeacherSignal, TrainResult, training_epochs
 
-# on_epoch(per-member metrics, per-member checkpoint states), after every member finished the epoch
-PackCallback = Callable[[list[dict], list[dict]], None]
+# on_epoch(per-member metrics, per-member checkpoint states), after every member finished the epoch: a member
+# that trained no epoch this time (it diverged earlier) has metrics None and keeps its last state.
+PackCallback = Callable[[list[dict | None], list[dict]], None]
 
 
 def train_pack(
@@ -39,7 +40,9 @@ def train_pack(
 ) -> list[TrainResult]:
     """Train every config in lockstep; `resume` holds one checkpoint state per member (from on_epoch).
 
-    The pack stops after an epoch in which any member diverged: its configuration has failed.
+    A pack of one configuration's seeds stops after an epoch in which any member diverged: the configuration
+    has failed.  In a pack of several configurations (--pack N) a diverged member stops alone and the others,
+    strangers to it, train on.
     `mode` "stack" trains the members as one batched computation (kdtune.engine.stack), "auto" stacks where
     that pays (kdtune.engine.stack.choose_pack_mode); "loop" runs them one after another, as below.
     """
@@ -55,20 +58,23 @@ def train_pack(
     ]
     rng = [None] * len(members)  # each member's own random state, between its epochs
     results: list[TrainResult | None] = [None] * len(members)
+    states: list[dict | None] = [None] * len(members)  # each member's last checkpoint state
+    strangers = several_configurations(configs)
     while not all(results):
-        metrics, states = [], []
+        metrics: list[dict | None] = [None] * len(members)
         for i, member in enumerate(members):
+            if results[i] is not None:
+                continue
             with _own_rng(rng, i, device):
                 try:
-                    m, checkpoint_state = next(member)
+                    metrics[i], checkpoint_state = next(member)
                     # Taken now: the state must hold this member's random state, not the next member's.
-                    metrics.append(m)
-                    states.append(checkpoint_state())
+                    states[i] = checkpoint_state()
                 except StopIteration as done:
                     results[i] = done.value
-        if metrics and on_epoch is not None:
+        if any(m is not None for m in metrics) and on_epoch is not None:
             on_epoch(metrics, states)
-        if any(m["diverged"] for m in metrics):
+        if not strangers and any(m is not None and m["diverged"] for m in metrics):
             for member in members:
                 member.close()
             return [r for r in results if r is not None]
@@ -98,15 +104,16 @@ def pack_metrics(metrics: list[dict], configs: list[RunConfig], names: list[str]
     """One epoch's report of a pack: the mean over members of every metric all of them measured (what a
     scheduler sees), `diverged` if any member diverged, and each member's own metrics as `<name>/<metric>`,
     where a member's name is `s<seed>` (a configuration's seeds) unless `names` are given (see member_names)."""
-    shared = set.intersection(*(set(m) for m in metrics))
+    names = names or member_names([config.seed for config in configs], len(configs))
+    trained = [(m, name) for m, name in zip(metrics, names) if m is not None]
+    shared = set.intersection(*(set(m) for m, _ in trained))
     report = {}
     for key in sorted(shared):
-        values = [m[key] for m in metrics]
+        values = [m[key] for m, _ in trained]
         if key == "diverged":
             report[key] = any(values)
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             report[key] = values[0] if key == "epoch" else float(sum(values) / len(values))
-    names = names or member_names([config.seed for config in configs], len(configs))
-    for m, name in zip(metrics, names):
+    for m, name in trained:
         report.update({f"{name}/{key}": value for key, value in m.items()})
     return report

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from kdtune.engine.config import RunConfig
+from kdtune.engine.config import RunConfig, several_configurations
 from kdtune.engine.data import Splits, augmentation_params, epoch_order, normalize
 from kdtune.engine.device import autocast, prepare
 from kdtune.engine.errors import UserError
@@ -260,8 +260,10 @@ def train_stacked(
     """`kdtune.engine.pack.train_pack` as one stacked computation: the same arguments, callback and results.
 
     `resume` holds one checkpoint state per member, from this trainer's or the loop's on_epoch, all after
-    the same epoch.  As the loop pack, it stops after an epoch in which any member diverged, and then
-    returns no results (no member finished)."""
+    the same epoch.  As the loop pack, a pack of one configuration's seeds stops after an epoch in which any
+    member diverged, and then returns no results (no member finished); in a pack of several configurations a
+    diverged member stops alone: the stack still carries it (its own parameters, gradients and optimizer
+    state, apart from the others'), but it reports no more epochs and its results end where it diverged."""
     reason = can_stack(configs)
     if reason is not None:
         raise UserError(f"cannot stack this pack: {reason}")
@@ -299,7 +301,10 @@ def train_stacked(
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
         return state
 
-    for epoch in range(len(histories[0]), config.epochs):
+    strangers = several_configurations(configs)
+    stopped = {i for i, history in enumerate(histories) if history and history[-1]["diverged"]}
+    states: list[dict | None] = [None] * len(configs)
+    for epoch in range(max(len(h) for h in histories), config.epochs):
         started = time.perf_counter()
         losses = _train_epoch(stack, optimizer, scheduler, splits, configs, device, signal, epoch, batch,
                               temperature, alpha)
@@ -309,25 +314,33 @@ def train_stacked(
                               [teacher if d else None for d in distilling],
                               test=last or bool(test_every and (epoch + 1) % test_every == 0))
         epoch_seconds = time.perf_counter() - started
-        metrics = []
+        metrics: list[dict | None] = [None] * len(configs)
         for i, member_losses in enumerate(losses):
+            if i in stopped:
+                continue
             m = {"epoch": epoch + 1, **member_losses, "lr": optimizer.param_groups[0]["lr"], **evaluated[i]}
             # Every member's n images were trained in the same train_seconds, side by side.
             m.update(epoch_s=epoch_seconds, images_per_s=n / train_seconds,
                      diverged=not math.isfinite(member_losses["train_loss"]))
             histories[i].append(m)
-            metrics.append(m)
+            metrics[i] = m
+            states[i] = checkpoint_state(i)
         if on_epoch is not None:
-            on_epoch(metrics, [checkpoint_state(i) for i in range(len(configs))])
-        if any(m["diverged"] for m in metrics):
+            on_epoch(metrics, [states[i] if states[i] is not None else checkpoint_state(i) for i in range(len(configs))])
+        diverged = {i for i, m in enumerate(metrics) if m is not None and m["diverged"]}
+        if diverged and not strangers:
             return []
+        stopped |= diverged
+        if len(stopped) == len(configs):
+            break
     return [TrainResult(model=stack.member_model(i), history=histories[i]) for i in range(len(configs))]
 
 
 def _restore(states: list[dict], stack: Stack, optimizer, scheduler, device: torch.device) -> list[list[dict]]:
     """Load N members' checkpoint states into the stack; return their histories."""
-    done = {len(s["history"]) for s in states}
-    if len(done) != 1:
+    # A member that diverged stopped there (a pack of several configurations): the others set the epoch.
+    done = {len(s["history"]) for s in states if not (s["history"] and s["history"][-1]["diverged"])}
+    if len(done) > 1:
         raise UserError(f"a stacked pack resumes from one epoch for all members; these checkpoints are after "
                         f"epochs {sorted(done)}")
     stack.load_member_state_dicts([s["model"] for s in states])

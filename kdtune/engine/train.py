@@ -198,6 +198,8 @@ def training_epochs(
             # Dropout on CUDA draws from the device's generator; a checkpoint from another device type has none to restore.
             torch.cuda.set_rng_state(resume["cuda_rng"], device)
         history = list(resume["history"])
+        if history and history[-1].get("diverged"):
+            return TrainResult(model=model, history=history)  # it stopped there; training on would be noise
 
     def checkpoint_state() -> dict:
         # Copies, not views: on CPU `.cpu()` and `state_dict()` alias the live tensors that later steps update.

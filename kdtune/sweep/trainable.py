@@ -85,7 +85,7 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, 
         resume = saved["members"] if "members" in saved else [saved]  # an unpacked trial of an older kdtune
 
     def on_epoch(metrics: list[dict], states: list[dict]) -> None:
-        _maybe_fail(metrics[0]["epoch"])
+        _maybe_fail(next(m for m in metrics if m is not None)["epoch"])
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"members": states}, os.path.join(folder, STATE_FILE))
             tune.report(_tune_metrics(pack_metrics(metrics, runs, names), runs),
