@@ -21,7 +21,10 @@ from helpers import wait_for
 from kdtune.cli.args import ArgumentParser, given_options, run_cli
 from kdtune.sweep.resume import (
     absolute,
+    environment_changes,
     kept_by_tune,
+    recorded_resources,
+    recorded_settings,
     resume_command,
     save_record,
     start_record,
@@ -222,3 +225,24 @@ def test_ctrl_c_in_the_sweep_stops_everything_and_the_name_alone_resumes(tmp_pat
     assert not table.duplicated(["phase", "temperature", "alpha", "seed"]).any()
     assert json.loads((root / "experiment.json").read_text())["status"] == "finished"
     assert len(list((tmp_path / "teachers").glob("tinycnn-*/model.pt"))) == 1  # the teacher was not trained again
+
+
+def test_a_record_says_what_it_ran_on_and_a_resume_elsewhere_is_noted(recorded):
+    import platform
+
+    import ray
+    import torch
+
+    record = json.loads((recorded / "experiment.json").read_text())
+    env = record["environment"]
+    assert (env["torch"], env["ray"], env["python"]) == (torch.__version__, ray.__version__, platform.python_version())
+    assert env["threads_per_trial"] == 1 and env["precision"] == "auto" and env["cache_precision"] == "fp32"
+    assert env["device"]  # the CPU's or GPU's name
+    settings, resources = recorded_settings(record), recorded_resources(record, {})
+    again = start_record(record, settings, resources, record["storage"], "fp32")
+    assert again["environment"] == env and "resumed_on" not in again  # the same machine: nothing to say
+    elsewhere = {**record, "environment": {**env, "torch": "1.0.0"}}
+    moved = start_record(elsewhere, settings, resources, record["storage"], "fp32")
+    assert moved["environment"]["torch"] == "1.0.0"  # where it started stays recorded
+    assert environment_changes(moved["environment"], moved["resumed_on"][-1]) == [
+        f"torch {torch.__version__} (started on 1.0.0)"]

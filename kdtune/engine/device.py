@@ -47,6 +47,13 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, else the CPU's, for benchmark reports."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:  # Linux names the model here; platform.processor() there is only the architecture
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
 

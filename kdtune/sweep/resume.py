@@ -172,12 +172,43 @@ def recorded_resources(record: dict, changes: dict) -> Resources:
 
 def start_record(previous: dict | None, settings: SweepSettings, resources: Resources, storage: str,
                  cache_mode: str) -> dict:
-    """The record of a run about to train: a new one, or `previous` with this run's placement."""
+    """The record of a run about to train: a new one, or `previous` with this run's placement.  The environment
+    it started on is kept; a resume on another adds its own under `resumed_on`."""
     record = dict(previous or {})
+    here = environment(settings, resources, cache_mode)
+    if previous is None or "environment" not in previous:
+        record["environment"] = here
+    elif environment_changes(previous["environment"], here):
+        record.setdefault("resumed_on", []).append(here)
     record.update(status="running", settings=settings.to_dict(), resources=dataclasses.asdict(resources),
                   storage=storage, cache_mode=cache_mode, kdtune_version=RECORD_VERSION)
     record.setdefault("phases_started", [])
     return record
+
+
+def environment(settings: SweepSettings, resources: Resources, cache_mode: str) -> dict:
+    """What the run ran on, as far as it changes numbers: library versions, the device, threads, precision.
+    (The same seed gives other numbers under other thread counts or library builds.)"""
+    import platform
+
+    import ray
+    import torch
+    import torchvision
+
+    from kdtune import __version__
+    from kdtune.engine.device import device_name
+
+    gpus = bool(resources.gpus_per_trial) and torch.cuda.is_available()
+    return {"kdtune": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "ray": ray.__version__,
+            "device": device_name(torch.device("cuda" if gpus else "cpu")),
+            "threads_per_trial": max(1, int(resources.cpus_per_trial)), "precision": settings.precision,
+            "cache_precision": cache_mode}
+
+
+def environment_changes(before: dict, now: dict) -> list[str]:
+    """'torch 2.5.1 (started on 2.4.0)' for each part of the environment that differs."""
+    return [f"{key} {now[key]} (started on {before[key]})" for key in now if key in before and before[key] != now[key]]
 
 
 def check_tune_state(storage: str, phases_started: list[str]) -> None:

@@ -20,7 +20,16 @@ from kdtune.engine.progress import LogLines, is_terminal
 from kdtune.engine.teacher import cache_mode, heavy_part_from_state, model_from_state
 from kdtune.report.record import read_record, storage_child
 from kdtune.sweep.interrupt import StopRequest
-from kdtune.sweep.resume import Claim, check_tune_state, kept_by_tune, save_record, start_record, tune_has_run
+from kdtune.sweep.resume import (
+    Claim,
+    check_tune_state,
+    environment,
+    environment_changes,
+    kept_by_tune,
+    save_record,
+    start_record,
+    tune_has_run,
+)
 from kdtune.sweep.schedulers import BaselineKeepingASHA
 from kdtune.sweep.searchers import GridPoints
 from kdtune.sweep.settings import (
@@ -375,6 +384,11 @@ def _run(settings: SweepSettings, resources: Resources, root: Path, previous: di
     mode = previous["cache_mode"] if previous and "cache_mode" in previous else cache_mode(
         settings.precision, torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu"))
     record = start_record(previous, settings, resources, storage, mode)
+    if previous is not None and "environment" in previous:
+        changed = environment_changes(previous["environment"], environment(settings, resources, mode))
+        if changed:
+            print(f"note: this resume runs on another environment than the experiment started on: {'; '.join(changed)}; "
+                  f"a seed's numbers may differ from those it would have given there")
     record.update(data=splits.summary(), points=sweep_points(settings), students=settings.students_record())
     with StopRequest() as stop:
         save_record(root, record)
