@@ -89,3 +89,20 @@ def test_bad_data_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "holds no images" in err, err
     assert connected == []
+
+
+def test_the_teacher_never_labels_the_views_it_trained_on_by_default(three_class_dir):
+    from kdtune.engine.teacher import teacher_key
+    from kdtune.sweep.settings import load_splits
+
+    settings, _ = through_cli("grid", "paper", three_class_dir)
+    assert settings.teacher_config().aug_seed == settings.teacher_aug_seed
+    assert settings.student_config(alpha=0.5, temperature=4.0).aug_seed == settings.aug_seed
+    assert settings.teacher_aug_seed != settings.aug_seed
+    recorded = settings.to_dict()  # what experiment.json holds
+    assert (recorded["teacher_aug_seed"], recorded["aug_seed"]) == (settings.teacher_aug_seed, settings.aug_seed)
+    assert settings.students_record()["aug_seed"] == settings.aug_seed
+    # The teacher's stream is part of its store key: a teacher trained on other views is another entry.
+    splits = load_splits(settings)
+    other = dataclasses.replace(settings, teacher_aug_seed=settings.aug_seed)
+    assert teacher_key(settings.teacher_config(), splits) != teacher_key(other.teacher_config(), splits)

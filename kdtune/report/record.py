@@ -117,6 +117,7 @@ def upgrade(record: dict) -> dict:
     settings.setdefault("ctkd_range", [1.0, 21.0])
     settings.setdefault("ctkd_ramp_epochs", None)
     settings.setdefault("pack", 0)
+    settings.setdefault("teacher_aug_seed", 0)  # before two streams the teacher trained on the students' (0)
     return {**record, "settings": settings}
 
 

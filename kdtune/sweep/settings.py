@@ -87,7 +87,10 @@ class SweepSettings:
     reduction_factor: int = 3  # ASHA keeps the best 1/N at each rung
     max_failures: int = 2  # retries of a crashed trial from its last checkpoint
     precision: str = "auto"
-    aug_seed: int = 0
+    # Two augmentation streams: the teacher trains on one, its cached soft targets (the students' views) come
+    # from the other, so that it never labels the very views it was fitted to (sharper than on fresh ones).
+    aug_seed: int = 1  # the students' views, and the teacher-logit cache's
+    teacher_aug_seed: int = 0  # the teacher's training views: part of the teacher store's key
     lr: float | None = None  # students'; None: the recipe's
     label_smoothing: float = 0.0  # every student's, distilled or not
     teacher_label_smoothing: float = 0.0
@@ -180,7 +183,8 @@ class SweepSettings:
 
     def teacher_config(self) -> RunConfig:
         return RunConfig(model=self.teacher, epochs=self.teacher_epochs, recipe=self.teacher_recipe,
-                         precision=self.precision, label_smoothing=self.teacher_label_smoothing)
+                         precision=self.precision, label_smoothing=self.teacher_label_smoothing,
+                         aug_seed=self.teacher_aug_seed)
 
     def students_record(self) -> dict:
         """What every student of the experiment is trained with, resolved (no 'the recipe's' left), for experiment.json."""
@@ -357,7 +361,10 @@ def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool | 
              + (f"from {settings.teacher_path}" if settings.teacher_path else
                 "in the store, reused" if teacher_stored else "to be trained" if teacher_stored is not None else
                 "from the store, or trained and stored")
-             + (f", label smoothing {settings.teacher_label_smoothing:g}" if settings.teacher_label_smoothing else ""),
+             + (f", label smoothing {settings.teacher_label_smoothing:g}" if settings.teacher_label_smoothing else "")
+             + f", augmentation stream {settings.teacher_aug_seed}"
+             + (" (the students' too: it labels the very views it trained on)"
+                if settings.teacher_aug_seed == settings.aug_seed else ""),
              f"  students {settings.student} ({settings.recipe}, {settings.epochs} epochs) on {n_train} training images"
              f"{_subset_note(settings, n_train)}, seeds 0..{settings.seeds - 1}",
              f"  every student: {_shared_settings(settings)}; only alpha, T, the method and the seed differ",
