@@ -166,7 +166,7 @@ def parse_search_space(document, kind: str, name: str, where: str) -> SearchSpac
         unknown = [k for k in document if k not in TOP_LEVEL]
         if unknown:
             raise UserError(f"{where}: unknown top-level key {quote(unknown[0])}; allowed: {', '.join(TOP_LEVEL)}")
-        if not isinstance(document.get("description") or "", str):
+        if not isinstance(document.get("description", ""), (str, type(None))):  # `description:` left empty is None
             raise UserError(f"{where}: description must be text, not {quote(document['description'])}")
     if not isinstance(document, dict) or not isinstance(document.get(kind), dict):
         sections = ", ".join(k for k in KINDS if isinstance(document, dict) and isinstance(document.get(k), dict))
