@@ -12,6 +12,7 @@ starts; this module imports neither Ray nor Optuna, so `--help` and a refusal ar
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 
 from kdtune.cli.args import (
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
     table = write_trial_summary(root, record)
     counts = table["outcome"].value_counts().to_dict()
     print(f"experiment {root} {record['status']}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    print(f"summary: {root / 'summary.csv'}; report: kdtune report {root}")
+    print(f"summary: {root / 'summary.csv'}; report: kdtune report {shlex.quote(str(root))}")
     if record["status"] == "interrupted":
         print(f"interrupted; finish it with: {again}", file=sys.stderr)
         return 130
