@@ -32,7 +32,7 @@ from kdtune.engine.train import LiveTeacher, train
 from kdtune.report.curves import plot_training_curves
 
 MODES = ("teacher", "student", "distill")
-SUFFIXES = (".json", ".pt", ".png")  # what a run writes under its output's name
+SIBLINGS = (".pt", ".png")  # what a run writes beside its JSON, under the same name
 
 
 def run_mode(
@@ -117,11 +117,11 @@ def claim_output(output: str | os.PathLike | None, mode: str, overwrite: bool = 
         stem = f"{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
         for n in itertools.count(1):
             path = Path("results/runs") / (stem + (f"-{n}" if n > 1 else "") + ".json")
-            # Another run's .pt or .png under this name is only ever written by the run holding its .json.
-            if not any(path.with_suffix(s).exists() for s in SUFFIXES[1:]) and _create(path, "--output"):
+            # A model or figure whose JSON was deleted by hand still takes the name.
+            if not any(path.with_suffix(s).exists() for s in SIBLINGS) and _create(path, "--output"):
                 return path, True
     output = Path(output)
-    for path in (output.with_suffix(s) for s in SUFFIXES):
+    for path in (output, *(output.with_suffix(s) for s in SIBLINGS)):
         if path.is_dir():
             raise UserError(f"cannot write --output {output}: {path} is a folder; choose another --output")
         if path.exists() and not overwrite:
@@ -191,7 +191,7 @@ def _write(output: Path, summary: dict, title: str, model: tuple | None = None) 
     except (OSError, RuntimeError) as error:  # RuntimeError: torch.save's writer on a full disk
         raise UserError(f"could not write {target} ({first_line(error)}); {_keep_elsewhere(output, summary, model)}") \
             from None
-    print(f"wrote {output} and {output.with_suffix('.png')}" + (f" and {output.with_suffix('.pt')}" if model else ""))
+    print(f"wrote {output}, {output.with_suffix('.png')}" + (f" and {output.with_suffix('.pt')}" if model else ""))
 
 
 def _keep_elsewhere(output: Path, summary: dict, model: tuple | None) -> str:
@@ -208,7 +208,8 @@ def _keep_elsewhere(output: Path, summary: dict, model: tuple | None) -> str:
             errors.append(first_line(error))
             continue
         if model is None:
-            return f"the run's results are kept in {folder / output.name} (the teacher is {summary['teacher']['path']})"
+            return (f"the run's results are kept in {folder / (output.stem + '.json')} "
+                    f"(the teacher is {summary['teacher']['path']})")
         return f"the trained model is kept in {folder / (output.stem + '.pt')}, its results beside it"
     lost = ": the trained model is lost" if model is not None else ""
     return f"nothing could be kept elsewhere either ({'; '.join(errors)}){lost}"
