@@ -55,7 +55,9 @@ def parse_args(argv):
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-cache", action="store_true", help="run the live teacher every step instead of cached logits")
-    p.add_argument("--output", help="run JSON (default: results/runs/<mode>-<time>.json); .png and .pt beside it")
+    p.add_argument("--output", help="run JSON (default: results/runs/<mode>-<time>.json, never an earlier run's); "
+                   ".png and .pt beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's --output (.json, .pt and .png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         image_size=args.image_size, val_size=args.val_size,
         train_subset=args.train_subset, device=args.device, teacher_path=args.teacher_path,
         teacher_store=args.teacher_store, use_cache=not args.no_cache, output=args.output,
-        progress=not args.no_progress, allow_foreign_teacher=args.allow_foreign_teacher,
+        progress=not args.no_progress, allow_foreign_teacher=args.allow_foreign_teacher, overwrite=args.overwrite,
     )
     return 0
 
