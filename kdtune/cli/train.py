@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kdtune.cli.args import ArgumentParser, positive_float, positive_int, run_cli, smoothing, unit_float
 from kdtune.cli.single_run import MODES, run_mode
-from kdtune.engine.config import CTKD_RANGE, PRECISIONS, RunConfig
+from kdtune.engine.config import CTKD_RANGE, PRECISIONS, STUDENT_AUG_SEED, TEACHER_AUG_SEED, RunConfig
 from kdtune.engine.data import DATASETS, resolve_data_dir
 from kdtune.engine.losses import METHODS
 
@@ -44,7 +44,11 @@ def parse_args(argv):
     p.add_argument("--train-subset", type=positive_int, help="train on a stratified subset of N images")
     p.add_argument("--val-size", type=positive_int, default=5000, help="validation images carved from train")
     p.add_argument("--seed", type=int, default=0, help="student seed: init, data order, dropout")
-    p.add_argument("--aug-seed", type=int, default=0, help="seed of the augmented views (shared with the logit cache)")
+    p.add_argument("--aug-seed", type=int, help="seed of the trained model's augmented views, shared with the logit "
+                   f"cache (default: {STUDENT_AUG_SEED} for a student, --teacher-aug-seed for --mode teacher)")
+    p.add_argument("--teacher-aug-seed", type=int, default=TEACHER_AUG_SEED,
+                   help=f"seed of the teacher's augmented views (default: {TEACHER_AUG_SEED}; part of its store key): "
+                        f"a teacher should not label the views it trained on")
     p.add_argument("--recipe", default="seed", help="seed (Adam + StepLR), strong (SGD + one-cycle) or cosine")
     p.add_argument("--lr", type=positive_float, help="learning rate (default: the recipe's)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default: the recipe's)")
@@ -65,16 +69,18 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     student_model = args.teacher if args.mode == "teacher" else args.student
+    aug_seed = args.aug_seed if args.aug_seed is not None else (
+        args.teacher_aug_seed if args.mode == "teacher" else STUDENT_AUG_SEED)
     student = RunConfig(
         model=student_model, epochs=args.epochs, recipe=args.recipe, temperature=args.temperature,
-        alpha=args.alpha, seed=args.seed, aug_seed=args.aug_seed, lr=args.lr, batch_size=args.batch_size,
+        alpha=args.alpha, seed=args.seed, aug_seed=aug_seed, lr=args.lr, batch_size=args.batch_size,
         method=args.method, ctkd_range=tuple(args.ctkd_range), ctkd_ramp_epochs=args.ctkd_ramp_epochs,
         precision=args.precision,
         label_smoothing=args.teacher_label_smoothing if args.mode == "teacher" else args.label_smoothing,
     )
     teacher = RunConfig(
         model=args.teacher, epochs=args.teacher_epochs or args.epochs, recipe=args.teacher_recipe or args.recipe,
-        precision=args.precision, label_smoothing=args.teacher_label_smoothing,
+        precision=args.precision, label_smoothing=args.teacher_label_smoothing, aug_seed=args.teacher_aug_seed,
         **({"lr": args.lr, "batch_size": args.batch_size} if args.mode == "teacher" else {}),
     )
     run_mode(

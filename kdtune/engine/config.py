@@ -54,6 +54,12 @@ def check_recipe_name(name: str) -> Recipe:
     return RECIPES[name]
 
 
+# Two augmentation streams: a teacher trains on one, the soft targets it gives students (and their views) come
+# from the other, so that it never labels the very views it was fitted to (sharper than on views it never saw).
+TEACHER_AUG_SEED = 0
+STUDENT_AUG_SEED = 1
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides what one training run computes (the device aside).

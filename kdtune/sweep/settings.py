@@ -28,7 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdtune.engine.config import CTKD_RANGE, RunConfig, check_recipe_name, warmup_epochs
+from kdtune.engine.config import (
+    CTKD_RANGE,
+    STUDENT_AUG_SEED,
+    TEACHER_AUG_SEED,
+    RunConfig,
+    check_recipe_name,
+    warmup_epochs,
+)
 from kdtune.engine.data import Splits, check_dataset, load_dataset, make_splits
 from kdtune.engine.errors import UsageError, UserError
 from kdtune.engine.models import check_model, check_model_name
@@ -87,10 +94,8 @@ class SweepSettings:
     reduction_factor: int = 3  # ASHA keeps the best 1/N at each rung
     max_failures: int = 2  # retries of a crashed trial from its last checkpoint
     precision: str = "auto"
-    # Two augmentation streams: the teacher trains on one, its cached soft targets (the students' views) come
-    # from the other, so that it never labels the very views it was fitted to (sharper than on fresh ones).
-    aug_seed: int = 1  # the students' views, and the teacher-logit cache's
-    teacher_aug_seed: int = 0  # the teacher's training views: part of the teacher store's key
+    aug_seed: int = STUDENT_AUG_SEED  # the students' views, and the teacher-logit cache's
+    teacher_aug_seed: int = TEACHER_AUG_SEED  # the teacher's training views: part of the teacher store's key
     lr: float | None = None  # students'; None: the recipe's
     label_smoothing: float = 0.0  # every student's, distilled or not
     teacher_label_smoothing: float = 0.0
