@@ -106,3 +106,23 @@ def test_the_teacher_never_labels_the_views_it_trained_on_by_default(three_class
     splits = load_splits(settings)
     other = dataclasses.replace(settings, teacher_aug_seed=settings.aug_seed)
     assert teacher_key(settings.teacher_config(), splits) != teacher_key(other.teacher_config(), splits)
+
+
+def test_a_confirmation_on_fresh_views_has_its_own_stream_and_cache_in_the_plan(three_class_dir):
+    from kdtune.sweep import estimate
+    from kdtune.sweep.runner import _base
+    from kdtune.sweep.settings import describe_plan
+
+    settings, _ = through_cli("grid", "paper", three_class_dir, ["--confirm", "2"])
+    assert settings.confirm_aug_seed == settings.aug_seed and _base(settings, "confirm")["aug_seed"] == settings.aug_seed
+    fresh, _ = through_cli("grid", "paper", three_class_dir, ["--confirm", "2", "--confirm-fresh-views"])
+    assert fresh.confirm_aug_seed not in (fresh.aug_seed, fresh.teacher_aug_seed)
+    assert _base(fresh, "confirm")["aug_seed"] == fresh.confirm_aug_seed
+    assert _base(fresh, "sweep")["aug_seed"] == fresh.aug_seed
+    assert f"on a new augmentation stream {fresh.confirm_aug_seed} (a second logit cache" in describe_plan(fresh, 150, True)
+    speeds = estimate.Speeds(100.0, 100.0, 100.0, 100.0)
+    work = dict(n_train=100, n_val=10, n_test=10, epochs=2, teacher_epochs=1, test_every=0, phase_packs={},
+                train_teacher=False, build_cache=True)
+    one = estimate.estimate(estimate.Work(**work), speeds, 1).cache_s
+    two = estimate.estimate(estimate.Work(**work, build_fresh_cache=True), speeds, 1).cache_s
+    assert one == pytest.approx((2 * 100 + 10 + 10) / 100.0) and two == pytest.approx(2 * one)

@@ -88,7 +88,7 @@ def run_span(trial: Path) -> tuple[float, float]:
 
 def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_data_dir):
     done = run_tune(workdir, ["--grid", "tiny", "--seeds", "2", "--epochs", "2", "--confirm", "2",
-                              *small_args(workdir, mini_data_dir, "grid")])
+                              "--confirm-fresh-views", *small_args(workdir, mini_data_dir, "grid")])
     assert done.returncode == 0, done.stderr[-3000:]
     table = trials(workdir, "grid")
     assert len(table) == 10  # 2 baseline seeds + 2 temperatures x 2 seeds (alpha 0 left out) + 2 x 2 confirmation
@@ -113,8 +113,12 @@ def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_
     record = json.loads((workdir / "results" / "grid" / "experiment.json").read_text())
     assert record["teacher"]["val_acc"] > 0 and record["settings"]["seeds"] == 2
     assert record["teacher"]["config"]["label_smoothing"] == 0.0
-    # The teacher and its cache were made once and stored for reuse.
+    # The teacher and its cache were made once and stored for reuse; the teacher trained on its own views
+    # (stream 0), the search's students on stream 1, the confirmation (--confirm-fresh-views) on stream 2.
     assert len(list((workdir / "teachers").glob("tinycnn-*/model.pt"))) == 1
+    assert record["teacher"]["config"]["aug_seed"] == 0 and record["settings"]["aug_seed"] == 1
+    caches = sorted(p.name.split("-aug")[1] for p in (workdir / "teachers").glob("tinycnn-*/model-logits/*"))
+    assert caches == ["1-fp32", "2-fp32"], caches
 
     # Baseline and distilled students trained with the same settings, alpha and T aside (and the seed).
     students = record["students"]

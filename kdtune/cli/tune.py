@@ -110,6 +110,9 @@ def parse_args(argv):
     s.add_argument("--confirm", type=non_negative_int, metavar="K",
                    help="re-train the chosen configuration and the baseline on K fresh seeds after the search; the "
                         "report's headline gain is theirs (default: the preset's: 3 for paper, else 0)")
+    s.add_argument("--confirm-fresh-views", action="store_true",
+                   help="re-train them on a new augmentation stream too (a second teacher-logit cache), so that the "
+                        "confirmed gain does not depend on the search's views")
     s.add_argument("--grace-period", type=positive_int,
                    help="ASHA: epochs before a trial may be stopped (default: the first epoch after the warm-up)")
     s.add_argument("--reduction-factor", type=positive_int,
@@ -173,7 +176,8 @@ def settings_from_args(args) -> tuple[SweepSettings, Resources]:
         sampler=args.sampler, search_seed=args.search_seed, asha=args.asha, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, max_failures=args.max_failures, dataset=args.dataset,
         image_size=args.image_size, label_smoothing=args.label_smoothing,
-        teacher_label_smoothing=args.teacher_label_smoothing, confirm=args.confirm, teacher_path=args.teacher_path,
+        teacher_label_smoothing=args.teacher_label_smoothing, confirm=args.confirm,
+        confirm_fresh_views=args.confirm_fresh_views or None, teacher_path=args.teacher_path,
         test_every=args.test_every, allow_foreign_teacher=args.allow_foreign_teacher or None,
         ctkd_range=tuple(args.ctkd_range) if args.ctkd_range else None, ctkd_ramp_epochs=args.ctkd_ramp_epochs,
         pack=args.pack, pack_mode=args.pack_mode,

@@ -53,6 +53,7 @@ class Work:
     phase_packs: dict  # phase -> [students in each of its Tune trials], in launch order
     train_teacher: bool
     build_cache: bool
+    build_fresh_cache: bool = False  # --confirm-fresh-views: the confirmation's own cache, on its own stream
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,8 @@ def estimate(work: Work, speeds: Speeds, slots: int) -> Cost:
     if work.train_teacher:
         teacher_s = (work.teacher_epochs * work.n_train / speeds.teacher_train
                      + (work.n_val + work.n_test) / speeds.teacher_eval)
-    cache_s = 0.0
-    if work.build_cache:
-        cache_s = (work.epochs * work.n_train + work.n_val + work.n_test) / speeds.teacher_eval
+    one_cache_s = (work.epochs * work.n_train + work.n_val + work.n_test) / speeds.teacher_eval
+    cache_s = one_cache_s * (work.build_cache + work.build_fresh_cache)
     one = student_seconds(work, speeds)
     phases = {phase: phase_seconds(packs, one, slots) for phase, packs in work.phase_packs.items()}
     return Cost(RAY_START_S, teacher_s, cache_s, phases, slots)

@@ -173,15 +173,17 @@ def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list
 
 
 def teacher_for_sweep(settings: SweepSettings, resources: Resources, splits: Splits, shared_ref, mode: str,
-                      recorded: str | None = None):
+                      recorded: str | None = None, aug_seed: int | None = None):
     """The teacher (from the store, or trained as a Ray task) and the complete logit cache for the students.
 
     `teacher.prepare_teacher` with its heavy part (training, missing cache entries) run as a Ray task with
     `teacher_task_resources`.  `mode` is the cache's precision ("fp32" or "bf16"), whatever device computes
     missing entries.  `recorded` is the checkpoint of the teacher a resumed experiment already used: it must
-    be in the store.
+    be in the store.  `aug_seed`: the views the cache is of (default: the students').
     """
     import ray
+
+    aug_seed = settings.aug_seed if aug_seed is None else aug_seed
 
     def as_ray_task(config, model, names: list):
         if model is None:
@@ -190,13 +192,13 @@ def teacher_for_sweep(settings: SweepSettings, resources: Resources, splits: Spl
             print(f"computing {len(names)} missing teacher-logit cache entries as a Ray task")
         task = ray.remote(_prepare_remote).options(**teacher_task_resources(resources))
         state = None if model is None else model.state_dict()
-        new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, names, settings.aug_seed, mode,
+        new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, names, aug_seed, mode,
                                                       is_terminal(sys.stderr)))
         trained = None if new_state is None else model_from_state(config, splits.num_classes, new_state)
         return trained, meta, logits
 
     return teachers.prepare_teacher(
-        settings.teacher_config(), splits, resources.teacher_store, settings.aug_seed, settings.epochs, mode,
+        settings.teacher_config(), splits, resources.teacher_store, aug_seed, settings.epochs, mode,
         teacher_path=settings.teacher_path, allow_foreign=settings.allow_foreign_teacher, recorded=recorded,
         run_heavy=as_ray_task)
 
@@ -204,9 +206,10 @@ def teacher_for_sweep(settings: SweepSettings, resources: Resources, splits: Spl
 # ----------------------------------------------------------------------------- Tune experiments
 
 
-def _base(settings: SweepSettings) -> dict:
-    """The RunConfig fields every trial shares (the trial's config adds what varies)."""
-    return {k: v for k, v in settings.student_config().to_dict().items() if k not in ("temperature", "alpha", "seed")}
+def _base(settings: SweepSettings, phase: str) -> dict:
+    """The RunConfig fields every trial of the phase shares (the trial's config adds what varies)."""
+    base = {k: v for k, v in settings.student_config().to_dict().items() if k not in ("temperature", "alpha", "seed")}
+    return {**base, "aug_seed": settings.confirm_aug_seed} if phase == "confirm" else base
 
 
 def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None):
@@ -271,7 +274,7 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
     from kdtune.sweep.progress import SweepProgress
 
     trainable = tune.with_resources(
-        tune.with_parameters(kd_trainable, base=_base(settings), splits=splits_ref, cache=cache_ref,
+        tune.with_parameters(kd_trainable, base=_base(settings, phase), splits=splits_ref, cache=cache_ref,
                              test_every=settings.test_every, pack_mode=settings.pack_mode),
         resources.trial_resources,
     )
@@ -408,6 +411,10 @@ def _run(settings: SweepSettings, resources: Resources, root: Path, previous: di
                     break
                 if phase == "confirm" and not confirm_choice(settings, record, root):
                     break
+                if phase == "confirm" and settings.confirm_aug_seed != settings.aug_seed:
+                    _, fresh = teacher_for_sweep(settings, resources, splits, shared_splits, mode,
+                                                 recorded=record["teacher"]["path"], aug_seed=settings.confirm_aug_seed)
+                    shared_cache = ray.put(to_shared(fresh))
                 tuner = run_phase(phase, settings, resources, storage, shared_splits, shared_cache,
                                   resume=previous is not None, chosen=record.get("confirm"))
                 kept = kept_by_tune(previous, resources) if phase in (previous or {}).get("phases_started", []) else []

@@ -100,6 +100,7 @@ class SweepSettings:
     label_smoothing: float = 0.0  # every student's, distilled or not
     teacher_label_smoothing: float = 0.0
     confirm: int = 0  # fresh seeds on which the chosen configuration and the baseline are trained again
+    confirm_fresh_views: bool = False  # the confirmation on a new augmentation stream too (a second logit cache)
     teacher_path: str | None = None  # a teacher checkpoint to use instead of the store's
     allow_foreign_teacher: bool = False  # accept a --teacher-path trained on other data splits
     test_every: int = 0  # students' test set: after the last epoch, and every N epochs too (0: only then)
@@ -198,6 +199,12 @@ class SweepSettings:
         return {**shared, "lr": config.effective_lr, "batch_size": config.effective_batch_size,
                 "seeds": list(range(self.seeds)), "confirm_seeds": self.confirm_seeds,
                 "varied_per_trial": ["alpha", "temperature", "method", "seed"]}
+
+    @property
+    def confirm_aug_seed(self) -> int:
+        """The confirmation's augmentation stream: the search's, or with --confirm-fresh-views one neither the
+        teacher nor the search has seen, so that the re-measured gain is not conditional on the search's views."""
+        return max(self.aug_seed, self.teacher_aug_seed) + 1 if self.confirm_fresh_views else self.aug_seed
 
     @property
     def confirm_seeds(self) -> list[int]:
@@ -390,7 +397,10 @@ def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool | 
                      f"{warmup_epochs(settings.recipe, settings.epochs)}), reduction factor {settings.reduction_factor}")
     if settings.confirm:
         lines.append(f"  confirmation: the chosen configuration and the baseline again on {settings.confirm} fresh "
-                     f"seeds {settings.confirm_seeds[0]}..{settings.confirm_seeds[-1]}: {counts['confirm_trials']} trials")
+                     f"seeds {settings.confirm_seeds[0]}..{settings.confirm_seeds[-1]}: {counts['confirm_trials']} trials"
+                     + (f", on a new augmentation stream {settings.confirm_aug_seed} (a second logit cache: the "
+                        f"teacher's pass over the training set for {settings.epochs} epochs)"
+                        if settings.confirm_fresh_views else ""))
     total = counts["baseline_trials"] + counts["sweep_trials"] + counts["confirm_trials"]
     tune_trials = sum(counts["tune_trials"].values())
     packing = (f"{settings.pack} students per trial, the baseline's packed with the sweep's" if settings.pack else
@@ -485,8 +495,10 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
     # A --teacher-path trained on other splits is refused here already, as the run would.
     teacher = locate_teacher(settings.teacher_config(), splits, resources.teacher_store, settings.teacher_path,
                              settings.allow_foreign_teacher)
-    cached = teacher is not None and all(path.is_file() for path in cache_entries(
-        teacher, splits, settings.aug_seed, settings.epochs, cache_mode(settings.precision, device)).values())
+    def cached(aug_seed: int) -> bool:
+        return teacher is not None and all(path.is_file() for path in cache_entries(
+            teacher, splits, aug_seed, settings.epochs, cache_mode(settings.precision, device)).values())
+
     cpus = os.cpu_count() or 1
     threads = max(1, int(resources.cpus_per_trial))
     size, classes = splits.image_size, splits.num_classes
@@ -496,7 +508,9 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
                                  settings.teacher_config().effective_batch_size, splits, device, cpus)
     speeds = cost.Speeds(*student, *teacher_speed)
     work = cost.Work(len(splits.train_labels), len(splits.val_labels), len(splits.test_labels), settings.epochs,
-                     settings.teacher_epochs, settings.test_every, phase_packs(settings), teacher is None, not cached)
+                     settings.teacher_epochs, settings.test_every, phase_packs(settings), teacher is None,
+                     not cached(settings.aug_seed),
+                     bool(settings.confirm) and settings.confirm_fresh_views and not cached(settings.confirm_aug_seed))
     slots = cost.slots_here(resources.cpus_per_trial, resources.gpus_per_trial, resources.max_concurrent, cpus, gpus)
     where = "on the GPU" if device.type == "cuda" else f"{threads} thread{'s' * (threads > 1)} per trial"
     line = cost.describe(cost.estimate(work, speeds, slots), speeds, where)
