@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import RAY_LOCAL
 
 from kdtune import api
 from kdtune.cli import main
@@ -68,14 +69,23 @@ def test_a_wandb_run_is_of_its_trials_own_phase(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tracked(ray_session, mini_data_dir, tmp_path_factory):
-    """A sweep (baseline + one distilled trial) logged to whichever trackers are installed."""
+def tracked(mini_data_dir, tmp_path_factory):
+    """A sweep (baseline + one distilled trial) logged to whichever trackers are installed.
+
+    It runs on a Ray of its own, started after WANDB_MODE and WANDB_DIR are set: W&B's logging actors read them
+    from the environment their worker processes were started with."""
     if not (HAS_MLFLOW or HAS_WANDB):
         pytest.skip("neither mlflow nor wandb is installed (pip install 'kdtune[mlflow,wandb]')")
+    import ray
+
     base = tmp_path_factory.mktemp("tracking")
     mp = pytest.MonkeyPatch()
+    running = ray.is_initialized()
+    if running:
+        ray.shutdown()
     mp.setenv("WANDB_MODE", "offline")
     mp.setenv("WANDB_DIR", str(base))
+    ray.init(**RAY_LOCAL)
     try:
         root = api.sweep({"temperature": [4], "alpha": 0.5}, name="tracked", results_dir=base / "results",
                          teacher="tinycnn", student="tinycnn", data_dir=mini_data_dir, preset="quick", epochs=2,
@@ -83,7 +93,10 @@ def tracked(ray_session, mini_data_dir, tmp_path_factory):
                          mlflow_uri=f"sqlite:///{base / 'mlflow.db'}" if HAS_MLFLOW else None,
                          wandb_project="kdtune-test" if HAS_WANDB else None)
     finally:
+        ray.shutdown()
         mp.undo()
+        if running:
+            ray.init(**RAY_LOCAL)
     return base, pd.read_csv(root / "summary.csv")
 
 
