@@ -14,7 +14,9 @@ data dir when only one is there):
 is decoded once and cached outside the data dir (which may be read-only), with
 its content fingerprint and its per-channel mean and standard deviation
 (computed from the training split: what inputs are normalised with), so later
-runs load in a fraction of a second.
+runs load in a fraction of a second (a cache that cannot be written, on a full
+disk, is skipped with a note).  Data with fewer than two classes, or splits that
+leave a class without training or validation images, are refused.
 
 Augmentation (random crop with zero padding of 1/8 of the image side, 4 pixels
 at 32x32, and horizontal flip) runs on whole batches on the model's device.

@@ -3,7 +3,9 @@
 Store: a teacher is trained once per (architecture, recipe, epochs, data
 splits, seed, ...) and kept under `<store>/<arch>-<key>/` (`model.pt` +
 `meta.json`).  An entry is built in a temporary folder and renamed into place,
-so a crash never leaves half an entry that a later run would load.
+so a crash never leaves half an entry that a later run would load.  A teacher
+that cannot be stored (a full disk) is kept in the system's temporary folder
+(`kept_path`), and the next run stores it from there instead of training it again.
 
 Cache: because augmentation is a pure function of (aug_seed, epoch, image),
 every view a student will see is known in advance.  The teacher's raw logits
