@@ -468,7 +468,7 @@ def test_image_size_resizes_every_image_at_decode_time(tmp_path):
     assert original.train_images.shape == (5, 3, 40, 40)
     # Resizing a constant image keeps it constant.
     flat = tmp_path / "flat"
-    _write_image_folder(flat, {"ant": 1}, {"ant": 1}, size=(40, 40))
+    _write_image_folder(flat, {"ant": 1, "bee": 1}, {"ant": 1, "bee": 1}, size=(40, 40))  # two: one class is refused
     for png in flat.rglob("*.png"):
         write_png(torch.full((3, 40, 40), 90, dtype=torch.uint8), str(png))
     assert (load_dataset(flat, image_size=24).train_images == 90).all()

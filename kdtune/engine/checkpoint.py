@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -36,6 +37,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's refusal opens with advice on how to load the file unsafely, and ends its reason with advice on
+        # how to allow the object: the reason's first sentence is what the user needs.
+        _, marker, reason = str(error).partition("WeightsUnpickler error:")
+        why = reason.strip().split(". ")[0] if marker and reason.strip() else error
+        raise UserError(f"{path} holds Python objects besides tensors and plain values, refused: loading them could "
+                        f"run code ({first_line(why)})") from None
     except Exception as error:
         raise UserError(f"{path} is not a loadable kdtune checkpoint ({first_line(error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -14,7 +14,9 @@ data dir when only one is there):
 is decoded once and cached outside the data dir (which may be read-only), with
 its content fingerprint and its per-channel mean and standard deviation
 (computed from the training split: what inputs are normalised with), so later
-runs load in a fraction of a second.
+runs load in a fraction of a second (a cache that cannot be written, on a full
+disk, is skipped with a note).  Data with fewer than two classes, or splits that
+leave a class without training or validation images, are refused.
 
 Augmentation (random crop with zero padding of 1/8 of the image side, 4 pixels
 at 32x32, and horizontal flip) runs on whole batches on the model's device.
@@ -26,15 +28,17 @@ a live teacher would have seen.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kdtune.engine.atomic import save_torch
-from kdtune.engine.errors import UserError
+from kdtune.engine.atomic import remove_stale_temps, save_torch
+from kdtune.engine.errors import UserError, first_line
 
 DATASETS = ("cifar10", "cifar100", "folder")
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}  # as torchvision extracts them
@@ -148,17 +152,33 @@ def load_dataset(
         stamp = [(p.name, *_stat(p)) for p in sorted(batches.iterdir())]
     key = _digest([CACHE_FORMAT, kind, str(data_dir.resolve()), stamp, image_size])
     cached = cache_dir() / f"dataset-{key[:20]}.pt"
+    remove_stale_temps(cached.parent)  # caches interrupted while being written
     if cached.exists():
         try:
             # mmap: the tensors page in as they are used, so a cache hit costs almost nothing.
-            return Dataset(**torch.load(cached, weights_only=True, mmap=True))
+            dataset = Dataset(**torch.load(cached, weights_only=True, mmap=True))
         except Exception:
             pass  # a cache from an interrupted or older run: decode again and overwrite it
-    dataset = decode()
+        else:
+            return check_classes(dataset, str(data_dir))  # a cache written before this check existed
+    dataset = check_classes(decode(), str(data_dir))
     try:
         save_torch(cached, dataset.__dict__)
-    except OSError:
-        pass  # an unwritable cache only costs the next run a decode
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        # An unwritable cache only costs the next run a decode: the run goes on.
+        print(f"note: could not cache the decoded dataset in {cached.parent} ({first_line(error, 120)}); "
+              f"the next run decodes it again", file=sys.stderr)
+    return dataset
+
+
+def check_classes(dataset: Dataset, source: str = "the data") -> Dataset:
+    """`dataset`, refused unless it has at least two classes: with one, every prediction is right and every
+    accuracy 100%."""
+    n = len(dataset.classes)
+    if n < 2:
+        named = f" ({', '.join(dataset.classes)})" if n else ""
+        raise UserError(f"{source} has {n} class{'es' * (n != 1)}{named}: a classifier needs at least two; add class "
+                        f"folders (train/<class>/ and test/<class>/) or pass another --data-dir")
     return dataset
 
 
@@ -246,7 +266,7 @@ def _download_cifar(kind: str, data_dir: Path, download: bool) -> None:
     try:
         _cifar_class(kind)(str(data_dir), train=True, download=True)
     except Exception as error:  # URLError, PermissionError, a truncated archive...
-        raise UserError(hint.format(why=f"{type(error).__name__}: {error}")) from None
+        raise UserError(hint.format(why=f"{type(error).__name__}: {first_line(error)}")) from None
 
 
 def _decode_torchvision(kind: str, data_dir: Path, image_size: int | None) -> Dataset:
@@ -256,7 +276,8 @@ def _decode_torchvision(kind: str, data_dir: Path, image_size: int | None) -> Da
         train = source(str(data_dir), train=True, download=False)
         test = source(str(data_dir), train=False, download=False)
     except Exception as error:
-        raise UserError(f"{data_dir / CIFAR_FOLDERS[kind]} is not a readable {source.__name__} copy: {error}") from None
+        raise UserError(f"{data_dir / CIFAR_FOLDERS[kind]} is not a readable {source.__name__} copy: "
+                        f"{first_line(error)}") from None
 
     def to_nchw(array):  # (N, 32, 32, 3) -> (N, 3, S, S)
         images = torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
@@ -308,7 +329,7 @@ def _decode_image_folder(data_dir: Path, listing, image_size: int | None) -> Dat
                         with Image.open(path) as opened:
                             image = np.asarray(opened.convert("RGB"))
                     except Exception as error:
-                        raise UserError(f"cannot read image {path}: {error}") from None
+                        raise UserError(f"cannot read image {path}: {first_line(error)}") from None
                     image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
                     if image_size is not None:
                         image = _resize(image, image_size)
@@ -352,11 +373,13 @@ def make_splits(dataset: Dataset, val_size: int = 5000, train_subset: int | None
     room = n_train - val_size
     if train_subset is not None and not 1 <= train_subset <= room:
         raise UserError(f"invalid train_subset {train_subset}: must be between 1 and {room} (train minus validation)")
+    check_classes(dataset)
     generator = torch.Generator().manual_seed(split_seed)
     everything = torch.arange(n_train)
     val_idx = stratified_sample(dataset.train_labels, everything, val_size, generator)
     rest = everything[~torch.isin(everything, val_idx)]
     train_idx = rest if train_subset is None else stratified_sample(dataset.train_labels, rest, train_subset, generator)
+    _check_every_class_split(dataset, val_idx, rest, train_idx, val_size, train_subset)
     return Splits(
         train_images=dataset.train_images[train_idx],
         train_labels=dataset.train_labels[train_idx],
@@ -370,6 +393,29 @@ def make_splits(dataset: Dataset, val_size: int = 5000, train_subset: int | None
         mean=dataset.mean,
         std=dataset.std,
     )
+
+
+def _check_every_class_split(dataset: Dataset, val_idx, rest, train_idx, val_size: int, train_subset: int | None):
+    """Refuse splits that leave a class without validation or training images: its accuracy would mean nothing,
+    or the model would never see it.  Stratified splits only do so for classes too small for the sizes asked."""
+    counts = [torch.bincount(dataset.train_labels[idx], minlength=len(dataset.classes)).tolist()
+              for idx in (torch.arange(len(dataset.train_labels)), val_idx, rest, train_idx)]
+    n_train, room = len(dataset.train_labels), len(rest)
+    for name, total, val, left, train in zip(dataset.classes, *counts):
+        if total == 0:
+            raise UserError(f"class {name!r} has no training images: every class needs some")
+        if val == 0:
+            need = math.ceil(n_train / total)  # then its share of the validation set is at least one image
+            raise UserError(f"class {name!r} gets no validation images: it has {total} of the {n_train} training "
+                            f"images, too few for --val-size {val_size}; "
+                            + (f"raise --val-size to {need} or more, or " if need < n_train else "")
+                            + "add training images of it")
+        if left == 0:
+            raise UserError(f"class {name!r} keeps no training images: --val-size {val_size} takes all {total} of "
+                            f"them for validation; lower --val-size or add training images of it")
+        if train == 0:
+            raise UserError(f"class {name!r} gets no images in --train-subset {train_subset}: it has {left} of the "
+                            f"{room} left after validation; raise --train-subset to {math.ceil(room / left)} or more")
 
 
 # ----------------------------------------------------------------------------- augmentation and batches

@@ -3,7 +3,9 @@
 Store: a teacher is trained once per (architecture, recipe, epochs, data
 splits, seed, ...) and kept under `<store>/<arch>-<key>/` (`model.pt` +
 `meta.json`).  An entry is built in a temporary folder and renamed into place,
-so a crash never leaves half an entry that a later run would load.
+so a crash never leaves half an entry that a later run would load.  A teacher
+that cannot be stored (a full disk) is kept in the system's temporary folder
+(`kept_path`), and the next run stores it from there instead of training it again.
 
 Cache: because augmentation is a pure function of (aug_seed, epoch, image),
 every view a student will see is known in advance.  The teacher's raw logits
@@ -29,12 +31,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdtune.engine.atomic import save_json, save_torch
+from kdtune.engine.atomic import remove_stale_temps, save_json, save_torch
 from kdtune.engine.checkpoint import file_digest, load_model, save_model
 from kdtune.engine.config import RunConfig
 from kdtune.engine.data import Splits, augmentation_params
 from kdtune.engine.device import autocast, prepare, uses_bf16
-from kdtune.engine.errors import UserError
+from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.models import count_parameters, create_model, storage_name
 from kdtune.engine.progress import Progress, progress_bar
 from kdtune.engine.train import predict, train, training_views
@@ -75,6 +77,7 @@ def store_entry(config: RunConfig, splits: Splits, store: str | os.PathLike | No
 def find_teacher(config: RunConfig, splits: Splits, store: str | os.PathLike | None = None) -> Teacher | None:
     """The stored teacher for this config and data, or None.  Only complete (renamed-into-place) entries count."""
     path = store_entry(config, splits, store) / "model.pt"
+    remove_stale_temps(path.parent.parent)  # entries interrupted while being built
     if not path.is_file():
         return None
     model, meta = load_model(path, expected_arch=config.model, num_classes=splits.num_classes)
@@ -84,7 +87,8 @@ def find_teacher(config: RunConfig, splits: Splits, store: str | os.PathLike | N
 def add_to_store(entry: Path, model: nn.Module, meta: dict) -> Teacher:
     """Write model.pt and meta.json into a temporary folder, then rename it to `entry` in one step."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".building-{entry.name}-"))
+    # Named as atomic.py names temporary files, so that `remove_stale_temps` removes it if this process is killed.
+    building = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".building-{entry.name}.", suffix=".tmp"))
     try:
         save_model(building / "model.pt", model, meta["config"]["model"], meta, meta["num_classes"])
         save_json(building / "meta.json", meta)
@@ -289,12 +293,16 @@ def prepare_teacher(
     alone (the cache is None)."""
     if teacher is None:
         teacher = locate_teacher(config, splits, store, teacher_path, allow_foreign, train_missing_path)
+    if teacher is None and kept_path(config, splits).is_file():
+        teacher = _adopt_kept(config, splits, store, teacher_path)
     if teacher is None and recorded is not None:
         raise UserError(f"the experiment's teacher ({recorded}) is not in the teacher store {store}; "
                         f"pass --teacher-store with the store that holds it (it is never retrained silently)")
     loaded = {}
     if teacher is not None and epochs is not None:
-        loaded = load_cached(cache_entries(teacher, splits, aug_seed, epochs, mode), splits)
+        files = cache_entries(teacher, splits, aug_seed, epochs, mode)
+        remove_stale_temps(files["val"].parent)  # epochs interrupted while being written
+        loaded = load_cached(files, splits)
     missing = [] if epochs is None else [name for name in cache_names(epochs) if name not in loaded]
     if teacher is None or missing:
         run_heavy = run_heavy or in_process(splits, aug_seed, mode, device or torch.device("cpu"), progress)
@@ -304,7 +312,13 @@ def prepare_teacher(
         if logits:
             files = cache_entries(teacher, splits, aug_seed, epochs, mode)
             for name, value in logits.items():
-                save_torch(files[name], value)
+                try:
+                    save_torch(files[name], value)
+                except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+                    raise UserError(
+                        f"could not write the teacher-logit cache in {files[name].parent} ({first_line(error)}); "
+                        f"the {len(loaded)} entries there are kept (one per epoch): free space and run again "
+                        f"(or --resume), which computes only the missing ones") from None
                 loaded[name] = value
     return teacher, (None if epochs is None else assemble(loaded, epochs, aug_seed, splits))
 
@@ -356,13 +370,44 @@ def locate_teacher(config: RunConfig, splits: Splits, store, teacher_path=None, 
     return None
 
 
-def _keep(config: RunConfig, splits: Splits, store, teacher_path, model: nn.Module, meta: dict) -> Teacher:
-    """A newly trained teacher, saved at `teacher_path`, else added to the store."""
-    if teacher_path is None:
-        return add_to_store(store_entry(config, splits, store), model, meta)
-    path = Path(teacher_path)
-    save_model(path, model, config.model, meta, splits.num_classes)
-    return Teacher(model, meta, path)
+def kept_path(config: RunConfig, splits: Splits) -> Path:
+    """Where a trained teacher is kept when its store entry or --teacher-path cannot be written (a full disk):
+    the system's temporary folder, often another file system, named by the teacher's key."""
+    return Path(tempfile.gettempdir()) / "kdtune-teachers" / f"{storage_name(config.model)}-{teacher_key(config, splits)}.pt"
+
+
+def _keep(config: RunConfig, splits: Splits, store, teacher_path, model: nn.Module, meta: dict,
+          adopting: bool = False) -> Teacher:
+    """A newly trained teacher, saved at `teacher_path`, else added to the store; kept at `kept_path` (and
+    refused in one line) when that cannot be written, so that its training is not lost.  `adopting`: the
+    teacher comes from `kept_path` already."""
+    where = store_entry(config, splits, store) if teacher_path is None else Path(teacher_path)
+    try:
+        if teacher_path is None:
+            return add_to_store(where, model, meta)
+        save_model(where, model, config.model, meta, splits.num_classes)
+        return Teacher(model, meta, where)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        failed = f"could not write the trained teacher to {where} ({first_line(error, 120)})"
+    kept = kept_path(config, splits)
+    if adopting:
+        raise UserError(f"{failed}; it is kept at {kept}: free space and run again (or --resume) to store it "
+                        f"from there, or pass --teacher-path {kept}")
+    try:
+        save_model(kept, model, config.model, meta, splits.num_classes)
+    except (OSError, RuntimeError) as error:
+        raise UserError(f"{failed}, nor to {kept} ({first_line(error, 120)}): free space and run again") from None
+    raise UserError(f"{failed}; it is kept at {kept}: free space and run again (or --resume), which stores it "
+                    f"from there instead of training it again, or pass --teacher-path {kept}")
+
+
+def _adopt_kept(config: RunConfig, splits: Splits, store, teacher_path) -> Teacher:
+    """The teacher a run could not store (see `_keep`), stored now where it belongs, instead of trained again."""
+    kept = kept_path(config, splits)
+    model, meta = load_model(kept, expected_arch=config.model, num_classes=splits.num_classes)
+    teacher = _keep(config, splits, store, teacher_path, model, meta, adopting=True)
+    kept.unlink(missing_ok=True)
+    return teacher
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ from kdtune.engine.config import (
     warmup_epochs,
 )
 from kdtune.engine.data import Splits, check_dataset, load_dataset, make_splits
-from kdtune.engine.errors import UsageError, UserError
+from kdtune.engine.errors import UsageError, UserError, quote
 from kdtune.engine.models import check_model, check_model_name
 from kdtune.engine.stack import PACK_MODES
 from kdtune.report.record import (
@@ -430,14 +430,9 @@ def _shared_settings(settings: SweepSettings) -> str:
 def experiment_root(name: str, results_dir: str | os.PathLike = "results") -> Path:
     """`<results_dir>/<name>`; a name is one path component, so that no experiment is written outside its folder."""
     if not NAME.fullmatch(name) or name in (".", ".."):
-        raise UsageError(f"invalid experiment name {_quote(name)}: use letters, digits, '-', '_' and '.' "
+        raise UsageError(f"invalid experiment name {quote(name)}: use letters, digits, '-', '_' and '.' "
                          f"(one folder name under --results-dir, not '.' or '..')")
     return Path(results_dir) / name
-
-
-def _quote(value: str, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def tune_storage(root: Path, resources: Resources) -> str:
