@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from by_hand import mde_by_hand, sign_flip_by_hand
 from scipy import stats
 
 from kdtune.cli.args import run_cli
@@ -38,6 +39,7 @@ TEMPERATURES = [2.0, 4.0, 8.0, 16.0]
 SEEDS = [0, 1]
 ALPHA = 0.5
 TEACHER = {"val_acc": 0.9, "test_acc": 0.88}
+DATA = {"train": 100, "val": 10, "test": 10}
 STOPS_EARLY = (2.0, 1)  # (T, seed): returns after epoch 1, as if ASHA had stopped it
 ERRORS = (8.0, 1)  # raises in epoch 2, after reporting epoch 1
 INTERRUPTED = (16.0, 0, 2)  # (T, seed, epoch) at which "Ctrl-C" is pressed: T = 16, seed 1 never starts
@@ -101,7 +103,7 @@ def settings(search: str = "grid", seeds: int = len(SEEDS), **space) -> SweepSet
 
 def write_record(root: Path, storage: str, sweep: SweepSettings | None = None) -> None:
     sweep = sweep or settings()
-    record = {"settings": sweep.to_dict(), "teacher": TEACHER, "data": {"train": 100, "val": 10, "test": 10},
+    record = {"settings": sweep.to_dict(), "teacher": TEACHER, "data": DATA,
               "storage": storage, "points": sweep_points(sweep)}
     root.mkdir(parents=True, exist_ok=True)
     (root / "experiment.json").write_text(json.dumps(record))
@@ -210,6 +212,8 @@ def expected_row(trials: list[dict], baseline: list[dict]) -> dict:
         if name in ("val_acc", "test_acc"):
             row[f"{name}_ci95"] = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
     row["learned_temperature_mean"] = row["learned_temperature_std"] = math.nan  # no ctkd: no learned T
+    for split, size in (("val", DATA["val"]), ("test", DATA["test"])):  # correct images: round(accuracy x images)
+        row[f"{split}_correct"] = sum(round(f[f"{split}_acc"] * size) for f in finished) if n else math.nan
     row.update(expected_gain(trials, baseline) if trials[0]["phase"] == "sweep" else
                dict(gain_pairs=0, gain_mean=math.nan, gain_ci95=math.nan, p_paired=math.nan))
     for outcome in OUTCOMES:
@@ -224,10 +228,12 @@ def expected_gain(trials: list[dict], baseline: list[dict]) -> dict:
     d = np.array([kd[s] - base[s] for s in sorted(kd) if s in base])
     n = len(d)
     if n < 2:
-        return dict(gain_pairs=n, gain_mean=d.mean() if n else math.nan, gain_ci95=math.nan, p_paired=math.nan)
+        return dict(gain_pairs=n, gain_mean=d.mean() if n else math.nan, gain_ci95=math.nan, p_paired=math.nan,
+                    p_signflip=sign_flip_by_hand(list(d)) if n else math.nan)
     se = d.std(ddof=1) / math.sqrt(n)
-    return dict(gain_pairs=n, gain_mean=d.mean(), gain_ci95=stats.t.ppf(0.975, n - 1) * se,
-                p_paired=2 * stats.t.sf(abs(d.mean() / se), n - 1))
+    return dict(gain_pairs=n, gain_mean=d.mean(), gain_sd=d.std(ddof=1), gain_ci95=stats.t.ppf(0.975, n - 1) * se,
+                mde=mde_by_hand(n, d.std(ddof=1)), p_paired=2 * stats.t.sf(abs(d.mean() / se), n - 1),
+                p_signflip=sign_flip_by_hand(list(d)))
 
 
 def holm_by_hand(p: list[float]) -> list[float]:
@@ -252,6 +258,10 @@ def expected_summary(trials: list[dict]) -> pd.DataFrame:
         row["p_holm"] = p
     for row in rows:
         row.setdefault("p_holm", math.nan)
+    complete = [r for r in sweep if r["complete"]]
+    best = max((r["val_correct"] / r["seeds_finished"] for r in complete), default=None)
+    for row in rows:
+        row["tied_best"] = row in complete and row["val_correct"] / row["seeds_finished"] == best
     return pd.DataFrame(rows, columns=summary_columns())
 
 
@@ -285,7 +295,7 @@ def test_partial_experiment_report_numbers(synthetic, tmp_path):
     root = copy_experiment(synthetic["partial"], tmp_path / "exp")
     report = write_report(root)
     out = root / "report"
-    figures = ["temperature_analysis.png", "learning_curves.png", "fidelity_calibration.png"]
+    figures = ["temperature_analysis.png", "gain_analysis.png", "learning_curves.png", "fidelity_calibration.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(figures + ["summary.csv", "summary.md"])
     assert_images(out, figures)
 
@@ -303,10 +313,12 @@ def test_partial_experiment_report_numbers(synthetic, tmp_path):
     assert report["markdown"] == markdown
     assert "among the 1 complete of 4 configurations that competed: **T = 4, α = 0.5** (2 seeds)" in markdown
     values = list(best.values())
-    assert f"**test {100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}%**" in markdown
+    assert f"test {100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}%" in markdown
+    assert "optimistic (selected among 4)" in markdown and "**test" not in markdown
     low, high = 100 * (gains.mean() - half), 100 * (gains.mean() + half)
-    assert (f"{100 * gains.mean():+.2f} points (95% CI {low:+.2f} to {high:+.2f}, 2 paired seeds); "
-            f"paired t-test p = {p:.3g}, Holm-adjusted for the 4 configurations compared p = {4 * p:.3g}") in markdown
+    assert f"{100 * gains.mean():+.2f} points (95% CI {low:+.2f} to {high:+.2f}, 2 paired seeds; " in markdown
+    assert (f"paired t-test p = {p:.3g}, exact sign-flip p = 0.5, Holm-adjusted for the 4 configurations compared "
+            f"p = {4 * p:.3g}; no significance claimed with 2 < 5 pairs") in markdown
     # T = 2 has a better mean validation accuracy over the seed that finished, but a seed was stopped: not chosen.
     assert "Not eligible, incomplete: T = 2, α = 0.5 — 1 of 2 seeds finished (1 stopped early)" in markdown
     assert "Not eligible, incomplete: T = 8, α = 0.5 — 1 of 2 seeds finished (1 errored)" in markdown
@@ -352,12 +364,13 @@ def test_remote_storage_and_formats_without_ray(synthetic, tmp_path):
                            "--format", "pdf"], capture_output=True, text=True, cwd=tmp_path, env=no_cluster)
     assert done.returncode == 0, done.stderr
     assert "Trials: 6 finished, 1 stopped early, 1 errored, 1 in progress, 1 pending" in done.stdout
-    figures = [f"{name}.pdf" for name in ("temperature_analysis", "learning_curves", "fidelity_calibration")]
+    figures = [f"{name}.pdf" for name in ("temperature_analysis", "gain_analysis", "learning_curves",
+                                          "fidelity_calibration")]
     assert sorted(p.name for p in out.iterdir()) == sorted(["summary.csv", "summary.md", *figures])
     assert all((out / name).read_bytes().startswith(b"%PDF") for name in figures)
     assert_same_table(pd.read_csv(out / "summary.csv"), expected_summary(expected_trials()))
     report = write_report(root, out=tmp_path / "out-svg", fmt="svg")
-    assert [p.suffix for p in report["figures"]] == [".svg"] * 3
+    assert [p.suffix for p in report["figures"]] == [".svg"] * 4
     assert all(p.read_bytes().startswith(b"<?xml") for p in report["figures"])
 
 
@@ -469,8 +482,8 @@ def test_joint_grid_figures(tmp_path):
     sweep = settings(seeds=1, fixed={}, axes={"temperature": [2.0, 4.0, 8.0], "alpha": [0.3, 0.9]})
     exp = made_up_experiment(tmp_path, sweep, grid, ["finished"] * len(grid))
     names = draw(exp, tmp_path / "out")
-    assert names == ["temperature_analysis.png", "alpha_analysis.png", "heatmap.png", "learning_curves.png",
-                     "fidelity_calibration.png"]
+    assert names == ["temperature_analysis.png", "alpha_analysis.png", "heatmap.png", "gain_analysis.png",
+                     "learning_curves.png", "fidelity_calibration.png"]
     assert_images(tmp_path / "out", names)
 
 
@@ -481,8 +494,8 @@ def test_optuna_figures(tmp_path):
     outcomes = ["finished", "stopped early", "finished", "stopped early", "finished"]
     exp = made_up_experiment(tmp_path, sweep, points, outcomes)
     names = draw(exp, tmp_path / "out")
-    assert names == ["temperature_analysis.png", "alpha_analysis.png", "optuna_trials.png", "learning_curves.png",
-                     "fidelity_calibration.png"]
+    assert names == ["temperature_analysis.png", "alpha_analysis.png", "optuna_trials.png", "gain_analysis.png",
+                     "learning_curves.png", "fidelity_calibration.png"]
     assert_images(tmp_path / "out", names)
 
 
