@@ -555,3 +555,92 @@ def test_a_foreign_teacher_is_said_in_the_first_lines(tmp_path):
                                "splits: none recorded; this experiment's: abc; used with --allow-foreign-teacher)")
     del exp.record["teacher"]["foreign_data"]
     assert "Warning" not in summary_markdown(exp, configs, headline(configs, TEACHER), [], [])
+
+
+# ----------------------------------------------------------------------------- wording that follows the intervals
+
+
+def paired_experiment(tmp_path: Path, gains: dict, confirm_gains: list[float] | None = None) -> Experiment:
+    """An Experiment in memory with 3 seeds: the baseline, one search configuration per T with the given per-seed
+    gains (test accuracy, fractions), and optionally a confirmation of T = 4 on seeds 3-5."""
+    def trial(phase, temperature, alpha, seed, test):
+        return dict(phase=phase, trial_id=f"{phase}-{temperature}-{seed}", temperature=temperature, alpha=alpha,
+                    seed=seed, status="TERMINATED", outcome="finished", epochs_run=EPOCHS, failures=0,
+                    final_val_acc=round(test + 0.01, 3), final_test_acc=test, best_val_acc=test + 0.01, best_epoch=1,
+                    test_acc_at_best_val=math.nan, final_agreement=0.6, final_val_ece=0.03, final_val_nll=1.0,
+                    trial_number=seed)
+
+    base = [0.45, 0.46, 0.44]
+    rows = [trial("baseline", 1.0, 0.0, s, b) for s, b in enumerate(base)]
+    for temperature, per_seed in gains.items():
+        rows += [trial("sweep", temperature, ALPHA, s, b + g) for s, (b, g) in enumerate(zip(base, per_seed))]
+    sweep = settings(seeds=3)
+    record = {"settings": {**sweep.to_dict(), "confirm": 3 if confirm_gains else 0, "aug_seed": 7},
+              "teacher": {**TEACHER, "path": "/teachers/resnet20-abc123/model.pt", "config": {"seed": 0}},
+              "data": DATA, "storage": str(tmp_path / "gone")}
+    if confirm_gains:
+        rows += [trial("confirm", 1.0, 0.0, 3 + s, b) for s, b in enumerate(base)]
+        rows += [trial("confirm", 4.0, ALPHA, 3 + s, b + g) for s, (b, g) in enumerate(zip(base, confirm_gains))]
+    return Experiment(tmp_path, record, pd.DataFrame(rows), pd.DataFrame(columns=["phase", "trial_id", "epoch"]))
+
+
+def markdown_of(exp: Experiment) -> str:
+    from kdtune.report.summary import summary_markdown
+
+    configs = config_table(exp.trials, exp.planned_seeds, exp.record["data"])
+    return summary_markdown(exp, configs, headline(configs, exp.record["teacher"]), [], [])
+
+
+def test_an_interval_with_zero_and_the_search_estimate_is_inconclusive(tmp_path):
+    exp = paired_experiment(tmp_path, {4.0: [0.010, 0.012, 0.014]}, confirm_gains=[0.04, -0.03, -0.005])
+    markdown = markdown_of(exp)
+    assert "**Re-measured on 3 fresh seeds**" in markdown
+    assert "inconclusive: its 95% interval contains both zero and the search's estimate (+1.20)" in markdown
+    for claim in ("Confirmed", "confirmed", "no gain", "vanished", "significant", "larger than the seed-to-seed"):
+        assert claim not in markdown, claim
+    assert "optimistic (selected among 1)" in markdown and "**test" not in markdown
+
+
+def test_fewer_than_5_pairs_make_no_claim_of_significance(tmp_path):
+    """Three nearly equal gains: a t-test p far below 0.05 on 2 degrees of freedom, an exact sign-flip p of 0.25."""
+    exp = paired_experiment(tmp_path, {4.0: [0.0130, 0.0131, 0.0132], 8.0: [0.001, -0.002, 0.003]})
+    configs = config_table(exp.trials, exp.planned_seeds, exp.record["data"])
+    row = configs[(configs["phase"] == "sweep") & (configs["temperature"] == 4.0)].iloc[0]
+    assert row["p_holm"] < 0.001 and row["p_signflip"] == 0.25
+    markdown = markdown_of(exp)
+    assert "larger than the seed-to-seed spread" not in markdown and "significant" not in markdown
+    assert "With fewer than 5 pairs (3 here), no statement of significance is made for any configuration" in markdown
+    assert "its 95% interval lies above zero" in markdown  # the interval itself is still read
+    assert "exact sign-flip p = 0.25" in markdown
+
+
+def test_the_first_lines_name_the_teacher_and_the_augmentation_stream(tmp_path):
+    lines = markdown_of(paired_experiment(tmp_path, {4.0: [0.01, 0.02, 0.0]})).splitlines()
+    head = " ".join(lines[:4])
+    assert "conditional on one teacher and one augmentation stream" in head
+    assert "/teachers/resnet20-abc123/model.pt" in head and "aug_seed) 7" in head
+
+
+def test_a_report_is_rebuilt_from_summary_csv_when_tunes_folders_are_gone(tmp_path):
+    """A committed example: experiment.json and the per-trial summary.csv, no Tune folders."""
+    exp = paired_experiment(tmp_path, {2.0: [0.0, 0.01, -0.01], 4.0: [0.01, 0.02, 0.015]},
+                            confirm_gains=[0.02, 0.0, 0.01])
+    root = tmp_path / "example"
+    root.mkdir()
+    (root / "experiment.json").write_text(json.dumps(exp.record))
+    exp.trials.drop(columns="trial_number").to_csv(root / "summary.csv", index=False)
+    before = (root / "summary.csv").read_text()
+    report = write_report(root)
+    markdown = report["markdown"]
+    assert "Rebuilt from the experiment's summary.csv" in markdown
+    assert "learning_curves.png: no per-epoch results (rebuilt from summary.csv)" in markdown
+    names = [p.name for p in report["figures"]]
+    assert "gain_analysis.png" in names and "learning_curves.png" not in names
+    assert_images(root / "report", ["gain_analysis.png"])
+    assert f"Figures: {', '.join(names)}" in markdown
+    assert (root / "summary.csv").read_text() == before  # the source is not rewritten
+    table = pd.read_csv(root / "report" / "summary.csv")
+    assert {"mde", "p_signflip", "val_correct", "test_correct", "tied_best"} <= set(table.columns)
+    chosen = table[table["tied_best"]]
+    assert list(chosen["temperature"]) == [4.0] and chosen["val_correct"].iloc[0] == sum(
+        round((b + g + 0.01) * DATA["val"]) for b, g in zip([0.45, 0.46, 0.44], [0.01, 0.02, 0.015]))

@@ -83,6 +83,7 @@ def rebuilt_experiment(root: Path, record: dict, saved: Path) -> Experiment:
     if trials.empty:
         raise UserError(f"experiment {root}: no Tune folders under {record['storage']} and no trial in {saved}")
     trials["trial_id"] = trials["trial_id"].astype(str)
+    trials["method"] = trials["method"].astype(object)  # an older table has none: empty, read as plain KD
     trials["trial_number"] = trials.groupby("phase").cumcount()
     epochs = pd.DataFrame(columns=["phase", "trial_id", *EPOCH_COLUMNS])
     return Experiment(root, record, trials, epochs, None, saved)
