@@ -161,9 +161,13 @@ def analysis_rows(sweep: pd.DataFrame, param: str, varied: list[str], best: dict
 
 
 def _save(fig, path: Path, legend_from=None) -> Path:
-    """Write the figure; with `legend_from`, that axes' legend goes in a row below the panels."""
+    """Write the figure; with `legend_from` (axes, or a list of them), their legend goes in a row below the panels."""
     if legend_from is not None:
-        handles, labels = legend_from.get_legend_handles_labels()
+        entries = {}
+        for ax in legend_from if isinstance(legend_from, (list, tuple, np.ndarray)) else [legend_from]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        handles, labels = list(entries.values()), list(entries)
         long = sum(map(len, labels)) > 150  # four long entries in a row would run past the figure's edges
         fig.legend(handles, labels, loc="lower center", ncol=min(3 if long else 4, len(labels)), frameon=False)
         fig.tight_layout(rect=(0, 0.09, 1, 1))
@@ -242,12 +246,13 @@ def plot_parameter_analysis(rows: pd.DataFrame, param: str, h: Headline, space: 
         if drawn:
             x = _x(best, param)
             ax.plot(x, 100 * best[f"{split}_mean"], marker="*", markersize=16, color=BEST, linestyle="none",
-                    label=f"chosen {SYMBOL[param]} (search; {_optimistic(h)})", zorder=5)
+                    label=f"chosen {SYMBOL[param]}, search: {_optimistic(h)}", zorder=5)
         confirm = h.confirm
         if split == "test_acc" and confirm is not None and math.isfinite(confirm["test_acc_mean"]):
             ax.errorbar(_x(confirm, param), 100 * confirm["test_acc_mean"], yerr=100 * _finite(confirm["test_acc_ci95"]),
                         fmt="D", color=CONFIRM, capsize=4, zorder=5,
-                        label=f"chosen, re-measured on {int(confirm['seeds_finished'])} fresh seeds (test, 95% CI)")
+                        label=f"{SYMBOL[param]} = {confirm[param]:g} re-measured on {int(confirm['seeds_finished'])} "
+                              f"fresh seeds (test, 95% CI)")
         space.set_axis(ax, param, rows[param])
         if drawn and split == "test_acc":
             test = _pm(best["test_acc_mean"], best["test_acc_std"])
@@ -261,7 +266,7 @@ def plot_parameter_analysis(rows: pd.DataFrame, param: str, h: Headline, space: 
     axes[0].set_ylabel("accuracy (%)")
     per_method = f"; each method {_seeds_label(space.seeds)}" if space.by_method else ""
     fig.suptitle(f"Student accuracy against {SYMBOL[param]} — {note}; finished seeds only{per_method}")
-    return _save(fig, path, legend_from=axes[0])
+    return _save(fig, path, legend_from=list(axes))
 
 
 def _curves(rows: pd.DataFrame, space: Space) -> list[tuple[str | None, pd.DataFrame]]:
@@ -349,7 +354,7 @@ def plot_gain_analysis(sweep: pd.DataFrame, h: Headline, space: Space, path: Pat
                                 textcoords="offset points", fontsize=8, color=color)
         ax.axhline(0, color=TEACHER, linewidth=1, label="no KD (gain 0)")
         for row, marker, label in ((h.best, "*", f"chosen, search: {_optimistic(h)}"),
-                                   (h.confirm, "D", "chosen, re-measured on fresh seeds (95% CI)")):
+                                   (h.confirm, "D", "re-measured on fresh seeds (95% CI)")):
             if row is None or not math.isfinite(row["gain_mean"]) or (method is not None and row["method"] != method):
                 continue
             x = _x(row, param)
