@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from by_hand import mde_by_hand, sign_flip_by_hand
 from scipy import stats
 
 from kdtune.cli.args import run_cli
@@ -38,6 +39,7 @@ TEMPERATURES = [2.0, 4.0, 8.0, 16.0]
 SEEDS = [0, 1]
 ALPHA = 0.5
 TEACHER = {"val_acc": 0.9, "test_acc": 0.88}
+DATA = {"train": 100, "val": 10, "test": 10}
 STOPS_EARLY = (2.0, 1)  # (T, seed): returns after epoch 1, as if ASHA had stopped it
 ERRORS = (8.0, 1)  # raises in epoch 2, after reporting epoch 1
 INTERRUPTED = (16.0, 0, 2)  # (T, seed, epoch) at which "Ctrl-C" is pressed: T = 16, seed 1 never starts
@@ -101,7 +103,7 @@ def settings(search: str = "grid", seeds: int = len(SEEDS), **space) -> SweepSet
 
 def write_record(root: Path, storage: str, sweep: SweepSettings | None = None) -> None:
     sweep = sweep or settings()
-    record = {"settings": sweep.to_dict(), "teacher": TEACHER, "data": {"train": 100, "val": 10, "test": 10},
+    record = {"settings": sweep.to_dict(), "teacher": TEACHER, "data": DATA,
               "storage": storage, "points": sweep_points(sweep)}
     root.mkdir(parents=True, exist_ok=True)
     (root / "experiment.json").write_text(json.dumps(record))
@@ -210,6 +212,8 @@ def expected_row(trials: list[dict], baseline: list[dict]) -> dict:
         if name in ("val_acc", "test_acc"):
             row[f"{name}_ci95"] = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
     row["learned_temperature_mean"] = row["learned_temperature_std"] = math.nan  # no ctkd: no learned T
+    for split, size in (("val", DATA["val"]), ("test", DATA["test"])):  # correct images: round(accuracy x images)
+        row[f"{split}_correct"] = sum(round(f[f"{split}_acc"] * size) for f in finished) if n else math.nan
     row.update(expected_gain(trials, baseline) if trials[0]["phase"] == "sweep" else
                dict(gain_pairs=0, gain_mean=math.nan, gain_ci95=math.nan, p_paired=math.nan))
     for outcome in OUTCOMES:
@@ -224,10 +228,12 @@ def expected_gain(trials: list[dict], baseline: list[dict]) -> dict:
     d = np.array([kd[s] - base[s] for s in sorted(kd) if s in base])
     n = len(d)
     if n < 2:
-        return dict(gain_pairs=n, gain_mean=d.mean() if n else math.nan, gain_ci95=math.nan, p_paired=math.nan)
+        return dict(gain_pairs=n, gain_mean=d.mean() if n else math.nan, gain_ci95=math.nan, p_paired=math.nan,
+                    p_signflip=sign_flip_by_hand(list(d)) if n else math.nan)
     se = d.std(ddof=1) / math.sqrt(n)
-    return dict(gain_pairs=n, gain_mean=d.mean(), gain_ci95=stats.t.ppf(0.975, n - 1) * se,
-                p_paired=2 * stats.t.sf(abs(d.mean() / se), n - 1))
+    return dict(gain_pairs=n, gain_mean=d.mean(), gain_sd=d.std(ddof=1), gain_ci95=stats.t.ppf(0.975, n - 1) * se,
+                mde=mde_by_hand(n, d.std(ddof=1)), p_paired=2 * stats.t.sf(abs(d.mean() / se), n - 1),
+                p_signflip=sign_flip_by_hand(list(d)))
 
 
 def holm_by_hand(p: list[float]) -> list[float]:
@@ -252,6 +258,10 @@ def expected_summary(trials: list[dict]) -> pd.DataFrame:
         row["p_holm"] = p
     for row in rows:
         row.setdefault("p_holm", math.nan)
+    complete = [r for r in sweep if r["complete"]]
+    best = max((r["val_correct"] / r["seeds_finished"] for r in complete), default=None)
+    for row in rows:
+        row["tied_best"] = row in complete and row["val_correct"] / row["seeds_finished"] == best
     return pd.DataFrame(rows, columns=summary_columns())
 
 
@@ -285,7 +295,7 @@ def test_partial_experiment_report_numbers(synthetic, tmp_path):
     root = copy_experiment(synthetic["partial"], tmp_path / "exp")
     report = write_report(root)
     out = root / "report"
-    figures = ["temperature_analysis.png", "learning_curves.png", "fidelity_calibration.png"]
+    figures = ["temperature_analysis.png", "gain_analysis.png", "learning_curves.png", "fidelity_calibration.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(figures + ["summary.csv", "summary.md"])
     assert_images(out, figures)
 
@@ -303,10 +313,12 @@ def test_partial_experiment_report_numbers(synthetic, tmp_path):
     assert report["markdown"] == markdown
     assert "among the 1 complete of 4 configurations that competed: **T = 4, α = 0.5** (2 seeds)" in markdown
     values = list(best.values())
-    assert f"**test {100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}%**" in markdown
+    assert f"test {100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}%" in markdown
+    assert "optimistic (selected among 4)" in markdown and "**test" not in markdown
     low, high = 100 * (gains.mean() - half), 100 * (gains.mean() + half)
-    assert (f"{100 * gains.mean():+.2f} points (95% CI {low:+.2f} to {high:+.2f}, 2 paired seeds); "
-            f"paired t-test p = {p:.3g}, Holm-adjusted for the 4 configurations compared p = {4 * p:.3g}") in markdown
+    assert f"{100 * gains.mean():+.2f} points (95% CI {low:+.2f} to {high:+.2f}, 2 paired seeds; " in markdown
+    assert (f"paired t-test p = {p:.3g}, exact sign-flip p = 0.5, Holm-adjusted for the 4 configurations compared "
+            f"p = {4 * p:.3g}; no significance claimed with 2 < 5 pairs") in markdown
     # T = 2 has a better mean validation accuracy over the seed that finished, but a seed was stopped: not chosen.
     assert "Not eligible, incomplete: T = 2, α = 0.5 — 1 of 2 seeds finished (1 stopped early)" in markdown
     assert "Not eligible, incomplete: T = 8, α = 0.5 — 1 of 2 seeds finished (1 errored)" in markdown
@@ -352,12 +364,13 @@ def test_remote_storage_and_formats_without_ray(synthetic, tmp_path):
                            "--format", "pdf"], capture_output=True, text=True, cwd=tmp_path, env=no_cluster)
     assert done.returncode == 0, done.stderr
     assert "Trials: 6 finished, 1 stopped early, 1 errored, 1 in progress, 1 pending" in done.stdout
-    figures = [f"{name}.pdf" for name in ("temperature_analysis", "learning_curves", "fidelity_calibration")]
+    figures = [f"{name}.pdf" for name in ("temperature_analysis", "gain_analysis", "learning_curves",
+                                          "fidelity_calibration")]
     assert sorted(p.name for p in out.iterdir()) == sorted(["summary.csv", "summary.md", *figures])
     assert all((out / name).read_bytes().startswith(b"%PDF") for name in figures)
     assert_same_table(pd.read_csv(out / "summary.csv"), expected_summary(expected_trials()))
     report = write_report(root, out=tmp_path / "out-svg", fmt="svg")
-    assert [p.suffix for p in report["figures"]] == [".svg"] * 3
+    assert [p.suffix for p in report["figures"]] == [".svg"] * 4
     assert all(p.read_bytes().startswith(b"<?xml") for p in report["figures"])
 
 
@@ -469,8 +482,8 @@ def test_joint_grid_figures(tmp_path):
     sweep = settings(seeds=1, fixed={}, axes={"temperature": [2.0, 4.0, 8.0], "alpha": [0.3, 0.9]})
     exp = made_up_experiment(tmp_path, sweep, grid, ["finished"] * len(grid))
     names = draw(exp, tmp_path / "out")
-    assert names == ["temperature_analysis.png", "alpha_analysis.png", "heatmap.png", "learning_curves.png",
-                     "fidelity_calibration.png"]
+    assert names == ["temperature_analysis.png", "alpha_analysis.png", "heatmap.png", "gain_analysis.png",
+                     "learning_curves.png", "fidelity_calibration.png"]
     assert_images(tmp_path / "out", names)
 
 
@@ -481,8 +494,8 @@ def test_optuna_figures(tmp_path):
     outcomes = ["finished", "stopped early", "finished", "stopped early", "finished"]
     exp = made_up_experiment(tmp_path, sweep, points, outcomes)
     names = draw(exp, tmp_path / "out")
-    assert names == ["temperature_analysis.png", "alpha_analysis.png", "optuna_trials.png", "learning_curves.png",
-                     "fidelity_calibration.png"]
+    assert names == ["temperature_analysis.png", "alpha_analysis.png", "optuna_trials.png", "gain_analysis.png",
+                     "learning_curves.png", "fidelity_calibration.png"]
     assert_images(tmp_path / "out", names)
 
 
@@ -542,3 +555,92 @@ def test_a_foreign_teacher_is_said_in_the_first_lines(tmp_path):
                                "splits: none recorded; this experiment's: abc; used with --allow-foreign-teacher)")
     del exp.record["teacher"]["foreign_data"]
     assert "Warning" not in summary_markdown(exp, configs, headline(configs, TEACHER), [], [])
+
+
+# ----------------------------------------------------------------------------- wording that follows the intervals
+
+
+def paired_experiment(tmp_path: Path, gains: dict, confirm_gains: list[float] | None = None) -> Experiment:
+    """An Experiment in memory with 3 seeds: the baseline, one search configuration per T with the given per-seed
+    gains (test accuracy, fractions), and optionally a confirmation of T = 4 on seeds 3-5."""
+    def trial(phase, temperature, alpha, seed, test):
+        return dict(phase=phase, trial_id=f"{phase}-{temperature}-{seed}", temperature=temperature, alpha=alpha,
+                    seed=seed, status="TERMINATED", outcome="finished", epochs_run=EPOCHS, failures=0,
+                    final_val_acc=round(test + 0.01, 3), final_test_acc=test, best_val_acc=test + 0.01, best_epoch=1,
+                    test_acc_at_best_val=math.nan, final_agreement=0.6, final_val_ece=0.03, final_val_nll=1.0,
+                    trial_number=seed)
+
+    base = [0.45, 0.46, 0.44]
+    rows = [trial("baseline", 1.0, 0.0, s, b) for s, b in enumerate(base)]
+    for temperature, per_seed in gains.items():
+        rows += [trial("sweep", temperature, ALPHA, s, b + g) for s, (b, g) in enumerate(zip(base, per_seed))]
+    sweep = settings(seeds=3)
+    record = {"settings": {**sweep.to_dict(), "confirm": 3 if confirm_gains else 0, "aug_seed": 7},
+              "teacher": {**TEACHER, "path": "/teachers/resnet20-abc123/model.pt", "config": {"seed": 0}},
+              "data": DATA, "storage": str(tmp_path / "gone")}
+    if confirm_gains:
+        rows += [trial("confirm", 1.0, 0.0, 3 + s, b) for s, b in enumerate(base)]
+        rows += [trial("confirm", 4.0, ALPHA, 3 + s, b + g) for s, (b, g) in enumerate(zip(base, confirm_gains))]
+    return Experiment(tmp_path, record, pd.DataFrame(rows), pd.DataFrame(columns=["phase", "trial_id", "epoch"]))
+
+
+def markdown_of(exp: Experiment) -> str:
+    from kdtune.report.summary import summary_markdown
+
+    configs = config_table(exp.trials, exp.planned_seeds, exp.record["data"])
+    return summary_markdown(exp, configs, headline(configs, exp.record["teacher"]), [], [])
+
+
+def test_an_interval_with_zero_and_the_search_estimate_is_inconclusive(tmp_path):
+    exp = paired_experiment(tmp_path, {4.0: [0.010, 0.012, 0.014]}, confirm_gains=[0.04, -0.03, -0.005])
+    markdown = markdown_of(exp)
+    assert "**Re-measured on 3 fresh seeds**" in markdown
+    assert "inconclusive: its 95% interval contains both zero and the search's estimate (+1.20)" in markdown
+    for claim in ("Confirmed", "confirmed", "no gain", "vanished", "significant", "larger than the seed-to-seed"):
+        assert claim not in markdown, claim
+    assert "optimistic (selected among 1)" in markdown and "**test" not in markdown
+
+
+def test_fewer_than_5_pairs_make_no_claim_of_significance(tmp_path):
+    """Three nearly equal gains: a t-test p far below 0.05 on 2 degrees of freedom, an exact sign-flip p of 0.25."""
+    exp = paired_experiment(tmp_path, {4.0: [0.0130, 0.0131, 0.0132], 8.0: [0.001, -0.002, 0.003]})
+    configs = config_table(exp.trials, exp.planned_seeds, exp.record["data"])
+    row = configs[(configs["phase"] == "sweep") & (configs["temperature"] == 4.0)].iloc[0]
+    assert row["p_holm"] < 0.001 and row["p_signflip"] == 0.25
+    markdown = markdown_of(exp)
+    assert "larger than the seed-to-seed spread" not in markdown and "significant" not in markdown
+    assert "With fewer than 5 pairs (3 here), no statement of significance is made for any configuration" in markdown
+    assert "its 95% interval lies above zero" in markdown  # the interval itself is still read
+    assert "exact sign-flip p = 0.25" in markdown
+
+
+def test_the_first_lines_name_the_teacher_and_the_augmentation_stream(tmp_path):
+    lines = markdown_of(paired_experiment(tmp_path, {4.0: [0.01, 0.02, 0.0]})).splitlines()
+    head = " ".join(lines[:4])
+    assert "conditional on one teacher and one augmentation stream" in head
+    assert "/teachers/resnet20-abc123/model.pt" in head and "aug_seed) 7" in head
+
+
+def test_a_report_is_rebuilt_from_summary_csv_when_tunes_folders_are_gone(tmp_path):
+    """A committed example: experiment.json and the per-trial summary.csv, no Tune folders."""
+    exp = paired_experiment(tmp_path, {2.0: [0.0, 0.01, -0.01], 4.0: [0.01, 0.02, 0.015]},
+                            confirm_gains=[0.02, 0.0, 0.01])
+    root = tmp_path / "example"
+    root.mkdir()
+    (root / "experiment.json").write_text(json.dumps(exp.record))
+    exp.trials.drop(columns="trial_number").to_csv(root / "summary.csv", index=False)
+    before = (root / "summary.csv").read_text()
+    report = write_report(root)
+    markdown = report["markdown"]
+    assert "Rebuilt from the experiment's summary.csv" in markdown
+    assert "learning_curves.png: no per-epoch results (rebuilt from summary.csv)" in markdown
+    names = [p.name for p in report["figures"]]
+    assert "gain_analysis.png" in names and "learning_curves.png" not in names
+    assert_images(root / "report", ["gain_analysis.png"])
+    assert f"Figures: {', '.join(names)}" in markdown
+    assert (root / "summary.csv").read_text() == before  # the source is not rewritten
+    table = pd.read_csv(root / "report" / "summary.csv")
+    assert {"mde", "p_signflip", "val_correct", "test_correct", "tied_best"} <= set(table.columns)
+    chosen = table[table["tied_best"]]
+    assert list(chosen["temperature"]) == [4.0] and chosen["val_correct"].iloc[0] == sum(
+        round((b + g + 0.01) * DATA["val"]) for b, g in zip([0.45, 0.46, 0.44], [0.01, 0.02, 0.015]))

@@ -2,19 +2,21 @@
 
 Reads the record through `kdtune.report.record` and Tune's experiment folders through `kdtune.report.results`
 (no Ray cluster needed), so it works on finished, interrupted and running experiments, local or remote.
+When Tune's folders are gone (a committed example keeps only its record and summary.csv), the trials are
+rebuilt from the experiment's own summary.csv, without the per-epoch results that only Tune's folders hold.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from kdtune.engine.errors import UserError
 from kdtune.report.record import RECORD, read_record
-from kdtune.report.results import trial_frames, trial_table
+from kdtune.report.results import TRIAL_COLUMNS, TRIAL_SUMMARY, trial_frames, trial_table
 from kdtune.report.stats import PHASES, planned_seeds
 
 EPOCH_COLUMNS = ["epoch", "val_acc", "test_acc", "val_ece", "agreement", "learned_temperature"]
@@ -29,6 +31,7 @@ class Experiment:
     trials: pd.DataFrame  # kdtune.report.results.trial_table, plus trial_number (Tune's creation order)
     epochs: pd.DataFrame  # phase, trial_id and EPOCH_COLUMNS, one row per epoch reported
     tune_trials: pd.DataFrame | None = None  # kdtune.report.results.trial_table exactly, for the experiment's summary.csv
+    rebuilt_from: Path | None = None  # the summary.csv the trials were read from when Tune's folders are missing
 
     @property
     def settings(self) -> dict:
@@ -58,6 +61,9 @@ def load_experiment(root: str | Path) -> Experiment:
     if "teacher" not in record:
         raise UserError(f"experiment {root}: nothing to report yet (it stopped before its teacher was ready)")
     frames = {phase: trial_frames(record["storage"], phase) for phase in PHASES}
+    saved = root / TRIAL_SUMMARY
+    if not any(frames.values()) and saved.is_file():
+        return rebuilt_experiment(root, record, saved)
     epochs = epoch_table(frames)
     if epochs.empty:
         raise UserError(f"experiment {root}: no finished epoch in {record['storage'].rstrip('/')}/"
@@ -68,6 +74,19 @@ def load_experiment(root: str | Path) -> Experiment:
                for pairs in frames.values() for i, (trial, _) in enumerate(pairs)}
     trials["trial_number"] = [numbers[t] for t in trials["trial_id"]]
     return Experiment(root, record, trials, epochs, tune_trials)
+
+
+def rebuilt_experiment(root: Path, record: dict, saved: Path) -> Experiment:
+    """The experiment as its per-trial summary.csv (kdtune.report.results.trial_table's columns) recorded it:
+    no per-epoch table, and trials numbered in the file's order within each phase."""
+    trials = pd.read_csv(saved).reindex(columns=TRIAL_COLUMNS)
+    if trials.empty:
+        raise UserError(f"experiment {root}: no Tune folders under {record['storage']} and no trial in {saved}")
+    trials["trial_id"] = trials["trial_id"].astype(str)
+    trials["method"] = trials["method"].astype(object)  # an older table has none: empty, read as plain KD
+    trials["trial_number"] = trials.groupby("phase").cumcount()
+    epochs = pd.DataFrame(columns=["phase", "trial_id", *EPOCH_COLUMNS])
+    return Experiment(root, record, trials, epochs, None, saved)
 
 
 def trial_number(trial, position: int) -> int:
@@ -98,12 +117,14 @@ class Headline:
 
     teacher: dict  # val_acc, test_acc
     baseline: dict | None  # the baseline row of the config table; None before a baseline seed finished
-    best: dict | None  # the complete search row with the best mean validation accuracy; None before any
+    best: dict | None  # the complete search row with the most correct validation images (ties: TIE_RULE); None before any
     competed: int  # search configurations that competed (started), complete or not
     complete: int  # of which every seed finished: those that could be chosen
     confirm: dict | None = None  # the confirmation's distilled row (fresh seeds), when it has run
     confirm_baseline: dict | None = None
     per_method: dict | None = None  # when the method varies: {method: its best complete configuration}
+    ties: list[dict] = field(default_factory=list)  # every complete row as good as `best` (itself included)
+    confirm_search: dict | None = None  # the search's row of the configuration the confirmation re-measured
 
     @property
     def gain(self) -> float | None:

@@ -4,7 +4,10 @@ Each plot function takes tables from `kdtune.report.summary` (the data model is 
 plain values and writes one file.
 Accuracies are drawn in %, temperature on a log axis; the no-KD student and the teacher are
 horizontal references (the no-KD student with its 95% band over seeds; the teacher is one model).
-When the temperature method varies, each method is its own curve (same axes, its own colour).
+When the temperature method varies, each method is its own curve (same axes, its own colour); LS is drawn at
+its base T and CTKD at the temperature it learned (its final value, mean over seeds), as the labels say.
+gain_analysis draws the quantity the report tests: the paired gain over the no-KD student, with its
+interval and the minimum detectable gain around zero.
 """
 
 from __future__ import annotations
@@ -26,10 +29,14 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 from kdtune.report.experiment import Experiment, Headline  # noqa: E402
 from kdtune.report.stats import ci95, method_order, with_method  # noqa: E402
 
-METHOD_LABEL = {"kd": "KD (fixed T)", "ls": "LS (standardised logits)", "ctkd": "CTKD (learned T, from T₀)"}
+METHOD_LABEL = {"kd": "KD (fixed T)", "ls": "LS (standardised logits, at its base T)",
+                "ctkd": "CTKD (at its learned final T, mean over seeds)"}
+T_AXIS = {"kd": "temperature T (log scale)", "ls": "LS's base temperature T (log scale)",
+          "ctkd": "CTKD's learned T at the last epoch, mean over seeds (log scale)"}
+MIXED_T_AXIS = "temperature T (log scale)\nLS: its base T; CTKD: its learned final T, mean over seeds"
 
 
-STUDENT, BASELINE, TEACHER, BEST = "tab:blue", "tab:gray", "black", "tab:red"
+STUDENT, BASELINE, TEACHER, BEST, CONFIRM = "tab:blue", "tab:gray", "black", "tab:red", "tab:purple"
 AXIS_LABEL = {"temperature": "temperature T (log scale)", "alpha": "α (weight of the KD term)"}
 SYMBOL = {"temperature": "T", "alpha": "α"}
 # Learning-curve line style and end marker of each trial outcome.
@@ -112,16 +119,31 @@ def _draw_all(exp: Experiment, configs: pd.DataFrame, h: Headline, out: Path, fm
         tried = exp.trials[(exp.trials["phase"] == "sweep") & (exp.trials["epochs_run"] > 0)]
         draw("optuna_trials", None if len(tried) else "no Optuna trial has finished an epoch yet",
              lambda path: plot_optuna(tried, h, space, path))
-    draw("learning_curves", None, lambda path: plot_learning_curves(exp, space, path))
+    gains = sweep[sweep["gain_mean"].notna()]
+    if h.baseline is not None:
+        draw("gain_analysis", None if len(gains) else "no distilled seed has a finished no-KD seed to pair with yet",
+             lambda path: plot_gain_analysis(gains, h, space, path))
+    # Per-epoch results live only in Tune's trial folders.
+    no_epochs = f"no per-epoch results (rebuilt from {exp.rebuilt_from.name})" if exp.rebuilt_from else None
+    draw("learning_curves", _stale(no_epochs, out, f"learning_curves.{fmt}"),
+         lambda path: plot_learning_curves(exp, space, path))
     trials = with_method(exp.trials)
     ctkd = trials[(trials["method"] == "ctkd") & (trials["alpha"] > 0)]
     if len(ctkd):
         learned = exp.epochs[exp.epochs["trial_id"].isin(ctkd["trial_id"])].dropna(subset=["learned_temperature"])
-        draw("learned_temperature", None if len(learned) else "no CTKD trial has reported an epoch yet",
+        why = no_epochs or (None if len(learned) else "no CTKD trial has reported an epoch yet")
+        draw("learned_temperature", _stale(why, out, f"learned_temperature.{fmt}"),
              lambda path: plot_learned_temperature(exp, ctkd, learned, path))
     x = "temperature" if "temperature" in varied else "alpha"
     draw("fidelity_calibration", no_finished, lambda path: plot_fidelity_calibration(sweep, x, h, space, path))
     return figures, skipped
+
+
+def _stale(why: str | None, out: Path, name: str) -> str | None:
+    """Why a figure is not drawn, saying so when a file of its name from an earlier report is left in `out`."""
+    if why and (out / name).exists():
+        return f"{why}; the {name} in this folder is an earlier report's, left in place"
+    return why
 
 
 def analysis_rows(sweep: pd.DataFrame, param: str, varied: list[str], best: dict | None, grid: bool):
@@ -139,9 +161,13 @@ def analysis_rows(sweep: pd.DataFrame, param: str, varied: list[str], best: dict
 
 
 def _save(fig, path: Path, legend_from=None) -> Path:
-    """Write the figure; with `legend_from`, that axes' legend goes in a row below the panels."""
+    """Write the figure; with `legend_from` (axes, or a list of them), their legend goes in a row below the panels."""
     if legend_from is not None:
-        handles, labels = legend_from.get_legend_handles_labels()
+        entries = {}
+        for ax in legend_from if isinstance(legend_from, (list, tuple, np.ndarray)) else [legend_from]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        handles, labels = list(entries.values()), list(entries)
         long = sum(map(len, labels)) > 150  # four long entries in a row would run past the figure's edges
         fig.legend(handles, labels, loc="lower center", ncol=min(3 if long else 4, len(labels)), frameon=False)
         fig.tight_layout(rect=(0, 0.09, 1, 1))
@@ -209,27 +235,38 @@ def plot_parameter_analysis(rows: pd.DataFrame, param: str, h: Headline, space: 
             _reference(ax, base[f"{split}_mean"], base[f"{split}_ci95"], BASELINE,
                        f"no KD ({_seeds_label(space.seeds, base['seeds_finished'])})", "-")
         for k, (method, part) in enumerate(_curves(rows, space)):
-            part = part.sort_values(param)
+            part = _at_x(part, param, method).sort_values("x")
             label = METHOD_LABEL.get(method, method) if space.by_method else f"KD student ({_seeds_label(space.seeds)})"
-            _student(ax, part[param], part[f"{split}_mean"], _ci(part, split), label,
-                     space.grid, color=f"C{k}" if space.by_method else STUDENT, seeds=part["seeds_finished"],
-                     planned=space.seeds)
+            learned = param == "temperature" and method == "ctkd"  # points of different T₀: not a curve
+            _student(ax, part["x"], part[f"{split}_mean"], _ci(part, split), label,
+                     space.grid and not learned, color=f"C{k}" if space.by_method else STUDENT,
+                     seeds=part["seeds_finished"], planned=space.seeds)
         best = h.best
-        if best is not None and best[param] in set(rows[param]):
-            ax.plot(best[param], 100 * best[f"{split}_mean"], marker="*", markersize=16, color=BEST, linestyle="none",
-                    label=f"chosen {SYMBOL[param]} (best complete, by validation)", zorder=5)
+        drawn = best is not None and best[param] in set(rows[param])
+        if drawn:
+            x = _x(best, param)
+            ax.plot(x, 100 * best[f"{split}_mean"], marker="*", markersize=16, color=BEST, linestyle="none",
+                    label=f"chosen {SYMBOL[param]}, search: {_optimistic(h)}", zorder=5)
+        confirm = h.confirm
+        if split == "test_acc" and confirm is not None and math.isfinite(confirm["test_acc_mean"]):
+            ax.errorbar(_x(confirm, param), 100 * confirm["test_acc_mean"], yerr=100 * _finite(confirm["test_acc_ci95"]),
+                        fmt="D", color=CONFIRM, capsize=4, zorder=5,
+                        label=f"{SYMBOL[param]} = {confirm[param]:g} re-measured on {int(confirm['seeds_finished'])} "
+                              f"fresh seeds (test, 95% CI)")
         space.set_axis(ax, param, rows[param])
-        if best is not None and split == "test_acc" and best[param] in set(rows[param]):
+        if drawn and split == "test_acc":
             test = _pm(best["test_acc_mean"], best["test_acc_std"])
             method = f"{best['method'].upper()}, " if space.by_method else ""
-            label = f"chosen {method}{SYMBOL[param]} = {best[param]:.3g}\ntest {test}%\n{_gain_label(h)}"
-            _annotate(ax, best[param], 100 * best["test_acc_mean"], label)
-        ax.set(xlabel=AXIS_LABEL[param], title=f"{title} accuracy")
+            label = (f"chosen {method}{SYMBOL[param]} = {best[param]:.3g}, search\n{_optimistic(h)}\ntest {test}%\n"
+                     f"{_gain_label(best)}")
+            _annotate(ax, _x(best, param), 100 * best["test_acc_mean"], label)
+        mixed = param == "temperature" and space.by_method and bool(set(rows["method"]) - {"kd"})
+        ax.set(xlabel=MIXED_T_AXIS if mixed else AXIS_LABEL[param], title=f"{title} accuracy")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (%)")
     per_method = f"; each method {_seeds_label(space.seeds)}" if space.by_method else ""
     fig.suptitle(f"Student accuracy against {SYMBOL[param]} — {note}; finished seeds only{per_method}")
-    return _save(fig, path, legend_from=axes[0])
+    return _save(fig, path, legend_from=list(axes))
 
 
 def _curves(rows: pd.DataFrame, space: Space) -> list[tuple[str | None, pd.DataFrame]]:
@@ -251,20 +288,103 @@ def _annotate(ax, x: float, y: float, text: str) -> None:
                 fontweight="bold", bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": BEST, "alpha": 0.9})
 
 
-def _gain_label(h: Headline) -> str:
-    """The chosen configuration's paired gain over the no-KD student, as the figure states it."""
-    row, what = (h.confirm, "confirmed on fresh seeds") if h.confirm is not None else (h.best, "selected: optimistic")
-    if row is None or not math.isfinite(row["gain_mean"]):
+def _gain_label(row: dict) -> str:
+    """A row's paired gain over the no-KD student of the same phase's seeds, as the figure states it."""
+    if not math.isfinite(row["gain_mean"]):
         return "gain vs no KD: not known yet"
     text = f"gain vs no KD {100 * row['gain_mean']:+.2f}"
     if math.isfinite(row["gain_ci95"]):
         low, high = 100 * (row["gain_mean"] - row["gain_ci95"]), 100 * (row["gain_mean"] + row["gain_ci95"])
         text += f" [{low:+.2f}, {high:+.2f}]"
-    return f"{text} points\n({what}; paired, 95% CI)"
+    return f"{text} points\n(paired, 95% CI)"
+
+
+def _optimistic(h: Headline) -> str:
+    return f"optimistic (selected among {h.competed})"
+
+
+def _x(row: dict, param: str) -> float:
+    """Where a configuration is drawn against `param`: CTKD at the temperature it learned, others at their own."""
+    if param == "temperature" and row.get("method") == "ctkd":
+        return float(row["learned_temperature_mean"])
+    return float(row[param])
+
+
+def _at_x(rows: pd.DataFrame, param: str, method: str | None) -> pd.DataFrame:
+    """`rows` with their x (see `_x`); a CTKD row without a learned temperature is left out."""
+    x = rows["learned_temperature_mean"] if param == "temperature" and method == "ctkd" else rows[param]
+    return rows.assign(x=x.to_numpy(dtype=float)).dropna(subset=["x"])
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
 
 
 def _pm(mean: float, std: float) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if math.isfinite(std) else "")
+
+
+def plot_gain_analysis(sweep: pd.DataFrame, h: Headline, space: Space, path: Path) -> Path:
+    """The tested quantity: paired gain over the no-KD student against T (or α), 95% interval as error bars,
+    ± the minimum detectable gain (80% power) shaded around zero; one panel per method when it varies."""
+    param = "alpha" if "alpha" in space.varied and "temperature" not in space.varied else "temperature"
+    other = "alpha" if param == "temperature" else "temperature"
+    panels = _curves(sweep, space)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(9.0, 5.5 * len(panels) + 1), 4.6), sharey=True, squeeze=False)
+    for ax, (method, rows) in zip(axes[0], panels):
+        series = rows.groupby(other) if space.grid and other in space.varied else [(None, rows)]
+        for k, (value, part) in enumerate(series):
+            part = _at_x(part, param, method).sort_values("x")
+            color = f"C{k}" if value is not None else STUDENT
+            mde = 100 * part["mde"].to_numpy(dtype=float)
+            band = {"color": color, "alpha": 0.15, "linewidth": 0,
+                    "label": "± minimum detectable gain (80% power)" if k == 0 else None}
+            if len(part) == 1 and np.isfinite(mde).all():  # one point: a band across the panel
+                ax.axhspan(-mde[0], mde[0], **band)
+            elif np.isfinite(mde).any():
+                ax.fill_between(part["x"], -mde, mde, **band)
+            name = f"{SYMBOL[other]} = {value:g}" if value is not None else "search"
+            learned = param == "temperature" and method == "ctkd"  # points of different T₀: not a curve
+            ax.errorbar(part["x"], 100 * part["gain_mean"], yerr=100 * part["gain_ci95"].fillna(0).to_numpy(),
+                        fmt="o-" if space.grid and not learned else "o", color=color, capsize=4,
+                        label=f"{name} ({_seeds_label(space.seeds)}, paired)")
+            if learned:
+                for row in part.to_dict("records"):
+                    ax.annotate(f"T₀ = {row['temperature']:g}", (row["x"], 100 * row["gain_mean"]), xytext=(6, 6),
+                                textcoords="offset points", fontsize=8, color=color)
+        ax.axhline(0, color=TEACHER, linewidth=1, label="no KD (gain 0)")
+        for row, marker, label in ((h.best, "*", f"chosen, search: {_optimistic(h)}"),
+                                   (h.confirm, "D", "re-measured on fresh seeds (95% CI)")):
+            if row is None or not math.isfinite(row["gain_mean"]) or (method is not None and row["method"] != method):
+                continue
+            x = _x(row, param)
+            if not math.isfinite(x):
+                continue
+            is_confirm = marker == "D"
+            ax.errorbar(x, 100 * row["gain_mean"], yerr=100 * _finite(row["gain_ci95"]) if is_confirm else None,
+                        fmt=marker, markersize=9 if is_confirm else 16, color=CONFIRM if is_confirm else BEST,
+                        capsize=4, zorder=5, label=label)
+        if param == "temperature" and method == "ctkd":
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        else:
+            space.set_axis(ax, param, rows[param])
+        ax.set(xlabel=T_AXIS.get(method or "kd") if param == "temperature" else AXIS_LABEL[param],
+               title=METHOD_LABEL.get(method, method) if method else "Paired gain over the no-KD student")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy gain over no KD (points)")
+    fig.suptitle("Test accuracy gain over the no-KD student of the same seeds (paired), 95% CI")
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    columns = min(2 if len(panels) == 1 else 3, len(handles))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=columns, frameon=False)
+    fig.tight_layout(rect=(0, 0.045 * math.ceil(len(handles) / columns) + 0.02, 1, 1))
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
 
 
 def plot_heatmap(sweep: pd.DataFrame, best: dict | None, path: Path) -> Path:

@@ -23,6 +23,7 @@ TRIAL_COLUMNS = [
     "final_val_acc", "final_test_acc", "best_val_acc", "best_epoch", "test_acc_at_best_val",
     "final_agreement", "final_val_ece", "final_val_nll", "final_learned_temperature",
 ]
+TRIAL_SUMMARY = "summary.csv"  # the experiment's per-trial table (the report's own summary.csv is per configuration)
 
 
 def trial_frames(storage: str, phase: str) -> list[tuple[object, pd.DataFrame]]:
@@ -136,7 +137,7 @@ def _outcome(status: str, epochs_run: int, full_epochs: int, diverged: bool) -> 
 def write_trial_summary(root: Path, record: dict, table: pd.DataFrame | None = None) -> pd.DataFrame:
     """summary.csv (one row per trial) and temperature_results.json / baselines.json in the seed's format."""
     table = trial_table(record) if table is None else table
-    atomic_write(Path(root) / "summary.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(Path(root) / TRIAL_SUMMARY, lambda tmp: table.to_csv(tmp, index=False))
     save_json(Path(root) / "temperature_results.json", temperature_results(table, record))
     baseline = table[(table["phase"] == "baseline") & (table["outcome"] == "finished")]
     save_json(Path(root) / "baselines.json", {

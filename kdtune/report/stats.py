@@ -9,13 +9,21 @@ augmentation, so they are *paired*: a configuration's gain is the mean of its pe
 Choosing the best of m configurations by validation accuracy is a selection: the chosen one's p-value
 is Holm-Bonferroni adjusted over all m, and only *complete* configurations (every planned seed
 finished) can be chosen, so that a configuration whose slow seeds were stopped cannot win on its
-survivors.  Accuracies are fractions throughout.
+survivors.  The choice compares integer counts of correct validation images (when the record gives the
+split sizes): float means of equal counts can differ in their last bit, and a tie is a tie.  Ties are broken
+by a fixed rule (`TIE_RULE`) and declared (`tied_best`).
+
+Power is stated, not assumed: for each gain the minimum detectable effect (`mde`) of the two-sided paired
+t-test at 80% power from the noncentral t distribution, and beside the t-test an exact sign-flip p-value
+(`p_signflip`), which makes no normality assumption and, with n pairs, can never go below 2 / 2^n.
+Accuracies are fractions throughout.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -33,8 +41,17 @@ STATISTICS = {
     "agreement": "final_agreement", "val_ece": "final_val_ece",
     "learned_temperature": "final_learned_temperature",  # ctkd: the temperature it ended with
 }
-GAIN_COLUMNS = ["gain_pairs", "gain_mean", "gain_ci95", "p_paired", "p_holm"]
+GAIN_COLUMNS = ["gain_pairs", "gain_mean", "gain_sd", "gain_ci95", "mde", "p_paired", "p_signflip", "p_holm"]
+COUNT_COLUMNS = ["val_correct", "test_correct", "tied_best"]
 SIGNIFICANCE = 0.05
+POWER = 0.8  # the power at which the minimum detectable effect is stated
+# Below this many pairs no significance is claimed: the t-test then rests on a normality it cannot check,
+# and the exact sign-flip test cannot go below 2 / 2^4 = 0.125.
+MIN_PAIRS = 5
+MAX_SEEDS = 1000  # seeds_needed searches no further
+EXACT_SIGNFLIP = 16  # enumerate all 2^n sign vectors up to this many pairs, else sample
+SIGNFLIP_DRAWS = 100_000
+TIE_RULE = "the lowest temperature, then the lowest α, then the method order (kd, ls, ctkd)"
 PAIRED_ON = "final_test_acc"  # the gain is measured on the test set; the choice is made on validation
 
 
@@ -47,14 +64,85 @@ def ci95(std: float, n: int) -> float:
     return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
+# ----------------------------------------------------------------------------- power and exact tests
+
+
+def power(n: int, effect: float, sd: float, level: float = SIGNIFICANCE) -> float:
+    """Power of the two-sided paired t-test at `level` with n pairs, when the true mean difference is `effect`
+    and the differences' SD is `sd` (noncentral t); NaN below 2 pairs or without a positive SD."""
+    from scipy import stats
+
+    if n < 2 or not (math.isfinite(sd) and sd > 0):
+        return math.nan
+    df = n - 1
+    critical = stats.t.ppf(1 - level / 2, df)
+    shift = abs(effect) * math.sqrt(n) / sd
+    # The far tail as sf(c, df, -shift), which equals cdf(-c, df, shift): scipy's cdf returns NaN there for
+    # some large shifts where sf returns the (negligible) value.
+    return float(stats.nct.sf(critical, df, shift) + stats.nct.sf(critical, df, -shift))
+
+
+def mde(n: int, sd: float, target: float = POWER) -> float:
+    """The minimum detectable effect: the smallest true mean difference the paired t-test of n pairs finds
+    with probability `target`; NaN where `power` is."""
+    from scipy.optimize import brentq
+
+    if math.isnan(power(n, sd, sd)):
+        return math.nan
+    high = sd
+    while power(n, high, sd) < target:  # power rises with the effect: bracket the root, then solve
+        high *= 2
+    return float(brentq(lambda effect: power(n, effect, sd) - target, 0.0, high, xtol=1e-12 * sd, rtol=1e-10))
+
+
+def seeds_needed(effect: float, sd: float, target: float = POWER, cap: int = MAX_SEEDS) -> int | None:
+    """The fewest pairs whose paired t-test finds a true gain `effect` with probability `target` at SD `sd`;
+    None when more than `cap` would be needed (or the SD is unknown)."""
+    if not power(cap, effect, sd) >= target:  # NaN too: the SD is unknown
+        return None
+    low, high = 1, cap  # power(low) < target <= power(high); power rises with n
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if power(middle, effect, sd) >= target else (middle, high)
+    return high
+
+
+def sign_flip_p(differences, draws: int = SIGNFLIP_DRAWS, seed: int = 0) -> float:
+    """Two-sided exact sign-flip (permutation) p-value of the mean of paired differences: the share of sign
+    vectors whose |mean| is at least the observed one; all 2^n of them up to EXACT_SIGNFLIP pairs, else
+    `draws` seeded random ones.  NaN without a pair."""
+    d = np.asarray(differences, dtype=float)
+    n = len(d)
+    if n == 0:
+        return math.nan
+    if n <= EXACT_SIGNFLIP:
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+    else:
+        signs = np.random.default_rng(seed).choice([-1, 1], size=(draws, n))
+    flipped = np.abs(signs @ np.abs(d))
+    # Sums, not means, and a relative tolerance: a flip that gives the observed sum must count despite rounding.
+    observed = abs(d.sum())
+    extreme = int((flipped >= observed - 1e-9 * max(np.abs(d).sum(), 1e-300)).sum())
+    if n <= EXACT_SIGNFLIP:
+        return extreme / len(signs)
+    return (extreme + 1) / (draws + 1)  # the observed signs count as one draw: never p = 0
+
+
+# ----------------------------------------------------------------------------- paired gains
+
+
 @dataclass(frozen=True)
 class PairedGain:
-    """KD minus no-KD over the seeds both finished: mean, 95% t-interval half-width, paired t-test p-value."""
+    """KD minus no-KD over the seeds both finished: mean, SD of the differences, 95% t-interval half-width,
+    minimum detectable effect, paired t-test and sign-flip p-values."""
 
     pairs: int
     mean: float
-    ci95: float  # NaN below 2 pairs
-    p: float  # NaN below 2 pairs, or when every pair differs by exactly the same amount
+    sd: float = math.nan  # NaN below 2 pairs
+    ci95: float = math.nan  # NaN below 2 pairs
+    mde: float = math.nan  # NaN below 2 pairs or when every pair differs by the same amount
+    p: float = math.nan  # NaN below 2 pairs, or when every pair differs by exactly the same amount
+    p_signflip: float = math.nan  # NaN without a pair
 
 
 def paired_gain(kd: pd.Series, baseline: pd.Series) -> PairedGain:
@@ -63,16 +151,17 @@ def paired_gain(kd: pd.Series, baseline: pd.Series) -> PairedGain:
 
     seeds = sorted(set(kd.index) & set(baseline.index))
     if not seeds:
-        return PairedGain(0, math.nan, math.nan, math.nan)
+        return PairedGain(0, math.nan)
     a, b = kd.loc[seeds].to_numpy(dtype=float), baseline.loc[seeds].to_numpy(dtype=float)
     diff = a - b
     n = len(diff)
     if n < 2:
-        return PairedGain(n, float(diff.mean()), math.nan, math.nan)
+        return PairedGain(n, float(diff.mean()), p_signflip=sign_flip_p(diff))
     p = math.nan
     if np.ptp(diff) > 0:  # identical differences: no spread to test against (scipy would divide by zero)
         p = float(stats.ttest_rel(a, b).pvalue)
-    return PairedGain(n, float(diff.mean()), ci95(float(diff.std(ddof=1)), n), p)
+    sd = float(diff.std(ddof=1))
+    return PairedGain(n, float(diff.mean()), sd, ci95(sd, n), mde(n, sd), p, sign_flip_p(diff))
 
 
 def holm(p_values) -> np.ndarray:
@@ -101,12 +190,14 @@ def planned_seeds(seeds: int, confirm: int = 0) -> dict:
     return {"baseline": seeds, "sweep": seeds, "confirm": confirm}
 
 
-def config_table(trials: pd.DataFrame, planned_seeds: dict | None = None) -> pd.DataFrame:
+def config_table(trials: pd.DataFrame, planned_seeds: dict | None = None, sizes: dict | None = None) -> pd.DataFrame:
     """One row per configuration: trials, finished seeds, mean/std/CI of the statistics, paired gain over
     the no-KD baseline, epochs, outcome counts, and whether every planned seed finished (`complete`).
 
     `planned_seeds` ({phase: seeds per configuration}) decides completeness; without it a configuration
-    is complete when all its trials finished.
+    is complete when all its trials finished.  `sizes` (the record's "data": {"val": images, "test": images})
+    gives the correct-image counts (`val_correct`, `test_correct`, summed over finished seeds) that the
+    choice compares; without it they are NaN and the choice compares mean accuracies.
     """
     keys = CONFIG_KEYS
     trials = with_method(trials)
@@ -137,6 +228,7 @@ def config_table(trials: pd.DataFrame, planned_seeds: dict | None = None) -> pd.
     planned = [(planned_seeds or {}).get(phase, trials_) for phase, trials_ in zip(table["phase"], table["trials"])]
     table["complete"] = (table["seeds_finished"] >= planned) & (table["seeds_finished"] > 0)
     table = _add_gains(table, finished)
+    table = _add_counts(table, finished, sizes)
     return table[summary_columns()]
 
 
@@ -160,18 +252,38 @@ def _add_gains(table: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
     for row in table.to_dict("records"):
         base = baseline_row_of(table, row["phase"])
         if _is_baseline(row) or base is None:
-            gains.append(PairedGain(0, math.nan, math.nan, math.nan))
+            gains.append(PairedGain(0, math.nan))
         else:
             gains.append(paired_gain(seed_values(finished, row), seed_values(finished, base)))
     table["gain_pairs"] = [g.pairs for g in gains]
     table["gain_mean"] = [g.mean for g in gains]
     table["gain_ci95"] = [g.ci95 for g in gains]
+    table["gain_sd"] = [g.sd for g in gains]
+    table["mde"] = [g.mde for g in gains]
     table["p_paired"] = [g.p for g in gains]
+    table["p_signflip"] = [g.p_signflip for g in gains]
     # The search's configurations compete with each other; the confirmation is one pre-chosen test.
     sweep = (table["phase"] == "sweep").to_numpy()
     p_holm = np.full(len(table), np.nan)
     p_holm[sweep] = holm(table.loc[sweep, "p_paired"])
     table["p_holm"] = p_holm
+    return table
+
+
+def _add_counts(table: pd.DataFrame, finished: pd.DataFrame, sizes: dict | None) -> pd.DataFrame:
+    """Correct images summed over finished seeds (count = round(accuracy x split size)), and `tied_best`."""
+    for split, column in (("val", "final_val_acc"), ("test", "final_test_acc")):
+        size = (sizes or {}).get(split)
+        counts = []
+        for row in table.to_dict("records"):
+            values = seed_values(finished, row, column).to_numpy()
+            counts.append(float(np.round(values * size).sum()) if size and len(values) else math.nan)
+        table[f"{split}_correct"] = counts
+    table["tied_best"] = False
+    eligible = _eligible(table)
+    if len(eligible):
+        score = _score(eligible)
+        table.loc[eligible.index[(score == score.max()).to_numpy()], "tied_best"] = True
     return table
 
 
@@ -202,17 +314,43 @@ def summary_columns() -> list[str]:
     stats = []
     for name in STATISTICS:
         stats += [f"{name}_mean", f"{name}_std"] + ([f"{name}_ci95"] if name in ("val_acc", "test_acc") else [])
-    return [*CONFIG_KEYS, "trials", "seeds_finished", "complete", *stats, *GAIN_COLUMNS, "epochs_run_min",
-            "epochs_run_max", *[o.replace(" ", "_") for o in OUTCOMES]]
+    return [*CONFIG_KEYS, "trials", "seeds_finished", "complete", *stats, *GAIN_COLUMNS, *COUNT_COLUMNS,
+            "epochs_run_min", "epochs_run_max", *[o.replace(" ", "_") for o in OUTCOMES]]
 
 
 # ----------------------------------------------------------------------------- the choice
 
 
+def _eligible(configs: pd.DataFrame) -> pd.DataFrame:
+    return configs[(configs["phase"] == "sweep") & configs["complete"].astype(bool)]
+
+
+def _score(eligible: pd.DataFrame) -> pd.Series:
+    """What the choice maximises: correct validation images per seed as an exact fraction (complete
+    configurations may differ in seeds), or the mean accuracy when the counts are not known."""
+    if "val_correct" in eligible and eligible["val_correct"].notna().all():
+        return pd.Series([Fraction(int(c), int(n)) for c, n in zip(eligible["val_correct"], eligible["seeds_finished"])],
+                         index=eligible.index, dtype=object)
+    return eligible["val_acc_mean"]
+
+
+def tied(configs: pd.DataFrame) -> pd.DataFrame:
+    """The complete search configurations that share the best validation score, in TIE_RULE's order."""
+    eligible = _eligible(configs)
+    if not len(eligible):
+        return eligible
+    score = _score(eligible)
+    best = eligible[(score == score.max()).to_numpy()]
+    order = {m: i for i, m in enumerate(method_order(best["method"]))}
+    return best.assign(_order=best["method"].map(order)).sort_values(["temperature", "alpha", "_order"]).drop(
+        columns="_order")
+
+
 def choose_best(configs: pd.DataFrame) -> dict | None:
-    """The complete search configuration with the highest mean validation accuracy; None when none is complete."""
-    eligible = configs[(configs["phase"] == "sweep") & configs["complete"]]
-    return eligible.loc[eligible["val_acc_mean"].idxmax()].to_dict() if len(eligible) else None
+    """The complete search configuration with the most correct validation images (the highest mean validation
+    accuracy when counts are not known), ties broken by TIE_RULE; None when none is complete."""
+    best = tied(configs)
+    return best.iloc[0].to_dict() if len(best) else None
 
 
 def best_per_method(configs: pd.DataFrame) -> dict[str, dict]:
