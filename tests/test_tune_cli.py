@@ -205,7 +205,8 @@ def test_dry_run_states_the_comparison(tmp_path, capsys, monkeypatch, quick_meas
     assert "alpha = 0 is the baseline above, not a distilled configuration: left out of the grid" in out
     assert "every student: recipe strong, 6 epochs, lr 0.1, batch 256, label smoothing 0" in out
     assert "ASHA early stopping: grace 3 epochs (warm-up: 2)" in out  # the first epoch after the warm-up
-    assert "confirmation: the chosen configuration and the baseline again on 2 fresh seeds 2..3: 4 trials" in out
+    assert ("confirmation: the chosen configuration (and up to 2 tied with it) and the baseline again on 2 fresh "
+            "seeds 2..3: 4 students for one configuration") in out
     # 2 baseline + 2 points x 2 seeds + 4 confirmation students, in 1 + 2 + 2 packs
     assert "total: 10 students in 5 Tune trials" in out
 

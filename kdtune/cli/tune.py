@@ -107,9 +107,14 @@ def parse_args(argv):
     asha = s.add_mutually_exclusive_group()
     asha.add_argument("--asha", dest="asha", action="store_true", default=None, help="ASHA early stopping (default for --optuna)")
     asha.add_argument("--no-asha", dest="asha", action="store_false", help="no early stopping (default for --grid)")
-    s.add_argument("--confirm", type=non_negative_int, metavar="K",
-                   help="re-train the chosen configuration and the baseline on K fresh seeds after the search; the "
-                        "report's headline gain is theirs (default: the preset's: 3 for paper, else 0)")
+    s.add_argument("--confirm", type=confirm_seeds, metavar="K|auto",
+                   help="re-train the chosen configuration (and up to two tied with it) and the baseline on K fresh seeds "
+                        "after the search, or on as many as --target-ci needs (auto); the report's headline gain is "
+                        "theirs (default: the preset's: auto for paper, else 0)")
+    s.add_argument("--target-ci", type=positive_float, metavar="POINTS",
+                   help=f"--confirm auto: the 95%% interval half-width to reach (default: {SETTING['target_ci']:g} points)")
+    s.add_argument("--max-confirm-seeds", type=positive_int, metavar="N",
+                   help=f"--confirm auto: at most N fresh seeds (default: {SETTING['max_confirm_seeds']})")
     s.add_argument("--confirm-fresh-views", action="store_true",
                    help="re-train them on a new augmentation stream too (a second teacher-logit cache), so that the "
                         "confirmed gain does not depend on the search's views")
@@ -153,6 +158,11 @@ def parse_args(argv):
     return args
 
 
+def confirm_seeds(text: str) -> int | str:
+    """--confirm: a number of fresh seeds, or "auto"."""
+    return "auto" if text == "auto" else non_negative_int(text)
+
+
 def settings_from_args(args) -> tuple[SweepSettings, Resources]:
     """A new experiment's settings and resources from the parsed flags, through the one home of defaults
     (`build_settings`, which kdtune.api uses too): a flag not given is None."""
@@ -176,7 +186,8 @@ def settings_from_args(args) -> tuple[SweepSettings, Resources]:
         sampler=args.sampler, search_seed=args.search_seed, asha=args.asha, grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, max_failures=args.max_failures, dataset=args.dataset,
         image_size=args.image_size, label_smoothing=args.label_smoothing,
-        teacher_label_smoothing=args.teacher_label_smoothing, confirm=args.confirm,
+        teacher_label_smoothing=args.teacher_label_smoothing, confirm=args.confirm, target_ci=args.target_ci,
+        max_confirm_seeds=args.max_confirm_seeds,
         confirm_fresh_views=args.confirm_fresh_views or None, teacher_path=args.teacher_path,
         test_every=args.test_every, allow_foreign_teacher=args.allow_foreign_teacher or None,
         ctkd_range=tuple(args.ctkd_range) if args.ctkd_range else None, ctkd_ramp_epochs=args.ctkd_ramp_epochs,

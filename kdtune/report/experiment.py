@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdtune.engine.errors import UserError
-from kdtune.report.record import RECORD, read_record
+from kdtune.report.record import RECORD, confirm_seed_count, read_record
 from kdtune.report.results import TRIAL_COLUMNS, TRIAL_SUMMARY, trial_frames, trial_table
 from kdtune.report.stats import PHASES, planned_seeds
 
@@ -40,7 +40,7 @@ class Experiment:
     @property
     def planned_seeds(self) -> dict:
         """Seeds per configuration of each phase (what makes a configuration complete)."""
-        return planned_seeds(self.settings["seeds"], self.settings.get("confirm", 0))
+        return planned_seeds(self.settings["seeds"], confirm_seed_count(self.settings, self.record.get("confirm")))
 
     @property
     def varied(self) -> list[str]:
@@ -125,6 +125,7 @@ class Headline:
     per_method: dict | None = None  # when the method varies: {method: its best complete configuration}
     ties: list[dict] = field(default_factory=list)  # every complete row as good as `best` (itself included)
     confirm_search: dict | None = None  # the search's row of the configuration the confirmation re-measured
+    confirm_others: list[dict] = field(default_factory=list)  # other configurations tied with it, re-measured too
 
     @property
     def gain(self) -> float | None:

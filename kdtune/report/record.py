@@ -76,13 +76,32 @@ def storage_child(storage: str, name: str) -> str:
     return storage.rstrip("/") + "/" + name
 
 
-def planned_students(settings: dict) -> dict:
-    """Students of each phase the settings plan: the baseline's seeds, the search's points x seeds, and the
-    confirmation's chosen configuration and baseline on fresh seeds."""
+def planned_students(settings: dict, chosen: dict | None = None) -> dict:
+    """Students of each phase: the baseline's seeds, the search's points x seeds, and the confirmation's
+    re-measured configurations and baseline on fresh seeds — as recorded once chosen (`chosen`: the record's
+    `confirm`), else as planned (`--confirm auto`: at most --max-confirm-seeds, one configuration)."""
     seeds = settings["seeds"]
     space = SearchSpace(**settings["space"])
     points = settings["num_samples"] if settings["search"] == "optuna" else len(space.points())
-    return {"baseline": seeds, "sweep": seeds * points, "confirm": 2 * settings.get("confirm", 0)}
+    return {"baseline": seeds, "sweep": seeds * points,
+            "confirm": (1 + len(confirmed_configurations(chosen))) * confirm_seed_count(settings, chosen)}
+
+
+def confirm_seed_count(settings: dict, chosen: dict | None = None) -> int:
+    """Fresh seeds per re-measured configuration: the recorded choice's, a fixed --confirm K, or, before an
+    automatic one is sized, its cap."""
+    if chosen:
+        return len(chosen["seeds"])
+    confirm = settings.get("confirm", 0)
+    return settings.get("max_confirm_seeds", 0) if confirm == "auto" else int(confirm)
+
+
+def confirmed_configurations(chosen: dict | None) -> list[dict]:
+    """The configurations a confirmation re-measures (the chosen one first, then others tied with it); a
+    record of a kdtune that re-measured one names only that one."""
+    if not chosen:
+        return [{}]  # planned: one configuration
+    return chosen.get("configurations") or [{k: chosen[k] for k in ("temperature", "alpha", "method") if k in chosen}]
 
 
 def read_record(root: str | Path) -> dict:

@@ -107,6 +107,17 @@ def seeds_needed(effect: float, sd: float, target: float = POWER, cap: int = MAX
     return high
 
 
+def seeds_for_interval(sd: float, half_width: float, cap: int) -> tuple[int, bool]:
+    """(n, reached): the fewest pairs, 2 to `cap`, whose 95% t-interval of the mean paired difference is at most
+    ±`half_width` at SD `sd` — `cap` and False when even `cap` pairs are not enough or the SD is unknown."""
+    if not (math.isfinite(sd) and sd >= 0):
+        return cap, False
+    for n in range(2, cap + 1):
+        if ci95(sd, n) <= half_width:
+            return n, True
+    return cap, False
+
+
 def sign_flip_p(differences, draws: int = SIGNFLIP_DRAWS, seed: int = 0) -> float:
     """Two-sided exact sign-flip (permutation) p-value of the mean of paired differences: the share of sign
     vectors whose |mean| is at least the observed one; all 2^n of them up to EXACT_SIGNFLIP pairs, else

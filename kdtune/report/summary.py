@@ -71,16 +71,20 @@ def headline(configs: pd.DataFrame, teacher: dict) -> Headline:
     sweep = configs[configs["phase"] == "sweep"]
     confirm = configs[(configs["phase"] == "confirm") & (configs["alpha"] > 0) & (configs["seeds_finished"] > 0)]
     confirm_base = baseline_row_of(configs, "confirm")
+    best = choose_best(configs)
+    # The confirmation re-measures the chosen configuration and those tied with it: the chosen one's row first.
+    remeasured = sorted(confirm.to_dict("records"), key=lambda row: best is None or _key(row) != _key(best))
     return Headline(
         {k: teacher[k] for k in ("val_acc", "test_acc")},
         baseline.iloc[0].to_dict() if len(baseline) else None,
-        choose_best(configs),
+        best,
         competed=len(sweep), complete=int(sweep["complete"].sum()),
-        confirm=confirm.iloc[0].to_dict() if len(confirm) else None,
+        confirm=remeasured[0] if remeasured else None,
+        confirm_others=remeasured[1:],
         confirm_baseline=confirm_base if confirm_base and confirm_base["seeds_finished"] > 0 else None,
         per_method=best_per_method(configs) if sweep["method"].nunique() > 1 else None,
         ties=tied(configs).to_dict("records"),
-        confirm_search=_search_row(configs, confirm.iloc[0].to_dict()) if len(confirm) else None,
+        confirm_search=_search_row(configs, remeasured[0]) if remeasured else None,
     )
 
 
@@ -163,7 +167,7 @@ def progress_line(exp: Experiment) -> str:
     """How many trials have each outcome, against the plan ('of N planned')."""
     counts = exp.trials["outcome"].value_counts()
     parts = [f"{counts[o]} {o}" for o in [*OUTCOMES, *sorted(set(counts.index) - set(OUTCOMES))] if o in counts]
-    total = sum(planned_students(exp.settings).values())
+    total = sum(planned_students(exp.settings, exp.record.get("confirm")).values())
     if total > len(exp.trials):
         parts.append(f"{total - len(exp.trials)} not started yet")
     return f"Trials: {', '.join(parts)} (of {total} planned)."
@@ -243,7 +247,8 @@ def confirm_verdict(h: Headline, settings: dict) -> str | None:
     if not settings.get("confirm"):
         return None
     if h.confirm is None or h.confirm_baseline is None or not math.isfinite(h.confirm.get("gain_mean", math.nan)):
-        return (f"**Re-measurement on {_count(settings['confirm'], 'fresh seed')}**: not run or not finished yet "
+        seeds = "fresh seeds" if settings["confirm"] == "auto" else _count(settings["confirm"], "fresh seed")
+        return (f"**Re-measurement on {seeds}**: not run or not finished yet "
                 f"(until it is, the only gain is the search's optimistic one).")
     pairs = int(h.confirm["gain_pairs"])
     text = (f"**Re-measured on {_count(pairs, 'fresh seed')}** (never used in the search) — the gain to quote: "
@@ -253,7 +258,9 @@ def confirm_verdict(h: Headline, settings: dict) -> str | None:
     low, _ = interval(h.confirm)
     confirmed = "confirmed: " if low > 0 and pairs >= MIN_PAIRS else ""
     estimate = finite(h.confirm_search, "gain_mean")
-    return f"{text}; {confirmed}{reading(h.confirm, estimate)}; {tests_text(h.confirm)}."
+    others = "".join(f" Tied with it and re-measured too: {config_label({**row, 'phase': 'sweep'}, True)}, "
+                     f"{gain_text(row)}." for row in h.confirm_others if math.isfinite(row.get("gain_mean", math.nan)))
+    return f"{text}; {confirmed}{reading(h.confirm, estimate)}; {tests_text(h.confirm)}.{others}"
 
 
 def confirm_choice_note(h: Headline, show: bool) -> str | None:

@@ -18,7 +18,7 @@ from kdtune.engine.data import Splits
 from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.progress import LogLines, is_terminal
 from kdtune.engine.teacher import cache_mode, heavy_part_from_state, model_from_state
-from kdtune.report.record import read_record, storage_child
+from kdtune.report.record import confirmed_configurations, read_record, storage_child
 from kdtune.sweep.interrupt import StopRequest
 from kdtune.sweep.resume import (
     Claim,
@@ -34,6 +34,7 @@ from kdtune.sweep.schedulers import BaselineKeepingASHA
 from kdtune.sweep.searchers import GridPoints
 from kdtune.sweep.settings import (
     BASELINE,
+    MAX_TIED_CONFIRMED,
     METRIC,
     Resources,
     SweepSettings,
@@ -223,12 +224,10 @@ def _tuner_parts(settings: SweepSettings, phase: str, chosen: dict | None = None
 
     seeds = list(range(settings.seeds))
     if phase == "confirm":
-        # The chosen configuration and the baseline, paired on fresh seeds; no early stopping.
-        chosen_t, chosen_method = float(chosen["temperature"]), chosen.get("method", "kd")
-        return {"alpha": tune.grid_search([0.0, float(chosen["alpha"])]),
-                "temperature": tune.sample_from(lambda spec: chosen_t if spec.config.alpha > 0 else 1.0),
-                "method": tune.sample_from(lambda spec: chosen_method if spec.config.alpha > 0 else "kd"),
-                "seeds": list(chosen["seeds"])}, None, None, 1
+        # The baseline and the chosen configuration (and those tied with it), paired on fresh seeds; no early
+        # stopping.  The baseline's point names no phase: its trial belongs to the confirmation.
+        points = [{k: v for k, v in BASELINE.items() if k != "phase"}, *confirmed_configurations(chosen)]
+        return {"seeds": list(chosen["seeds"])}, GridPoints(points), None, len(points)
     if settings.pack:
         return {"members": tune.grid_search(pack_members(settings))}, None, None, 1
     baseline = [BASELINE]
@@ -261,8 +260,11 @@ def _tune_distribution(spec):
     return tune.loguniform(low, high) if dist == "loguniform" else tune.uniform(low, high)
 
 
-def phase_epochs(settings: SweepSettings, phase: str) -> int:
-    """The most epochs the phase's Tune trials can report (ASHA may stop some early); a trial is a pack."""
+def phase_epochs(settings: SweepSettings, phase: str, chosen: dict | None = None) -> int:
+    """The most epochs the phase's Tune trials can report (ASHA may stop some early); a trial is a pack.  The
+    confirmation has a trial for the baseline and for each configuration it re-measures (`chosen`)."""
+    if phase == "confirm" and chosen:
+        return (1 + len(confirmed_configurations(chosen))) * settings.epochs
     return plan(settings)["tune_trials"][phase] * settings.epochs
 
 
@@ -301,7 +303,7 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
                 name=phase, storage_path=storage,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[SweepProgress(phase, phase_epochs(settings, phase), settings.epochs),
+                callbacks=[SweepProgress(phase, phase_epochs(settings, phase, chosen), settings.epochs),
                            *tracking_callbacks(resources.mlflow_uri, resources.wandb_project, settings.name, phase)],
                 verbose=0,  # SweepProgress prints instead: a bar and a line per trial, not ~30 lines per trial
             ),
@@ -310,16 +312,28 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
 
 
 def choose_for_confirmation(settings: SweepSettings, record: dict) -> dict | None:
-    """The search's chosen configuration (complete, best mean validation accuracy), by the report's own rule."""
+    """The search's chosen configuration, by the report's own rule (complete, the most correct validation images,
+    ties broken by the fixed rule), the others tied with it (up to MAX_TIED_CONFIRMED in all), and the fresh
+    seeds they are re-measured on: --confirm K, or with auto as many as the chosen one's paired spread says
+    give a 95% interval of ±target_ci points."""
     from kdtune.report.results import trial_table
-    from kdtune.report.stats import choose_best, config_table, planned_seeds
+    from kdtune.report.stats import config_table, planned_seeds, seeds_for_interval, tied
 
-    best = choose_best(config_table(trial_table(record), planned_seeds(settings.seeds, settings.confirm)))
-    if best is None:
+    configs = config_table(trial_table(record), planned_seeds(settings.seeds), record.get("data"))
+    best = tied(configs).head(MAX_TIED_CONFIRMED).to_dict("records")
+    if not best:
         return None
-    return {"temperature": float(best["temperature"]), "alpha": float(best["alpha"]), "method": str(best["method"]),
-            "seeds": settings.confirm_seeds,
-            "search_val_acc": float(best["val_acc_mean"])}
+    chosen = {"temperature": float(best[0]["temperature"]), "alpha": float(best[0]["alpha"]),
+              "method": str(best[0]["method"]), "search_val_acc": float(best[0]["val_acc_mean"]),
+              "configurations": [{"alpha": float(row["alpha"]), "temperature": float(row["temperature"]),
+                                  "method": str(row["method"])} for row in best]}
+    count = settings.confirm
+    if count == "auto":
+        sd = float(best[0]["gain_sd"])
+        count, reached = seeds_for_interval(sd, settings.target_ci / 100, settings.max_confirm_seeds)
+        chosen["sizing"] = {"paired_sd": sd, "from_pairs": int(best[0]["gain_pairs"]),
+                            "target_ci": settings.target_ci, "seeds": count, "reached": reached}
+    return {**chosen, "seeds": settings.confirm_seeds(count)}
 
 
 def confirm_choice(settings: SweepSettings, record: dict, root: Path) -> bool:
@@ -333,10 +347,14 @@ def confirm_choice(settings: SweepSettings, record: dict, root: Path) -> bool:
     if chosen is None:
         print("confirmation skipped: no search configuration finished all its seeds")
         return False
-    method = chosen.get("method", "kd")
-    print(f"confirming {'' if method == 'kd' else method + ', '}T = {chosen['temperature']:g}, "
-          f"alpha = {chosen['alpha']:g} against the baseline on fresh "
-          f"seeds {chosen['seeds']}")
+    points = "; ".join(("" if c["method"] == "kd" else c["method"] + ", ") + f"T = {c['temperature']:g}, "
+                       f"alpha = {c['alpha']:g}" for c in confirmed_configurations(chosen))
+    sizing = chosen.get("sizing")
+    why = "" if sizing is None else (
+        f" (the search's paired SD {100 * sizing['paired_sd']:.2f} points from {sizing['from_pairs']} pairs: "
+        + (f"enough for a 95% interval of ±{sizing['target_ci']:g} points)" if sizing["reached"] else
+           f"±{sizing['target_ci']:g} points would need more than --max-confirm-seeds {sizing['seeds']})"))
+    print(f"confirming {points} against the baseline on {len(chosen['seeds'])} fresh seeds {chosen['seeds']}{why}")
     return True
 
 

@@ -43,6 +43,7 @@ from kdtune.engine.stack import PACK_MODES
 from kdtune.report.record import (
     DEFAULT_METHOD,
     SearchSpace,
+    confirm_seed_count,
     describe_distribution,
     format_value,
     planned_students,
@@ -53,6 +54,7 @@ from kdtune.sweep.spaces import apply_overrides, resolve_search_space, space_lab
 from kdtune.sweep.tracking import check_tracking
 
 METRIC = "val_acc"
+MAX_TIED_CONFIRMED = 3  # configurations tied for best that a confirmation re-measures, the chosen one included
 NAME = re.compile(r"[A-Za-z0-9._-]+")  # an experiment's name: one folder, safe in a shell and on any file system
 SEARCHES = ("grid", "optuna")
 SAMPLERS = ("tpe", "cmaes", "random")  # Optuna samplers by name (kdtune.sweep.searchers.make_sampler)
@@ -99,7 +101,12 @@ class SweepSettings:
     lr: float | None = None  # students'; None: the recipe's
     label_smoothing: float = 0.0  # every student's, distilled or not
     teacher_label_smoothing: float = 0.0
-    confirm: int = 0  # fresh seeds on which the chosen configuration and the baseline are trained again
+    # Fresh seeds on which the chosen configuration (and up to two tied with it) and the baseline are trained
+    # again: K, or "auto" (as many as the search's paired spread says reach a 95% interval of +-target_ci points,
+    # at most max_confirm_seeds); 0: none.
+    confirm: int | str = 0
+    target_ci: float = 0.5  # points: the half-width of the confirmation's 95% interval that "auto" aims at
+    max_confirm_seeds: int = 20
     confirm_fresh_views: bool = False  # the confirmation on a new augmentation stream too (a second logit cache)
     teacher_path: str | None = None  # a teacher checkpoint to use instead of the store's
     allow_foreign_teacher: bool = False  # accept a --teacher-path trained on other data splits
@@ -120,8 +127,12 @@ class SweepSettings:
             raise UserError(f"invalid image-size {self.image_size}: must be an integer >= 1")
         check_recipe_name(self.recipe)
         check_recipe_name(self.teacher_recipe)
+        if self.confirm != "auto" and not (isinstance(self.confirm, int) and self.confirm >= 0):
+            raise UserError(f"invalid confirm {self.confirm!r}: must be an integer >= 0 or 'auto'")
+        if not 0 < self.target_ci < 100:
+            raise UserError(f"invalid target-ci {self.target_ci:g}: must be a number of points in (0, 100)")
         for field, low in (("seeds", 1), ("num_samples", 1), ("epochs", 1), ("teacher_epochs", 1),
-                           ("grace_period", 1), ("reduction_factor", 2), ("max_failures", 0), ("confirm", 0),
+                           ("grace_period", 1), ("reduction_factor", 2), ("max_failures", 0), ("max_confirm_seeds", 2),
                            ("test_every", 0), ("pack", 0)):
             if getattr(self, field) < low:
                 raise UserError(f"invalid {field.replace('_', '-')} {getattr(self, field)}: must be an integer >= {low}")
@@ -197,7 +208,8 @@ class SweepSettings:
         config = self.student_config()
         shared = {k: v for k, v in config.to_dict().items() if k not in ("temperature", "alpha", "seed", "method")}
         return {**shared, "lr": config.effective_lr, "batch_size": config.effective_batch_size,
-                "seeds": list(range(self.seeds)), "confirm_seeds": self.confirm_seeds,
+                "seeds": list(range(self.seeds)),
+                "confirm_seeds": "auto" if self.confirm == "auto" else self.confirm_seeds(self.confirm),
                 "varied_per_trial": ["alpha", "temperature", "method", "seed"]}
 
     @property
@@ -206,10 +218,9 @@ class SweepSettings:
         teacher nor the search has seen, so that the re-measured gain is not conditional on the search's views."""
         return max(self.aug_seed, self.teacher_aug_seed) + 1 if self.confirm_fresh_views else self.aug_seed
 
-    @property
-    def confirm_seeds(self) -> list[int]:
-        """Fresh seeds, never used in the search, for re-training the chosen configuration and the baseline."""
-        return list(range(self.seeds, self.seeds + self.confirm))
+    def confirm_seeds(self, count: int) -> list[int]:
+        """`count` fresh seeds, never used in the search, for re-training the chosen configuration and the baseline."""
+        return list(range(self.seeds, self.seeds + count))
 
 
 @dataclass(frozen=True)
@@ -395,9 +406,19 @@ def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool | 
     if settings.asha:
         lines.append(f"  ASHA early stopping: grace {settings.grace_period} epochs (warm-up: "
                      f"{warmup_epochs(settings.recipe, settings.epochs)}), reduction factor {settings.reduction_factor}")
-    if settings.confirm:
-        lines.append(f"  confirmation: the chosen configuration and the baseline again on {settings.confirm} fresh "
-                     f"seeds {settings.confirm_seeds[0]}..{settings.confirm_seeds[-1]}: {counts['confirm_trials']} trials"
+    if settings.confirm == "auto":
+        lines.append(f"  confirmation: the chosen configuration (and up to {MAX_TIED_CONFIRMED - 1} tied with it) and the "
+                     f"baseline again on fresh seeds, as many as the search's paired spread says give a 95% interval "
+                     f"of ±{settings.target_ci:g} points, at most {settings.max_confirm_seeds}: up to "
+                     f"{counts['confirm_trials']} students for one configuration"
+                     + (f", on a new augmentation stream {settings.confirm_aug_seed} (a second logit cache: the "
+                        f"teacher's pass over the training set for {settings.epochs} epochs)"
+                        if settings.confirm_fresh_views else ""))
+    elif settings.confirm:
+        seeds = settings.confirm_seeds(settings.confirm)
+        lines.append(f"  confirmation: the chosen configuration (and up to {MAX_TIED_CONFIRMED - 1} tied with it) and the "
+                     f"baseline again on {settings.confirm} fresh "
+                     f"seeds {seeds[0]}..{seeds[-1]}: {counts['confirm_trials']} students for one configuration"
                      + (f", on a new augmentation stream {settings.confirm_aug_seed} (a second logit cache: the "
                         f"teacher's pass over the training set for {settings.epochs} epochs)"
                         if settings.confirm_fresh_views else ""))
@@ -472,7 +493,7 @@ def phase_packs(settings: SweepSettings) -> dict:
         packs = {"sweep": [len(p) for p in pack_members(settings)]}
     else:  # the baseline's pack is launched first, in the sweep's experiment
         packs = {"sweep": [settings.seeds] * counts["tune_trials"]["sweep"]}
-    packs["confirm"] = [settings.confirm] * counts["tune_trials"]["confirm"]
+    packs["confirm"] = [confirm_seed_count(settings.to_dict())] * counts["tune_trials"]["confirm"]
     return packs
 
 
