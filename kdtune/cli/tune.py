@@ -11,6 +11,7 @@ starts; this module imports neither Ray nor Optuna, so `--help` and a refusal ar
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import shlex
 import sys
@@ -160,7 +161,12 @@ def parse_args(argv):
 
 def confirm_seeds(text: str) -> int | str:
     """--confirm: a number of fresh seeds, or "auto"."""
-    return "auto" if text == "auto" else non_negative_int(text)
+    if text == "auto":
+        return text
+    try:
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be an integer >= 0 or auto") from None
 
 
 def settings_from_args(args) -> tuple[SweepSettings, Resources]:
