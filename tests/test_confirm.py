@@ -96,4 +96,5 @@ def test_the_command_takes_a_number_or_auto(capsys):
     with pytest.raises(SystemExit) as exit_:
         parse_args(["--grid", "temperature", "--confirm", "some"])
     err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "--confirm: invalid value 'some': must be an integer >= 0 or auto" in err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert "--confirm: invalid value 'some': must be an integer >= 0 or auto" in err
