@@ -144,3 +144,31 @@ def test_half_precision_logits_are_computed_in_float32():
     assert total.dtype == torch.float32 and kd.dtype == torch.float32
     # The inputs are exactly representable in bf16 / fp16, so the result equals the fp32 hand value.
     assert kd.item() == pytest.approx(_hand_kd(STUDENT, TEACHER, 4.0), rel=1e-5)
+
+
+def test_the_gradient_ratio_and_the_matched_alpha_follow_their_definitions():
+    """Against the two terms written out here in float64 (Hinton's KD; LS on z-scored logits), differentiated
+    by autograd, and the odds written out."""
+    from kdtune.engine.losses import gradient_ratio, matched_alpha
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(16, 10, generator=g) * 3, torch.randn(16, 10, generator=g) * 5
+    targets = torch.randint(0, 10, (16,), generator=g)
+
+    def z_score(x):
+        return (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-7)
+
+    for method, t in (("kd", 4.0), ("ls", 2.0)):
+        x = student.double().requires_grad_(True)
+        s, te = (z_score(x), z_score(teacher.double())) if method == "ls" else (x, teacher.double())
+        log_ps, log_pt = torch.log_softmax(s / t, dim=1), torch.log_softmax(te / t, dim=1)
+        kd = t**2 * (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean()
+        ce = -torch.log_softmax(x, dim=1)[torch.arange(16), targets].mean()
+        grad_kd, = torch.autograd.grad(kd, x, retain_graph=True)
+        grad_ce, = torch.autograd.grad(ce, x)
+        want = (grad_kd.norm() / grad_ce.norm()).item()
+        assert gradient_ratio(student, teacher, targets, t, method) == pytest.approx(want, rel=1e-4)
+    # Matching: alpha 0.9 at ratio 0.9 pulls like alpha a at ratio 0.2 when a/(1-a)*0.2 == 9*0.9.
+    a = matched_alpha(0.9, 0.9, 0.2)
+    assert a / (1 - a) * 0.2 == pytest.approx(0.9 / 0.1 * 0.9)
+    assert matched_alpha(0.5, 1.0, 1.0) == pytest.approx(0.5)

@@ -125,3 +125,23 @@ def ctkd_lambda(step: int, ramp_steps: int) -> float:
     if step >= ramp_steps:
         return 1.0
     return 0.5 * (1 - math.cos(math.pi * step / ramp_steps))
+
+
+def gradient_ratio(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                   temperature: float, method: str = "kd") -> float:
+    """|d KD / d logits| over |d CE / d logits| (the norms of the two terms' gradients w.r.t. the student's logits,
+    alpha aside): how strongly a method's KD term pulls at the same alpha.  At alpha, the KD term's share of
+    the pull is alpha * r against (1 - alpha) for CE, so two methods are weighted alike when their
+    alpha / (1 - alpha) * r are equal (see `matched_alpha`)."""
+    logits = student_logits.detach().float().requires_grad_(True)
+    _, ce, kd = kd_loss_terms(logits, teacher_logits, targets, temperature, alpha=0.5, method=method)
+    grad_ce, = torch.autograd.grad(ce, logits, retain_graph=True)
+    grad_kd, = torch.autograd.grad(kd, logits)
+    return float(grad_kd.norm() / grad_ce.norm())
+
+
+def matched_alpha(alpha: float, ratio: float, other_ratio: float) -> float:
+    """The alpha at which a method whose gradient ratio is `other_ratio` pulls toward the teacher as strongly,
+    relative to CE, as one with `ratio` does at `alpha`."""
+    odds = alpha / (1 - alpha) * ratio / other_ratio
+    return odds / (1 + odds)
