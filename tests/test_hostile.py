@@ -1,6 +1,15 @@
-"""The reliability suite, sweep side: names that would leave their folder, two starts with one name, and a
-failed start that must delete only what it made.  The search-space, `kdtune train` and data probes live in
-tests/test_hostile_spaces.py, tests/test_hostile_train.py and tests/test_hostile_data.py."""
+"""The reliability suite: the hostile probes of issue 19, so that none can regress.
+
+Here: names that would leave their folder, two starts with one name, a failed start that deletes only what
+it made, truncated and zero-byte images.  Elsewhere, one file per layer: search spaces (repeated values and
+keys, unknown keys, not UTF-8, oversized, alias bombs, YAML 1.2 numbers, `!!python` tags, malformed YAML,
+long values) in tests/test_hostile_spaces.py; `kdtune train` outputs (overwrites, same-second names,
+unwritable paths, failed final writes) in tests/test_hostile_train.py; data and stores (one class, empty
+classes and splits, full disks, stale temporary files, control codes) in tests/test_hostile_data.py.  Probes
+that held before have their tests beside the code they probe: mixed image sizes (test_data.py), pickled
+and truncated checkpoints (test_checkpoint.py), a foreign teacher (test_teacher.py, test_report.py), a
+damaged or half-written cache entry (test_teacher.py), a killed driver resumed (test_sweep.py), a damaged
+record on --resume (test_resume.py)."""
 
 from __future__ import annotations
 
@@ -80,3 +89,23 @@ def test_a_start_refused_after_its_claim_leaves_nothing_and_a_racing_winner_is_n
     with pytest.raises(UsageError, match="is running"):
         runner.run_sweep(settings, resources, root)
     assert json.loads((root / "experiment.json").read_text()) == winner
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero bytes"])
+def test_a_truncated_or_empty_jpeg_is_named_in_one_line(tmp_path, damage):
+    from PIL import Image
+
+    from kdtune.engine.data import load_dataset
+
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for name in ("ant", "bee"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (40 * i, 80, 120)).save(root / split / name / f"{i}.jpg", quality=95)
+    bad = root / "train" / "bee" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2] if damage == "truncated" else b"")
+    with pytest.raises(UserError) as refused:
+        load_dataset(root)
+    message = str(refused.value)
+    assert str(bad) in message and len(message.splitlines()) == 1
