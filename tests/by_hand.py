@@ -11,10 +11,23 @@ from scipy import stats
 
 
 def power_by_hand(n: int, effect: float, sd: float, level: float = 0.05) -> float:
-    """P(|T| > t_crit) where T is noncentral t with n - 1 degrees of freedom and noncentrality effect·√n / sd."""
+    """P(|T| > t_crit) for T = (Z + δ) / √(V / df), Z standard normal, V chi-square with df = n - 1 degrees of
+    freedom, δ = effect·√n / sd: the normal tails integrated over V's density (no noncentral-t routine, whose
+    cdf returns NaN for some large δ)."""
+    from scipy.integrate import quad
+
     df, critical = n - 1, stats.t.ppf(1 - level / 2, n - 1)
     shift = effect * math.sqrt(n) / sd
-    return float(1 - stats.nct.cdf(critical, df, shift) + stats.nct.cdf(-critical, df, shift))
+
+    def rejects(v: float) -> float:
+        scale = math.sqrt(v / df)
+        return stats.chi2.pdf(v, df) * (stats.norm.sf(critical * scale - shift)
+                                        + stats.norm.cdf(-critical * scale - shift))
+
+    # V's density is unbounded at 0 for one degree of freedom: integrate its head and its tail apart.
+    head = quad(rejects, 0, df, limit=200, epsabs=1e-13, epsrel=1e-11)[0]
+    tail = quad(rejects, df, math.inf, limit=200, epsabs=1e-13, epsrel=1e-11)[0]
+    return float(head + tail)
 
 
 def mde_by_hand(n: int, sd: float, target: float = 0.8) -> float:
