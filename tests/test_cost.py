@@ -65,7 +65,9 @@ def test_measure_gives_positive_throughputs_and_restores_threads():
     from kdtune.engine.models import create_model
 
     before = torch.get_num_threads()
-    train, evaluate = cost.measure(create_model("tinycnn"), 16, synthetic_splits(32, 8, 8), torch.device("cpu"),
+    from kdtune.engine.speed import measure
+
+    train, evaluate = measure(create_model("tinycnn"), 16, synthetic_splits(32, 8, 8), torch.device("cpu"),
                                    threads=1, steps=1)
     assert train > 0 and evaluate > 0
     assert torch.get_num_threads() == before

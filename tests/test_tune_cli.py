@@ -119,10 +119,10 @@ def quick_measure(monkeypatch):
     """--dry-run times the teacher with one thread per CPU.  On a small shared CPU two OpenMP threads mostly wait
     for each other (seconds a step): the dry runs below time the same steps with one thread, and a tinycnn
     teacher where the teacher is not what they check."""
-    from kdtune.sweep import estimate
+    from kdtune.engine import speed
 
-    measure = estimate.measure
-    monkeypatch.setattr(estimate, "measure", lambda model, batch_size, splits, device, threads, **kwargs:
+    measure = speed.measure
+    monkeypatch.setattr(speed, "measure", lambda model, batch_size, splits, device, threads, **kwargs:
                         measure(model, batch_size, splits, device, 1, **kwargs))
 
 

@@ -31,6 +31,18 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: a GPU that supports it, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:  # not Linux: no way to tell here, so no bf16 by default
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def autocast(precision: str, device: torch.device):
     if uses_bf16(precision, device):
         return torch.autocast(device.type, dtype=torch.bfloat16)

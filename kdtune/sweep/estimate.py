@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
-import time
 from dataclasses import dataclass
-
-import torch
 
 # Fixed costs measured on the 2-core CPU machine of this project (Ray 2.x, torch 2.14): `ray.init` with the
 # object-store puts of the data, and a trial's worker process with its imports and its copy of the data.
@@ -111,54 +108,6 @@ def describe(cost: Cost, speeds: Speeds, threads: str) -> str:
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-def measure(model: torch.nn.Module, batch_size: int, splits, device: torch.device, threads: int | None,
-            steps: int = 3) -> tuple[float, float]:
-    """(training, evaluation) images/s of `model` on `device` with `threads` CPU threads, timed as the loop runs
-    them (a batch of `splits`' images augmented and normalised, then forward, backward and step; evaluation
-    normalises and runs forward), a few steps after one warm-up step each."""
-    from kdtune.engine.data import augmentation_params, normalize
-    from kdtune.engine.device import prepare
-    from kdtune.engine.train import training_views
-
-    before = torch.get_num_threads()
-    if threads is not None and device.type == "cpu":
-        torch.set_num_threads(max(1, threads))
-    try:
-        model = prepare(model, device).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        n = min(batch_size, len(splits.train_labels))
-        images, labels = splits.train_images[:n].to(device), splits.train_labels[:n].to(device)
-        params = augmentation_params(n, 0, 0, splits.image_size).to(device)
-
-        def train_step():
-            views = training_views(images, params, splits)
-            loss = torch.nn.functional.cross_entropy(model(views), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        train_s = _timed(train_step, steps, device)
-        model.eval()
-        with torch.no_grad():
-            eval_s = _timed(lambda: model(normalize(images, splits.mean, splits.std)), steps, device)
-        return n / train_s, n / eval_s
-    finally:
-        torch.set_num_threads(before)
-
-
-def _timed(step, steps: int, device: torch.device) -> float:
-    step()  # warm-up: allocations, kernel selection
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / steps
-
 
 def slots_here(cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, cpus: int, gpus: int) -> int:
     """Trials this machine runs at once: Ray's CPU (and GPU) accounting, capped by --max-concurrent."""

@@ -202,8 +202,8 @@ def environment(settings: SweepSettings, resources: Resources, cache_mode: str) 
     return {"kdtune": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "ray": ray.__version__,
             "device": device_name(torch.device("cuda" if gpus else "cpu")),
-            "threads_per_trial": max(1, int(resources.cpus_per_trial)), "precision": settings.precision,
-            "cache_precision": cache_mode}
+            "threads_per_trial": max(1, int(resources.cpus_per_trial)),
+            "precision": settings.resolved_precision or settings.precision, "cache_precision": cache_mode}
 
 
 def environment_changes(before: dict, now: dict) -> list[str]:

@@ -41,9 +41,11 @@ from kdtune.sweep.settings import (
     check_models,
     check_storage_writable,
     describe_plan,
+    describe_precision,
     load_splits,
     pack_members,
     plan,
+    resolve_precision,
     sweep_points,
     tune_storage,
 )
@@ -402,9 +404,17 @@ def _run(settings: SweepSettings, resources: Resources, root: Path, previous: di
     resources = default_gpus(resources)
     check_cluster(resources, storage)
     shared_splits = ray.put(to_shared(splits))
+    choices = {}
+    if resources.gpus_per_trial == 0:  # CPU trials: what --precision auto means, measured for each model here
+        settings, choices = resolve_precision(settings, splits, max(1, int(resources.cpus_per_trial)),
+                                              os.cpu_count() or 1)
+        if choices:
+            print(describe_precision(choices).strip())
     mode = previous["cache_mode"] if previous and "cache_mode" in previous else cache_mode(
-        settings.precision, torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu"))
+        settings.precision_of("cache"), torch.device("cuda" if resources.gpus_per_trial > 0 else "cpu"))
     record = start_record(previous, settings, resources, storage, mode)
+    if choices:
+        record["precision_choice"] = choices
     if previous is not None and "environment" in previous:
         changed = environment_changes(previous["environment"], environment(settings, resources, mode))
         if changed:

@@ -1,0 +1,94 @@
+"""How fast a model trains and evaluates as kdtune's loop runs it, and the precision that makes it fastest.
+
+`measure` times a few steps (the dry run's estimate uses it); `choose_precision` decides what `--precision
+auto` means for one model on one device: bf16 autocast on CUDA, as always; on a CPU, bf16 where the processor
+computes it natively and a short side-by-side measurement shows it faster for this model, else fp32.  The
+teacher's training, its logit cache and the students each decide for their own model and step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kdtune.engine.data import augmentation_params, normalize
+from kdtune.engine.device import autocast, native_bf16, prepare
+from kdtune.engine.train import training_views
+
+# bf16 must beat fp32 by this much to be chosen: a closer race is within the measurement's own noise, and fp32
+# changes no number.
+BF16_MARGIN = 1.05
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    precision: str  # "bf16" or "fp32"
+    speedup: float | None  # bf16's images/s over fp32's, measured side by side; None: not measured
+    why: str
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision, "speedup": self.speedup, "why": self.why}
+
+
+def choose_precision(model: torch.nn.Module, batch_size: int, splits, device: torch.device, threads: int | None,
+                     step: str = "train") -> PrecisionChoice:
+    """What `--precision auto` means for `model`'s `step` ("train" or "eval") on `device`."""
+    if device.type == "cuda":
+        return PrecisionChoice("bf16", None, "bf16 autocast on CUDA")
+    if not native_bf16(device):
+        return PrecisionChoice("fp32", None, "this CPU has no native bf16")
+    which = 0 if step == "train" else 1
+    fp32 = measure(model, batch_size, splits, device, threads, precision="fp32")[which]
+    bf16 = measure(model, batch_size, splits, device, threads, precision="bf16")[which]
+    ratio = bf16 / fp32
+    if ratio >= BF16_MARGIN:
+        return PrecisionChoice("bf16", ratio, f"measured {ratio:.2f}x fp32's images/s here")
+    return PrecisionChoice("fp32", ratio, f"bf16 measured only {ratio:.2f}x fp32's images/s here")
+
+
+def measure(model: torch.nn.Module, batch_size: int, splits, device: torch.device, threads: int | None,
+            steps: int = 3, precision: str = "auto") -> tuple[float, float]:
+    """(training, evaluation) images/s of `model` on `device` with `threads` CPU threads in `precision`, timed as
+    the loop runs them (a batch of `splits`' images augmented and normalised, then forward, backward and step;
+    evaluation normalises and runs forward), a few steps after one warm-up step each."""
+
+    before = torch.get_num_threads()
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(max(1, threads))
+    try:
+        model = prepare(model, device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        n = min(batch_size, len(splits.train_labels))
+        images, labels = splits.train_images[:n].to(device), splits.train_labels[:n].to(device)
+        params = augmentation_params(n, 0, 0, splits.image_size).to(device)
+
+        def train_step():
+            views = training_views(images, params, splits)
+            with autocast(precision, device):
+                logits = model(views)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        train_s = _timed(train_step, steps, device)
+        model.eval()
+        with torch.no_grad(), autocast(precision, device):
+            eval_s = _timed(lambda: model(normalize(images, splits.mean, splits.std)), steps, device)
+        return n / train_s, n / eval_s
+    finally:
+        torch.set_num_threads(before)
+
+
+def _timed(step, steps: int, device: torch.device) -> float:
+    step()  # warm-up: allocations, kernel selection
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / steps
