@@ -62,8 +62,9 @@ def test_a_presets_subset_is_at_most_what_the_data_have(three_class_dir):
     assert settings.train_subset == 150
     from kdtune.sweep.settings import describe_plan
 
-    head = describe_plan(settings, 150, teacher_stored=None).splitlines()[:3]
+    head = describe_plan(settings, 150, teacher_stored=None).splitlines()[:4]
     assert any("150 training images (all the data have: preset quick's subset is 5000)" in line for line in head)
+    assert head[1].startswith("  preset quick: a smoke test, not an answer")  # what quick is, said first
     given, _ = through_cli("grid", "quick", three_class_dir, ["--train-subset", "100"])
     assert given.train_subset == 100
     from kdtune.sweep.settings import load_splits

@@ -38,7 +38,8 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         teacher="resnet20", student="tinycnn", recipe="strong", teacher_recipe="strong", teacher_epochs=8, epochs=6,
         train_subset=5000, val_size=1000,
-        about="CPU-sized models on a 5,000-image subset: a temperature curve in about 15 minutes on 2 cores",
+        about="a smoke test, not an answer: minutes on a CPU, a weak teacher (about 51% test accuracy), 6-epoch "
+              "students on a 5,000-image subset; it shows the pipeline works on your data and models",
     ),
 }
 
@@ -55,5 +56,5 @@ def default_preset() -> tuple[str, str]:
     import torch
 
     if torch.cuda.is_available():
-        return "paper", f"a GPU is visible ({torch.cuda.get_device_name(0)}); --preset quick for a few-minute run"
-    return "quick", "no GPU is visible here; --preset paper for the full experiment (a GPU job)"
+        return "paper", f"a GPU is visible ({torch.cuda.get_device_name(0)}); --preset quick for a few-minute smoke test"
+    return "quick", "no GPU is visible here: a smoke test, not an answer; --preset paper for the full experiment (a GPU job)"

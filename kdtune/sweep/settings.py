@@ -418,6 +418,7 @@ def describe_plan(settings: SweepSettings, n_train: int, teacher_stored: bool | 
     counts = plan(settings)
     space = settings.space
     lines = [f"experiment {settings.name}: {settings.search} search over {space.name!r} ({space.description})",
+             f"  preset {settings.preset}: {get_preset(settings.preset).about}",
              f"  teacher {settings.teacher} ({settings.teacher_recipe}, {settings.teacher_epochs} epochs): "
              + (f"from {settings.teacher_path}" if settings.teacher_path else
                 "in the store, reused" if teacher_stored else "to be trained" if teacher_stored is not None else
