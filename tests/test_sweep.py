@@ -118,7 +118,7 @@ def test_grid_sweep_runs_baseline_and_every_point_with_every_seed(workdir, mini_
     assert len(list((workdir / "teachers").glob("tinycnn-*/model.pt"))) == 1
     assert record["teacher"]["config"]["aug_seed"] == 0 and record["settings"]["aug_seed"] == 1
     caches = sorted(p.name.split("-aug")[1] for p in (workdir / "teachers").glob("tinycnn-*/model-logits/*"))
-    assert caches == ["1-fp32", "2-fp32"], caches
+    assert caches == [f"1-{record['cache_mode']}", f"2-{record['cache_mode']}"], caches
 
     # Baseline and distilled students trained with the same settings, alpha and T aside (and the seed).
     students = record["students"]
