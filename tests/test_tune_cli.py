@@ -235,8 +235,8 @@ def test_default_preset_fits_the_machine(tmp_path, capsys, monkeypatch):
     # Refused after the preset is chosen: its line comes first, and nothing is trained.
     code, out, err = tune_main(["--grid", "temperature", "--reduction-factor", "1"], capsys, tmp_path)
     assert code == 1 and "reduction-factor 1" in err
-    assert out.splitlines()[0] == ("preset quick: no GPU is visible here: a smoke test, not an answer; --preset paper for "
-                                   "the full experiment (a GPU job)")
+    assert out.splitlines()[0] == ("preset quick: no GPU is visible here: a smoke test, not an answer; --preset laptop "
+                                   "for one on this CPU, paper for the full experiment (a GPU job)")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Mock GPU")
     assert default_preset() == ("paper", "a GPU is visible (Mock GPU); --preset quick for a few-minute smoke test")

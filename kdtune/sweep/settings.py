@@ -312,7 +312,7 @@ def build_settings(name: str, search: str, space, preset_name: str, **values) ->
     defaults = {k: getattr(preset, k) for k in ("teacher", "student", "recipe", "teacher_recipe", "teacher_epochs",
                                                  "epochs", "val_size", "train_subset", "confirm")}
     chosen = {**defaults, **{k: v for k, v in values.items() if v is not None}}
-    chosen.setdefault("seeds", 3 if search == "grid" else 1)
+    chosen.setdefault("seeds", preset.seeds if preset.seeds and search == "grid" else 3 if search == "grid" else 1)
     chosen.setdefault("asha", search == "optuna")
     if chosen.get("grace_period") is None:
         chosen["grace_period"] = warmup_epochs(chosen["recipe"], chosen["epochs"]) + 1
