@@ -137,6 +137,6 @@ def test_trials_take_a_whole_gpu_by_default_where_the_cluster_has_gpus(cluster, 
 def test_no_gpus_by_default_on_a_cpu_cluster_and_the_teacher_gets_a_whole_node(cluster, checked, tmp_path, capsys):
     code, out, err = sweep(tmp_path, capsys, *SHARED)
     assert err == "error: every check passed", err
-    assert checked["resources"].gpus_per_trial == 0.0 and "GPU" not in out
+    assert checked["resources"].gpus_per_trial == 0.0 and "trials use a whole GPU" not in out
     # Not one trial's share: every CPU of the largest node (HEAD has 4).
     assert kdtune.sweep.runner.teacher_task_resources(checked["resources"]) == {"num_cpus": 4.0}
