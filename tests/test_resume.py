@@ -182,7 +182,8 @@ def test_ctrl_c_in_the_sweep_stops_everything_and_the_name_alone_resumes(tmp_pat
     env = {**os.environ, "KDTUNE_SEARCH_SPACES": str(tmp_path / "spaces"), "PYTHONPATH": str(ROOT)}
     results, name = tmp_path / "results", "stopped"
     root = results / name
-    argv = ["--grid", "tiny", "--seeds", "1", "--epochs", "3", "--max-concurrent", "2", "--confirm", "1",
+    # Epochs enough that the sweep is still training when Ctrl-C arrives (bf16 students finish 3 in seconds).
+    argv = ["--grid", "tiny", "--seeds", "1", "--epochs", "10", "--max-concurrent", "2", "--confirm", "1",
             "--preset", "quick", "--teacher", "tinycnn", "--student", "tinycnn", "--teacher-epochs", "1", "--train-subset", "300",
             "--val-size", "100", "--data-dir", str(mini_data_dir), "--name", name, "--results-dir", str(results),
             "--teacher-store", str(tmp_path / "teachers")]
@@ -220,7 +221,7 @@ def test_ctrl_c_in_the_sweep_stops_everything_and_the_name_alone_resumes(tmp_pat
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(root / "summary.csv")
-    assert len(table) == 4 and (table["outcome"] == "finished").all() and (table["epochs_run"] == 3).all()
+    assert len(table) == 4 and (table["outcome"] == "finished").all() and (table["epochs_run"] == 10).all()
     assert sorted(table["phase"]) == ["baseline", "confirm", "confirm", "sweep"]
     assert not table.duplicated(["phase", "temperature", "alpha", "seed"]).any()
     assert json.loads((root / "experiment.json").read_text())["status"] == "finished"
