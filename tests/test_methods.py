@@ -127,7 +127,7 @@ def test_ctkd_lambda_rises_from_zero_to_one_on_a_cosine():
 
 def test_config_validates_methods():
     with pytest.raises(UserError, match="method"):
-        RunConfig(model="tinycnn", epochs=1, method="dkd")
+        RunConfig(model="tinycnn", epochs=1, method="fitnet")
     with pytest.raises(UserError, match="strictly inside ctkd_range"):
         RunConfig(model="tinycnn", epochs=1, method="ctkd", alpha=0.5, temperature=25.0)
     with pytest.raises(UserError, match="ctkd_range"):

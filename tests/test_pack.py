@@ -93,7 +93,7 @@ def test_in_a_pack_of_several_configurations_a_diverged_member_stops_alone(split
     """--pack N: a diverging configuration packed beside the baseline; the baseline trains to its end, exactly
     as alone, and a resume from after the divergence neither trains the diverged member on nor stops the rest."""
     baseline, wild = members(seeds=(0,), alpha=0.0, epochs=3)[0], members(seeds=(1,), lr=1e30, epochs=3)[0]
-    alone = train(baseline, splits, CPU)
+    alone = train(baseline, splits, CPU, teacher=teacher)  # no KD; the teacher is what its fidelity is measured against
     reports, saved = [], []
 
     def on_epoch(metrics, states):

@@ -17,6 +17,12 @@ from kdtune.engine.train import train
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def fresh_memory(tmp_path, monkeypatch):
+    """Each test measures anew: remembered choices go to a folder of its own."""
+    monkeypatch.setenv("KDTUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def never(*args, **kwargs):
     raise AssertionError("measured where no measurement was wanted")
 
@@ -46,6 +52,25 @@ def test_a_cpu_with_native_bf16_takes_it_only_where_it_measured_faster(monkeypat
     monkeypatch.setattr(speed, "measure", fake_measure({type(model).__name__: ratio}))
     choice = speed.choose_precision(model, 16, synthetic_splits(32, 8, 8), CPU, 1)
     assert (choice.precision, choice.speedup) == (precision, pytest.approx(ratio))
+
+
+def test_a_measured_choice_is_remembered_so_that_a_second_run_trains_in_the_same_precision(monkeypatch, tmp_path):
+    monkeypatch.setattr(speed, "native_bf16", lambda device: True)
+    model, splits = create_model("tinycnn"), synthetic_splits(32, 8, 8)
+    monkeypatch.setattr(speed, "measure", fake_measure({type(model).__name__: 1.3}))
+    first = speed.choose_precision(model, 16, splits, CPU, 1)
+    assert first.precision == "bf16" and "measured here" in first.why
+    monkeypatch.setattr(speed, "measure", never)  # a busy machine would now measure bf16 slower: it is not asked
+    again = speed.choose_precision(model, 16, splits, CPU, 1)
+    assert (again.precision, again.speedup) == ("bf16", pytest.approx(1.3)) and "earlier" in again.why
+    # Another batch size, thread count or step is another question, measured on its own.
+    monkeypatch.setattr(speed, "measure", fake_measure({type(model).__name__: 0.9}))
+    assert speed.choose_precision(model, 16, splits, CPU, 2).precision == "fp32"
+    assert speed.choose_precision(model, 16, splits, CPU, 1, step="eval").precision == "fp32"
+    assert speed.choose_precision(model, 16, splits, CPU, 1).precision == "bf16"
+    # An unreadable memory is measured again, not a failure.
+    (tmp_path / "cache" / "precision-choices.json").write_text("{not json")
+    assert speed.choose_precision(model, 16, splits, CPU, 1).precision == "fp32"
 
 
 def test_a_sweep_decides_each_role_once_records_it_and_a_resume_keeps_it(monkeypatch, three_class_dir):

@@ -63,6 +63,12 @@ def run_mode(
     if mode != "student" and teacher_path is not None and not Path(teacher_path).exists():
         writable_folder(Path(teacher_path), "--teacher-path")  # a teacher is trained, then saved there
     output, claimed = claim_output(output, mode, overwrite)
+    cache_precision = teacher.precision
+    if mode != "student":
+        cache_precision = _auto_precision(teacher, splits, torch_device, "eval").precision
+        teacher = _auto_precision(teacher, splits, torch_device, "train")
+    if mode != "teacher":
+        student = _auto_precision(student, splits, torch_device, "train")
     summary: dict = {"mode": mode, "data": {"dir": str(data_dir), **splits.summary()}, "device": str(torch_device)}
 
     with _released_on_failure(output, claimed):
@@ -84,11 +90,11 @@ def run_mode(
         signal = None
         if config.alpha > 0:
             if use_cache:
-                cache = teacher_logits(found, splits, config.aug_seed, config.epochs, torch_device, config.precision,
+                cache = teacher_logits(found, splits, config.aug_seed, config.epochs, torch_device, cache_precision,
                                        progress)
                 signal = CachedTeacher(cache, splits, torch_device)
             else:
-                signal = LiveTeacher(found.model, splits, torch_device, config.precision)
+                signal = LiveTeacher(found.model, splits, torch_device, cache_precision)
         method = "" if config.method == "kd" else f"{config.method}, "
         label = f"student {config.model}" + (f" ({method}T={config.temperature:g}, alpha={config.alpha:g})"
                                              if config.alpha > 0 else "")
@@ -101,6 +107,20 @@ def run_mode(
                 "test_acc": result.final["test_acc"]}
         _write(output, summary, label, (result.model, config.model, meta, splits.num_classes))
         return summary
+
+
+def _auto_precision(config: RunConfig, splits, device, step: str) -> RunConfig:
+    """`config` with --precision auto made concrete on a CPU (measured for its model and step, as a sweep does:
+    kdtune.engine.speed), the choice printed; a named precision, or CUDA's bf16, is kept."""
+    if config.precision != "auto" or device.type != "cpu":
+        return config
+    from kdtune.engine.speed import choose_precision
+
+    model = check_model(config.model, splits.num_classes, splits.image_size)
+    choice = choose_precision(model, config.effective_batch_size, splits, device, None, step)
+    role = {"train": "training", "eval": "teacher logits"}[step]
+    print(f"precision (auto), {config.model} {role}: {choice.precision} ({choice.why})")
+    return replace(config, precision=choice.precision)
 
 
 # ----------------------------------------------------------------------------- outputs, checked before training

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from kdtune.engine.errors import UserError
-from kdtune.engine.losses import METHODS
+from kdtune.engine.losses import DKD_BETA, DKD_WARMUP, METHODS
 from kdtune.engine.models import check_model_name
 
 
@@ -71,7 +71,9 @@ class RunConfig:
 
     `method` (kdtune.engine.losses) is how T is used: `kd` a fixed T, `ls` the base T of standardised logits,
     `ctkd` the initial value of a learned T bounded by `ctkd_range`, whose gradient reversal ramps up
-    over `ctkd_ramp_epochs` (None: the paper's 10 of 240 epochs, scaled to this run, at least 1).
+    over `ctkd_ramp_epochs` (None: the paper's 10 of 240 epochs, scaled to this run, at least 1); `dkd` weighs
+    NCKD by `dkd_beta` and warms its KD weight up over `dkd_warmup_epochs` (None: the authors' 20 of 240,
+    scaled, at least 1).  `kd-shuffled` and `kd-uniform` are controls (kdtune.engine.losses).
     """
 
     model: str
@@ -88,6 +90,8 @@ class RunConfig:
     method: str = "kd"
     ctkd_range: tuple[float, float] = CTKD_RANGE
     ctkd_ramp_epochs: int | None = None
+    dkd_beta: float = DKD_BETA
+    dkd_warmup_epochs: int | None = None
 
     def __post_init__(self):
         check_model_name(self.model)
@@ -104,6 +108,9 @@ class RunConfig:
         _check(0 < low < high and math.isfinite(high), "ctkd_range", self.ctkd_range, "two numbers 0 < low < high")
         _check(self.ctkd_ramp_epochs is None or self.ctkd_ramp_epochs >= 1, "ctkd_ramp_epochs", self.ctkd_ramp_epochs,
                "an integer >= 1")
+        _check(math.isfinite(self.dkd_beta) and self.dkd_beta >= 0, "dkd_beta", self.dkd_beta, "a number >= 0")
+        _check(self.dkd_warmup_epochs is None or self.dkd_warmup_epochs >= 1, "dkd_warmup_epochs",
+               self.dkd_warmup_epochs, "an integer >= 1")
         if self.method == "ctkd" and self.alpha > 0:
             _check(low < self.temperature < high, "temperature", self.temperature,
                    f"strictly inside ctkd_range ({low:g}, {high:g}): it is the learned temperature's initial value")
@@ -133,6 +140,12 @@ class RunConfig:
         if self.ctkd_ramp_epochs is not None:
             return self.ctkd_ramp_epochs
         return ctkd_ramp_epochs(self.epochs)
+
+    @property
+    def effective_dkd_warmup_epochs(self) -> int:
+        if self.dkd_warmup_epochs is not None:
+            return self.dkd_warmup_epochs
+        return max(1, round(DKD_WARMUP * self.epochs))
 
     def to_dict(self) -> dict:
         """Plain JSON types: ctkd_range as a list, as a JSON file or a checkpoint reads it back."""

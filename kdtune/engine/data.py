@@ -445,6 +445,23 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=_epoch_generator(seed, epoch, stream=1))
 
 
+def within_class_donors(labels: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """(n,) int64: for each training image, the image of the same class whose teacher logits teach it in `epoch`
+    (the `kd-shuffled` control): each class is put in a random order drawn for (seed, epoch) and every image takes
+    the next one's logits, the last the first's.  No image is its own donor unless it is alone in its class."""
+    labels = labels.cpu()
+    n = len(labels)
+    order = torch.randperm(n, generator=_epoch_generator(seed, epoch, stream=2))
+    grouped = order[torch.argsort(labels[order], stable=True)]  # classes in turn, each in its random order
+    _, sizes = torch.unique_consecutive(labels[grouped], return_counts=True)
+    starts = torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+    size = torch.repeat_interleave(sizes, sizes)
+    position = torch.arange(n)
+    donors = torch.empty(n, dtype=torch.long)
+    donors[grouped] = grouped[starts + (position - starts + 1) % size]
+    return donors
+
+
 def augment(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Crop (with zero padding) and flip a uint8 batch (B, 3, H, W) by per-image `params` (B, 3); same device."""
     b, _, h, w = images.shape

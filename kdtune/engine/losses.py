@@ -19,6 +19,20 @@ the logits the softmax sees (`method`):
   Distillation"): T is learned (`LearnedTemperature`), adversarially: its gradient is reversed and
   scaled by lambda (`reverse_gradient`), so T moves to make the KD term harder, with lambda rising from
   0 to 1 on a cosine schedule (`ctkd_lambda`).  The loss itself is `kd`'s, at that T.
+- `dkd`: decoupled knowledge distillation (Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation"):
+  the KL term split into its target-class part (TCKD: the binary distribution target / not target) and its
+  non-target part (NCKD: the distribution among the other classes), weighted TCKD + beta * NCKD; KL itself is
+  TCKD + (1 - p_t) * NCKD, p_t the teacher's softened true-class probability.  The KD weight warms up
+  linearly (`dkd_warmup`), as in the authors' code.
+
+Two controls, which keep kd's loss and change what the teacher says:
+
+- `kd-shuffled`: each image is taught by the cached logits of another training image of its class, seen
+  in the same epoch's view (`kdtune.engine.data.within_class_donors`): the teacher's class-level
+  similarity structure stays, everything it knows of the image itself goes.
+- `kd-uniform`: a teacher that knows only the labels: at T the true class gets the teacher's mean
+  true-class probability at T, the other classes share the rest equally (`uniform_teacher_logits`):
+  label smoothing matched to the teacher's confidence.
 """
 
 from __future__ import annotations
@@ -29,8 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("kd", "ls", "ctkd")
+METHODS = ("kd", "ls", "ctkd", "dkd", "kd-shuffled", "kd-uniform")
+CONTROLS = ("kd-shuffled", "kd-uniform")  # methods that replace what the teacher says, not how it is learned
 LS_EPS = 1e-7  # the authors' guard against a constant logit vector
+DKD_BETA = 8.0  # the NCKD weight of the authors' CIFAR-100 settings
+DKD_WARMUP = 20 / 240  # the fraction of training over which the authors warm the KD weight up (20 of 240 epochs)
 
 
 def standardize(logits: torch.Tensor) -> torch.Tensor:
@@ -47,11 +64,15 @@ def kd_loss_terms(
     alpha: float,
     label_smoothing: float = 0.0,
     method: str = "kd",
+    dkd_beta: float = DKD_BETA,
+    kd_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (total, ce, kd) as scalar tensors; kd is the T^2-scaled KL before alpha weighting.
+    """Return (total, ce, kd) as scalar tensors; kd is the T^2-scaled KL (or DKD's TCKD + beta * NCKD) before
+    alpha weighting: total = alpha * kd_scale * kd + (1 - alpha) * ce, kd_scale being DKD's warm-up factor.
 
     `temperature` is a number, or for `ctkd` the learned temperature as a 0-d tensor (which carries the
-    reversed gradient back to its parameter)."""
+    reversed gradient back to its parameter).  For the controls, `teacher_logits` are already the control's
+    (another image's, or `uniform_teacher_logits`)."""
     ce = F.cross_entropy(student_logits.float(), targets, label_smoothing=label_smoothing)
     if alpha == 0:
         return ce, ce, torch.zeros_like(ce)
@@ -61,9 +82,56 @@ def kd_loss_terms(
         student, teacher = standardize(student), standardize(teacher)
     log_p_student = F.log_softmax(student / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher / temperature, dim=1)
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-    kd = kl * temperature**2
-    return alpha * kd + (1 - alpha) * ce, ce, kd
+    if method == "dkd":
+        tckd, nckd = dkd_parts(log_p_student, log_p_teacher, targets)
+        kd = (tckd + dkd_beta * nckd).mean() * temperature**2
+    else:
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+        kd = kl * temperature**2
+    return alpha * kd_scale * kd + (1 - alpha) * ce, ce, kd
+
+
+def dkd_parts(log_p_student: torch.Tensor, log_p_teacher: torch.Tensor,
+              targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (TCKD, NCKD) of softened log-probabilities (N, classes): TCKD the KL between the teacher's and
+    the student's binary (target, rest) distributions, NCKD the KL between their distributions over the
+    non-target classes alone (each renormalised).  Computed from log-probabilities, so that a teacher sure
+    of the target class (rest mass ~ 0) stays finite."""
+    n, classes = log_p_student.shape
+    target = F.one_hot(targets, classes).bool()
+    rest_s, rest_t = log_p_student[~target].view(n, classes - 1), log_p_teacher[~target].view(n, classes - 1)
+    log_b_s = torch.stack([log_p_student[target], torch.logsumexp(rest_s, dim=1)], dim=1)
+    log_b_t = torch.stack([log_p_teacher[target], torch.logsumexp(rest_t, dim=1)], dim=1)
+    tckd = (log_b_t.exp() * (log_b_t - log_b_s)).sum(1)
+    log_q_s = rest_s - log_b_s[:, 1:]
+    log_q_t = rest_t - log_b_t[:, 1:]
+    nckd = (log_q_t.exp() * (log_q_t - log_q_s)).sum(1)
+    return tckd, nckd
+
+
+def dkd_warmup(step: int, warmup_steps: int) -> float:
+    """DKD's KD weight factor at optimiser step `step`: rising linearly to 1 over `warmup_steps` (the authors
+    ramp per epoch, min(epoch / 20, 1) from epoch 1; per step here, so short runs ramp smoothly)."""
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+# ----------------------------------------------------------------------------- the kd-uniform control
+
+
+def true_class_probability(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample softmax(logits / T)[label], in float32: how sure of the right class a softened target is."""
+    return F.softmax(logits.float() / temperature, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def uniform_teacher_logits(targets: torch.Tensor, classes: int, true_probability: float,
+                           temperature: float) -> torch.Tensor:
+    """Logits (N, classes) whose softmax at `temperature` gives the target class `true_probability` and every
+    other class an equal share of the rest: `kd-uniform`'s teacher (T * log of that distribution)."""
+    p = min(max(true_probability, 1e-6), 1 - 1e-6)  # a log of 0 would make the KL infinite
+    rest = (1 - p) / (classes - 1)
+    log_q = torch.full((len(targets), classes), math.log(rest), device=targets.device)
+    log_q.scatter_(1, targets.view(-1, 1), math.log(p))
+    return temperature * log_q
 
 
 def kd_loss(

@@ -33,6 +33,21 @@ def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> flo
     return (student_logits.argmax(1) == teacher_logits.to(student_logits.device).argmax(1)).float().mean().item()
 
 
+def fidelity_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                     prefix: str = "test") -> dict[str, float]:
+    """How closely a student follows its teacher on one image set: top-1 agreement, mean KL(teacher || student)
+    at T = 1, and inherited errors: of the images the teacher gets wrong, the share on which the student makes
+    the same wrong prediction (NaN when the teacher gets none wrong)."""
+    student, teacher = student_logits.float(), teacher_logits.to(student_logits.device).float()
+    labels = labels.to(student.device)
+    kl = F.kl_div(F.log_softmax(student, dim=1), F.log_softmax(teacher, dim=1), reduction="batchmean", log_target=True)
+    said, followed = teacher.argmax(1), student.argmax(1)
+    wrong = said != labels
+    inherited = (followed[wrong] == said[wrong]).float().mean().item() if wrong.any() else float("nan")
+    return {f"{prefix}_agreement": (followed == said).float().mean().item(), f"{prefix}_kl": kl.item(),
+            f"{prefix}_inherited_errors": inherited}
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, float]:
     return {
         f"{prefix}_acc": accuracy(logits, labels),

@@ -52,7 +52,7 @@ def train_pack(
         raise ValueError(f"checkpoint holds {len(resume)} members, the pack has {len(configs)}")
     splits = splits.to(device)  # once, for every member
     members = [
-        training_epochs(config, splits, device, teacher if config.alpha > 0 else None,
+        training_epochs(config, splits, device, teacher,  # a no-KD member's fidelity is measured against it too
                         resume=resume[i] if resume else None, test_every=test_every)
         for i, config in enumerate(configs)
     ]

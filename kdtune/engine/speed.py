@@ -4,17 +4,24 @@
 auto` means for one model on one device: bf16 autocast on CUDA, as always; on a CPU, bf16 where the processor
 computes it natively and a short side-by-side measurement shows it faster for this model, else fp32.  The
 teacher's training, its logit cache and the students each decide for their own model and step.
+
+A choice is remembered per processor, model, batch, threads and PyTorch version in the cache folder: a
+measurement on a busy machine could come out the other way, and two runs of one command must train in the
+same precision to give the same numbers.  Delete `precision-choices.json` there to measure again.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from kdtune.engine.data import augmentation_params, normalize
-from kdtune.engine.device import autocast, native_bf16, prepare
+from kdtune.engine.atomic import save_json
+from kdtune.engine.data import augmentation_params, cache_dir, normalize
+from kdtune.engine.device import autocast, device_name, native_bf16, prepare
 from kdtune.engine.train import training_views
 
 # bf16 must beat fp32 by this much to be chosen: a closer race is within the measurement's own noise, and fp32
@@ -33,19 +40,50 @@ class PrecisionChoice:
 
 
 def choose_precision(model: torch.nn.Module, batch_size: int, splits, device: torch.device, threads: int | None,
-                     step: str = "train") -> PrecisionChoice:
-    """What `--precision auto` means for `model`'s `step` ("train" or "eval") on `device`."""
+                     step: str = "train", remember: Path | None = None) -> PrecisionChoice:
+    """What `--precision auto` means for `model`'s `step` ("train" or "eval") on `device`; a measured choice is
+    read from and written to `remember` (default: precision-choices.json in the cache folder)."""
     if device.type == "cuda":
         return PrecisionChoice("bf16", None, "bf16 autocast on CUDA")
     if not native_bf16(device):
         return PrecisionChoice("fp32", None, "this CPU has no native bf16")
+    remember = remember or cache_dir() / "precision-choices.json"
+    key = _choice_key(model, batch_size, splits, device, threads, step)
+    known = _read_choices(remember)
+    if key in known:
+        ratio = float(known[key])
+        return _decide(ratio, "measured earlier on this machine")
     which = 0 if step == "train" else 1
     fp32 = measure(model, batch_size, splits, device, threads, precision="fp32")[which]
     bf16 = measure(model, batch_size, splits, device, threads, precision="bf16")[which]
     ratio = bf16 / fp32
+    try:
+        save_json(remember, {**_read_choices(remember), key: round(ratio, 4)})
+    except OSError:
+        pass  # not remembered: the next run measures again
+    return _decide(ratio, "measured here")
+
+
+def _decide(ratio: float, when: str) -> PrecisionChoice:
     if ratio >= BF16_MARGIN:
-        return PrecisionChoice("bf16", ratio, f"measured {ratio:.2f}x fp32's images/s here")
-    return PrecisionChoice("fp32", ratio, f"bf16 measured only {ratio:.2f}x fp32's images/s here")
+        return PrecisionChoice("bf16", ratio, f"{when}: {ratio:.2f}x fp32's images/s")
+    return PrecisionChoice("fp32", ratio, f"{when}: bf16 only {ratio:.2f}x fp32's images/s")
+
+
+def _choice_key(model: torch.nn.Module, batch_size: int, splits, device: torch.device, threads: int | None,
+                step: str) -> str:
+    parameters = sum(p.numel() for p in model.parameters())
+    shape = f"{splits.num_classes}x{splits.image_size}"
+    return (f"{device_name(device)}|torch {torch.__version__}|{type(model).__name__}:{parameters}|{shape}|"
+            f"batch {batch_size}|threads {threads}|{step}")
+
+
+def _read_choices(path: Path) -> dict:
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def measure(model: torch.nn.Module, batch_size: int, splits, device: torch.device, threads: int | None,

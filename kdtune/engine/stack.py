@@ -49,7 +49,7 @@ from kdtune.engine.config import RunConfig, several_configurations
 from kdtune.engine.data import Splits, augmentation_params, epoch_order, normalize
 from kdtune.engine.device import autocast, prepare
 from kdtune.engine.errors import UserError
-from kdtune.engine.metrics import agreement, classification_metrics
+from kdtune.engine.metrics import agreement, classification_metrics, fidelity_metrics
 from kdtune.engine.models import create_model
 from kdtune.engine.train import TeacherSignal, TrainResult, build_optimizer, check_teacher, lr_factor, training_views
 
@@ -310,8 +310,7 @@ def train_stacked(
                               temperature, alpha)
         train_seconds = time.perf_counter() - started
         last = epoch + 1 == config.epochs
-        evaluated = _evaluate(stack, splits, device, config.precision,
-                              [teacher if d else None for d in distilling],
+        evaluated = _evaluate(stack, splits, device, config.precision, [teacher] * len(configs),
                               test=last or bool(test_every and (epoch + 1) % test_every == 0))
         epoch_seconds = time.perf_counter() - started
         metrics: list[dict | None] = [None] * len(configs)
@@ -394,6 +393,8 @@ def _evaluate(stack: Stack, splits: Splits, device: torch.device, precision: str
             m["agreement"] = agreement(logits, teacher.val_logits)
     if test:
         test_logits = stack.predict(splits.test_images, splits, device, precision)
-        for m, logits in zip(metrics, test_logits):
+        for m, logits, teacher in zip(metrics, test_logits, teachers):
             m.update(classification_metrics(logits, splits.test_labels, "test"))
+            if teacher is not None:
+                m.update(fidelity_metrics(logits, teacher.test_logits, splits.test_labels))
     return metrics

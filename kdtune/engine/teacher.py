@@ -37,6 +37,7 @@ from kdtune.engine.config import RunConfig
 from kdtune.engine.data import Splits, augmentation_params
 from kdtune.engine.device import autocast, prepare, uses_bf16
 from kdtune.engine.errors import UserError, first_line
+from kdtune.engine.losses import true_class_probability
 from kdtune.engine.models import count_parameters, create_model, storage_name
 from kdtune.engine.progress import Progress, progress_bar
 from kdtune.engine.train import predict, train, training_views
@@ -57,7 +58,8 @@ class Teacher:
 
 # A teacher is trained without distillation: these never change its weights, and leaving them out keeps the
 # names of teachers stored before they existed.
-DISTILLATION_FIELDS = ("temperature", "alpha", "method", "ctkd_range", "ctkd_ramp_epochs")
+DISTILLATION_FIELDS = ("temperature", "alpha", "method", "ctkd_range", "ctkd_ramp_epochs", "dkd_beta",
+                       "dkd_warmup_epochs")
 
 
 def teacher_key(config: RunConfig, splits: Splits) -> str:
@@ -445,9 +447,16 @@ class CachedTeacher:
             raise UserError(f"teacher-logit cache is for data splits {cache.splits_key}, not {splits.key}")
         self.train = cache.train.to(device)
         self.val_logits = cache.val.to(device).float()
+        self.test_logits = cache.test.to(device).float()
         self.aug_seed = cache.aug_seed
 
     def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         assert epoch < len(self.train), f"no cached teacher logits for epoch {epoch}"
         return self.train[epoch, idx].float()
+
+    def true_class_probability(self, labels: torch.Tensor, temperature: float, epochs: int) -> float:
+        """The mean softened true-class probability over the first `epochs` epochs' cached views."""
+        labels = labels.to(self.train.device)
+        return sum(true_class_probability(self.train[e], labels, temperature).mean().item()
+                   for e in range(epochs)) / epochs
 

@@ -20,11 +20,18 @@ import torch
 from torch import nn
 
 from kdtune.engine.config import WARMUP_FRACTION, RunConfig
-from kdtune.engine.data import Splits, augment, augmentation_params, epoch_order, normalize
+from kdtune.engine.data import Splits, augment, augmentation_params, epoch_order, normalize, within_class_donors
 from kdtune.engine.device import autocast, prepare
 from kdtune.engine.errors import UserError
-from kdtune.engine.losses import LearnedTemperature, ctkd_lambda, kd_loss_terms
-from kdtune.engine.metrics import agreement, classification_metrics
+from kdtune.engine.losses import (
+    LearnedTemperature,
+    ctkd_lambda,
+    dkd_warmup,
+    kd_loss_terms,
+    true_class_probability,
+    uniform_teacher_logits,
+)
+from kdtune.engine.metrics import agreement, classification_metrics, fidelity_metrics
 from kdtune.engine.models import create_model
 from kdtune.engine.progress import Progress, progress_bar
 
@@ -60,12 +67,17 @@ def predict(
 
 
 class TeacherSignal(Protocol):
-    """What distillation needs from a teacher."""
+    """What distillation needs from a teacher (and what fidelity is measured against: a no-KD student is
+    evaluated against the teacher too)."""
 
     val_logits: torch.Tensor  # (n_val, classes): for student-teacher agreement
+    test_logits: torch.Tensor  # (n_test, classes): for the fidelity diagnostics
 
     def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """Teacher logits for training images `idx` as augmented in `epoch` (`views`, normalised)."""
+
+    def true_class_probability(self, labels: torch.Tensor, temperature: float, epochs: int) -> float:
+        """The teacher's mean softened true-class probability at `temperature` on the training images."""
 
 
 class LiveTeacher:
@@ -73,13 +85,19 @@ class LiveTeacher:
 
     def __init__(self, model: nn.Module, splits: Splits, device: torch.device, precision: str):
         self.model = prepare(model, device).eval()
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.splits = device, precision, splits
         self.val_logits = predict(self.model, splits.val_images, splits, device, precision)
+        self.test_logits = predict(self.model, splits.test_images, splits, device, precision)
 
     @torch.no_grad()
     def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         with autocast(self.precision, self.device):
             return self.model(views).float()
+
+    def true_class_probability(self, labels: torch.Tensor, temperature: float, epochs: int) -> float:
+        """Over the un-augmented training images (a live teacher keeps no views): one pass of the teacher."""
+        logits = predict(self.model, self.splits.train_images, self.splits, self.device, self.precision)
+        return true_class_probability(logits, labels.to(logits.device), temperature).mean().item()
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -217,10 +235,15 @@ def training_epochs(
             state["cuda_rng"] = torch.cuda.get_rng_state(device)  # this device's only: nodes differ in GPU count
         return state
 
+    # kd-uniform's teacher gives the true class what the real one gives it on average, at this T.
+    uniform_p = None
+    if config.method == "kd-uniform" and config.alpha > 0:
+        uniform_p = teacher.true_class_probability(splits.train_labels, config.temperature, config.epochs)
     bar = progress_bar(progress, steps_per_epoch * config.epochs, desc, initial=steps_per_epoch * len(history))
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
-        losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned)
+        losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned,
+                              uniform_p)
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"]}
         if learned is not None:
@@ -252,24 +275,34 @@ def check_teacher(config: RunConfig, teacher: TeacherSignal | None) -> None:
         raise UserError(f"teacher logits were cached for aug_seed {cached_seed}, but the run uses {config.aug_seed}")
 
 
-def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned=None) -> dict:
+def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned=None,
+                 uniform_p=None) -> dict:
     model.train()
     n = len(splits.train_labels)
-    ramp_steps = config.effective_ctkd_ramp_epochs * math.ceil(n / batch)
+    steps_per_epoch = math.ceil(n / batch)
+    ramp_steps = config.effective_ctkd_ramp_epochs * steps_per_epoch
+    warmup_steps = config.effective_dkd_warmup_epochs * steps_per_epoch
     views = augmentation_params(n, config.aug_seed, epoch, splits.image_size).to(device)
     order = epoch_order(n, config.seed, epoch).to(device)
+    donors = within_class_donors(splits.train_labels, config.seed, epoch).to(device) \
+        if config.method == "kd-shuffled" else None
     label_smoothing = config.label_smoothing
     sums = torch.zeros(3, device=device)  # total, ce, kd; summed on device to avoid a sync per step
     for start in range(0, n, batch):
         idx = order[start : start + batch]
+        labels = splits.train_labels[idx]
         images = training_views(splits.train_images[idx], views[idx], splits)
         with autocast(config.precision, device):
             student_logits = model(images)
-        teacher_logits = teacher.train_logits(epoch, idx, images) if config.alpha > 0 else None
+        teacher_logits = None
+        if config.alpha > 0:
+            teacher_logits = _teacher_says(teacher, config, splits, epoch, idx, images, views, labels, donors,
+                                           uniform_p)
         # scheduler.last_epoch counts optimiser steps: every schedule is stepped per batch.
         temperature = learned(ctkd_lambda(scheduler.last_epoch, ramp_steps)) if learned is not None else config.temperature
-        loss, ce, kd = kd_loss_terms(student_logits, teacher_logits, splits.train_labels[idx], temperature,
-                                     config.alpha, label_smoothing, config.method)
+        kd_scale = dkd_warmup(scheduler.last_epoch, warmup_steps) if config.method == "dkd" else 1.0
+        loss, ce, kd = kd_loss_terms(student_logits, teacher_logits, labels, temperature, config.alpha,
+                                     label_smoothing, config.method, config.dkd_beta, kd_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -281,10 +314,24 @@ def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, e
     return {"train_loss": total, "train_ce": ce, "train_kd": kd}
 
 
+def _teacher_says(teacher, config, splits, epoch, idx, images, views, labels, donors, uniform_p) -> torch.Tensor:
+    """The teacher logits a batch is taught with: the teacher's for these views, another same-class image's
+    (kd-shuffled: its view of this epoch), or the label-only teacher's (kd-uniform)."""
+    if config.method == "kd-uniform":
+        return uniform_teacher_logits(labels, splits.num_classes, uniform_p, config.temperature)
+    if config.method == "kd-shuffled":
+        given = donors[idx]
+        # Only a live teacher looks at the views; a cache is indexed by image.
+        given_views = training_views(splits.train_images[given], views[given], splits) \
+            if isinstance(teacher, LiveTeacher) else None
+        return teacher.train_logits(epoch, given, given_views)
+    return teacher.train_logits(epoch, idx, images)
+
+
 def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: str, teacher=None,
              val: bool = True, test: bool = True) -> dict:
-    """Validation metrics (and top-1 agreement with the teacher, when there is one) and test metrics;
-    each image set's logits computed once."""
+    """Validation metrics (and top-1 agreement with the teacher, when there is one) and test metrics (with the
+    fidelity diagnostics against the teacher, when there is one); each image set's logits computed once."""
     metrics = {}
     if val:
         val_logits = predict(model, splits.val_images, splits, device, precision)
@@ -294,4 +341,6 @@ def evaluate(model: nn.Module, splits: Splits, device: torch.device, precision: 
     if test:
         test_logits = predict(model, splits.test_images, splits, device, precision)
         metrics.update(classification_metrics(test_logits, splits.test_labels.to(device), "test"))
+        if teacher is not None:
+            metrics.update(fidelity_metrics(test_logits, teacher.test_logits, splits.test_labels.to(device)))
     return metrics

@@ -75,7 +75,8 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, 
     device = trial_device()
     data = from_shared(Splits, splits)
     names = member_names(None if "members" in config else [run.seed for run in runs], len(runs))
-    teacher = CachedTeacher(from_shared(LogitCache, cache), data, device) if any(r.alpha > 0 for r in runs) else None
+    # Every student, the no-KD ones too, is measured against the teacher (agreement, fidelity on the test set).
+    teacher = CachedTeacher(from_shared(LogitCache, cache), data, device) if cache is not None else None
 
     resume = None
     checkpoint = tune.get_checkpoint()

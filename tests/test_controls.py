@@ -1,0 +1,162 @@
+"""DKD, the two control teachers and the fidelity diagnostics, against independent float64 computations and
+hand-made examples written here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import synthetic_splits
+
+from kdtune.engine.config import RunConfig
+from kdtune.engine.data import within_class_donors
+from kdtune.engine.losses import dkd_warmup, kd_loss_terms, true_class_probability, uniform_teacher_logits
+from kdtune.engine.metrics import fidelity_metrics
+from kdtune.engine.train import train
+
+CPU = torch.device("cpu")
+RNG = np.random.default_rng(11)
+STUDENT = RNG.normal(0, 3, (6, 5))
+TEACHER = RNG.normal(1, 6, (6, 5))
+TARGETS = RNG.integers(0, 5, 6)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _np_dkd(student, teacher, targets, temperature, beta):
+    """Zhao et al.'s TCKD and NCKD per sample, written from the paper's definitions in float64: binary
+    (target, rest) distributions, and the distributions over the non-target classes renormalised."""
+    p_s, p_t = _softmax(student / temperature), _softmax(teacher / temperature)
+    rows = np.arange(len(targets))
+    b_s = np.stack([p_s[rows, targets], 1 - p_s[rows, targets]], axis=1)
+    b_t = np.stack([p_t[rows, targets], 1 - p_t[rows, targets]], axis=1)
+    tckd = np.sum(b_t * np.log(b_t / b_s), axis=1)
+    nckd = np.zeros(len(targets))
+    for i, y in enumerate(targets):
+        keep = np.arange(student.shape[1]) != y
+        q_s, q_t = p_s[i, keep] / p_s[i, keep].sum(), p_t[i, keep] / p_t[i, keep].sum()
+        nckd[i] = np.sum(q_t * np.log(q_t / q_s))
+    kl = np.sum(p_t * np.log(p_t / p_s), axis=1)
+    return tckd, nckd, kl, p_t[rows, targets]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+@pytest.mark.parametrize("beta", [1.0, 8.0])
+def test_dkd_is_tckd_plus_beta_nckd_scaled_by_t_squared(temperature, beta):
+    tckd, nckd, _, _ = _np_dkd(STUDENT, TEACHER, TARGETS, temperature, beta)
+    want = temperature**2 * np.mean(tckd + beta * nckd)
+    ce = -np.mean(np.log(_softmax(STUDENT)[np.arange(len(TARGETS)), TARGETS]))
+    total, got_ce, kd = kd_loss_terms(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(TARGETS), temperature,
+                                      0.5, method="dkd", dkd_beta=beta, kd_scale=0.25)
+    assert kd.item() == pytest.approx(want, rel=1e-5)
+    assert got_ce.item() == pytest.approx(ce, rel=1e-5)
+    assert total.item() == pytest.approx(0.5 * 0.25 * want + 0.5 * ce, rel=1e-5)  # the warm-up scales KD only
+
+
+def test_dkd_decomposition_reproduces_the_kd_term_exactly():
+    """KL = TCKD + (1 - p_t) NCKD per sample (the paper's eq. 4): with beta = 1 - p_t per sample, DKD is KD."""
+    temperature = 3.0
+    tckd, nckd, kl, p_target = _np_dkd(STUDENT, TEACHER, TARGETS, temperature, 1.0)
+    np.testing.assert_allclose(tckd + (1 - p_target) * nckd, kl, rtol=1e-12)
+    _, _, kd = kd_loss_terms(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(TARGETS), temperature, 0.5)
+    assert kd.item() == pytest.approx(temperature**2 * np.mean(tckd + (1 - p_target) * nckd), rel=1e-5)
+
+
+def test_dkd_stays_finite_when_the_teacher_is_certain():
+    teacher = torch.tensor([[80.0, 0.0, 0.0], [0.0, 90.0, -5.0]])
+    _, _, kd = kd_loss_terms(torch.randn(2, 3), teacher, torch.tensor([0, 1]), 1.0, 0.9, method="dkd")
+    assert math.isfinite(kd.item())
+
+
+def test_dkd_warmup_rises_linearly_to_one():
+    assert [dkd_warmup(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert RunConfig(model="tinycnn", epochs=240, method="dkd", alpha=0.5).effective_dkd_warmup_epochs == 20
+    assert RunConfig(model="tinycnn", epochs=6, method="dkd", alpha=0.5).effective_dkd_warmup_epochs == 1
+
+
+def test_within_class_donors_keep_every_label_and_never_the_image_itself():
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 2, 0])  # class 3 has a single image
+    for seed, epoch in [(0, 0), (0, 1), (5, 0)]:
+        donors = within_class_donors(labels, seed, epoch)
+        assert sorted(donors.tolist()) == list(range(len(labels)))  # a permutation: each image teaches once
+        assert torch.equal(labels[donors], labels)
+        alone = labels == 3
+        assert torch.equal(donors[alone], torch.arange(len(labels))[alone])
+        assert (donors[~alone] != torch.arange(len(labels))[~alone]).all()
+    assert torch.equal(within_class_donors(labels, 0, 0), within_class_donors(labels, 0, 0))  # a resume replays it
+    assert not torch.equal(within_class_donors(labels, 0, 0), within_class_donors(labels, 0, 1))  # redrawn per epoch
+
+
+@pytest.mark.parametrize("p, temperature", [(0.9, 4.0), (0.35, 1.0), (1.0, 2.0)])
+def test_the_uniform_teacher_gives_the_stated_true_class_probability_and_spreads_the_rest(p, temperature):
+    targets = torch.tensor([2, 0, 4])
+    target = torch.softmax(uniform_teacher_logits(targets, 5, p, temperature).double() / temperature, dim=1)
+    torch.testing.assert_close(target.sum(1), torch.ones(3, dtype=torch.float64))
+    want = min(p, 1 - 1e-6)
+    assert target[torch.arange(3), targets].tolist() == pytest.approx([want] * 3, rel=1e-5)
+    others = target[torch.arange(5)[None, :] != targets[:, None]]
+    assert others.tolist() == pytest.approx([(1 - want) / 4] * 12, rel=1e-4, abs=1e-9)
+
+
+def test_true_class_probability_against_a_hand_softmax():
+    logits, labels = torch.tensor(TEACHER), torch.tensor(TARGETS)
+    want = _softmax(TEACHER / 2.0)[np.arange(len(TARGETS)), TARGETS]
+    np.testing.assert_allclose(true_class_probability(logits, labels, 2.0).numpy(), want, rtol=1e-6)
+
+
+def test_fidelity_on_a_hand_made_example():
+    # Four test images of classes 0, 1, 2, 0; the teacher is wrong on the last two (says 1 and 2).
+    labels = torch.tensor([0, 1, 2, 0])
+    teacher = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    # The student: right on image 0, wrong on image 1 (says 2), copies the teacher's mistake on image 2, and
+    # makes its own on image 3 (says 1 where the teacher said 2).
+    student = torch.tensor([[3.0, 0, 0], [0, 0, 3.0], [0, 3.0, 0], [0, 3.0, 0]])
+    got = fidelity_metrics(student, teacher, labels)
+    assert got["test_agreement"] == pytest.approx(2 / 4)
+    assert got["test_inherited_errors"] == pytest.approx(1 / 2)  # 1 of the teacher's 2 errors made the same way
+    p_t, p_s = _softmax(teacher.numpy()), _softmax(student.numpy())
+    assert got["test_kl"] == pytest.approx(np.mean(np.sum(p_t * np.log(p_t / p_s), axis=1)), rel=1e-5)
+    right = fidelity_metrics(student, torch.eye(3)[labels] * 5, labels)
+    assert math.isnan(right["test_inherited_errors"])  # a teacher with no errors has none to pass on
+
+
+class RecordingTeacher:
+    """A cached teacher whose logits of image i say "class of image i, by index": records what it was asked."""
+
+    def __init__(self, splits, classes):
+        n = len(splits.train_labels)
+        self.train = torch.randn(1, n, classes)
+        self.val_logits = torch.randn(len(splits.val_labels), classes)
+        self.test_logits = torch.randn(len(splits.test_labels), classes)
+        self.aug_seed = 1
+        self.asked: list[torch.Tensor] = []
+
+    def train_logits(self, epoch, idx, views):
+        self.asked.append(idx.clone())
+        return self.train[epoch, idx]
+
+    def true_class_probability(self, labels, temperature, epochs):
+        return true_class_probability(self.train[0], labels, temperature).mean().item()
+
+
+def test_kd_shuffled_asks_for_same_class_donors_and_kd_uniform_for_nothing():
+    splits = synthetic_splits(96, 16, 16)
+    base = dict(model="tinycnn", epochs=1, batch_size=32, alpha=0.7, temperature=4.0, aug_seed=1, precision="fp32")
+    teacher = RecordingTeacher(splits, splits.num_classes)
+    train(RunConfig(**base, method="kd-shuffled", seed=3), splits, CPU, teacher=teacher)
+    asked = torch.cat(teacher.asked)
+    donors = within_class_donors(splits.train_labels, 3, 0)
+    assert sorted(asked.tolist()) == list(range(96)) and torch.equal(splits.train_labels[asked].sort().values,
+                                                                      splits.train_labels.sort().values)
+    from kdtune.engine.data import epoch_order
+    assert torch.equal(asked, donors[epoch_order(96, 3, 0)])  # the batch's images, each through its donor
+    teacher.asked.clear()
+    uniform = train(RunConfig(**base, method="kd-uniform"), splits, CPU, teacher=teacher)
+    assert teacher.asked == [] and uniform.final["train_kd"] > 0
+    plain = train(RunConfig(**base), splits, CPU, teacher=teacher)
+    assert plain.final["train_loss"] != uniform.final["train_loss"]
