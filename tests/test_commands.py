@@ -110,7 +110,8 @@ def test_installed_command_from_an_unrelated_folder(installed, mini_data_dir, re
     assert report.returncode == 0, report.stderr
     assert "T = 8, α = 0.5" in report.stdout and (tmp_path / "report" / "summary.md").read_text() in report.stdout
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == [
-        "fidelity_calibration.png", "gain_analysis.png", "learning_curves.png", "temperature_analysis.png"]
+        "fidelity.png", "fidelity_calibration.png", "gain_analysis.png", "learning_curves.png", "teacher_card.png",
+        "temperature_analysis.png"]
 
 
 # ----------------------------------------------------------------------------- the one command run as a process

@@ -160,3 +160,122 @@ def test_kd_shuffled_asks_for_same_class_donors_and_kd_uniform_for_nothing():
     assert teacher.asked == [] and uniform.final["train_kd"] > 0
     plain = train(RunConfig(**base), splits, CPU, teacher=teacher)
     assert plain.final["train_loss"] != uniform.final["train_loss"]
+
+
+# ----------------------------------------------------------------------------- the share a control reproduces
+
+
+def test_fieller_bounds_are_where_the_paired_t_test_of_control_minus_r_kd_sits_at_the_5_percent_level():
+    from scipy import stats
+
+    from kdtune.report.stats import share_interval
+
+    rng = np.random.default_rng(3)
+    kd = 1.2 + 0.3 * rng.standard_normal(6)
+    control = 0.5 * kd + 0.2 * rng.standard_normal(6)
+    low, high, bounded = share_interval(control, kd)
+    assert bounded and low < control.mean() / kd.mean() < high
+    for r in (low, high):  # the interval inverts the test: at its ends p is exactly 0.05
+        assert stats.ttest_1samp(control - r * kd, 0).pvalue == pytest.approx(0.05, rel=1e-6)
+    for r in (low - 0.05, high + 0.05):
+        assert stats.ttest_1samp(control - r * kd, 0).pvalue < 0.05
+    # A KD gain not resolved from zero bounds no share.
+    unresolved = np.array([0.5, -0.4, 0.3, -0.2])
+    assert share_interval(control[:4], unresolved)[2] is False
+
+
+def test_the_report_words_a_share_by_its_interval():
+    from kdtune.report.stats import ControlShare, PairedGain
+    from kdtune.report.summary import share_text
+
+    difference = PairedGain(5, 0.004, 0.003, 0.004)
+    def share(low, high):
+        return share_text(ControlShare("kd-uniform", 5, (low + high) / 2, low, high, True, difference))
+
+    assert "inconclusive: the interval contains both none and all" in share(-0.2, 1.3)
+    assert "some of KD's gain, but not all of it" in share(0.2, 0.8)
+    assert "consistent with all of KD's gain" in share(0.4, 1.2)
+    assert "that it reproduces none is not excluded" in share(-0.1, 0.7)
+    assert "neither resolved ahead" in share(0.2, 0.8)  # KD - control: +0.4 ± 0.4 points contains zero
+    unbounded = share_text(ControlShare("kd-shuffled", 5, 0.5, math.nan, math.nan, False, difference))
+    assert "no share can be stated" in unbounded
+
+
+# ----------------------------------------------------------------------------- a controls grid, end to end
+
+
+@pytest.fixture(scope="module")
+def controls_sweep(ray_session, mini_data_dir, tmp_path_factory):
+    """`kdtune tune --grid` over kd, the two controls and dkd at one T (real images, 3 seeds, 2 epochs)."""
+    from kdtune.cli import tune
+
+    base = tmp_path_factory.mktemp("controls")
+    (base / "spaces").mkdir()
+    space = "grid:\n  method: [kd, kd-shuffled, kd-uniform, dkd]\n  temperature: [4]\n  alpha: 0.9\n"
+    (base / "spaces" / "controls.yaml").write_text(space)
+    code = tune.main(["--grid", str(base / "spaces" / "controls.yaml"), "--preset", "quick", "--teacher", "tinycnn",
+                      "--seeds", "3", "--epochs", "2", "--teacher-epochs", "1", "--train-subset", "100",
+                      "--val-size", "20", "--precision", "fp32", "--data-dir", str(mini_data_dir),
+                      "--name", "controls", "--results-dir", str(base / "results"),
+                      "--teacher-store", str(base / "teachers")])
+    assert code == 0
+    return base
+
+
+@pytest.mark.slow
+def test_a_controls_grid_runs_end_to_end_through_the_report(controls_sweep):
+    import json
+
+    import pandas as pd
+    from test_methods import _tune_members
+
+    from kdtune.report.experiment import load_experiment
+    from kdtune.report.stats import config_table, control_shares
+    from kdtune.report.summary import write_report
+
+    root = controls_sweep / "results" / "controls"
+    report = write_report(root)
+    table = pd.read_csv(root / "report" / "summary.csv")
+    sweep = table[table["phase"] == "sweep"]
+    assert list(sweep["method"]) == ["kd", "dkd", "kd-shuffled", "kd-uniform"]
+    assert (sweep["seeds_finished"] == 3).all()
+    # Every student, the no-KD one too, is measured against the teacher on the test set.
+    members = _tune_members(root)
+    baseline = table[table["phase"] == "baseline"].iloc[0]
+    want = np.mean([m["test_agreement"] for m in members if m["phase"] == "baseline"])
+    assert baseline["test_agreement_mean"] == pytest.approx(want, abs=1e-12)
+    assert table[["test_kl_mean", "inherited_errors_mean"]].notna().all().all()
+    # The controls are compared, never chosen; the share of KD's gain by hand from Tune's own results.
+    markdown = report["markdown"]
+    assert "Controls at the best KD configuration's T = 4, α = 0.9" in markdown
+    assert "kd-shuffled (" in markdown and "kd-uniform (" in markdown
+    test_acc = {(m["method"], m["seed"]): m["test_acc"] for m in members if m["phase"] == "sweep"}
+    no_kd = {m["seed"]: m["test_acc"] for m in members if m["phase"] == "baseline"}
+    kd_gain = np.mean([test_acc["kd", s] - no_kd[s] for s in range(3)])
+    trials = load_experiment(root).trials
+    configs = config_table(trials, {"baseline": 3, "sweep": 3}, None)
+    kd_row = configs[(configs["phase"] == "sweep") & (configs["method"] == "kd")].iloc[0].to_dict()
+    for share in control_shares(configs, trials, kd_row):
+        gain = np.mean([test_acc[share.method, s] - no_kd[s] for s in range(3)])
+        assert share.pairs == 3 and share.share == pytest.approx(gain / kd_gain, rel=1e-9)
+    assert {p.name for p in report["figures"]} >= {"fidelity.png"}
+    assert [p.name for p in report["teacher_card"]] == ["teacher_card.md", "teacher_card.png"]
+    # The teacher card's entropy at T = 4, straight from the cached logits of every epoch's views.
+    card = json.loads((root / "teacher_card.json").read_text())
+    row = next(r for r in card["profile"] if r["temperature"] == 4.0)
+    assert row["swept"] and not next(r for r in card["profile"] if r["temperature"] == 20.0)["swept"]
+    cache = [torch.load(f, weights_only=True) for f in sorted(controls_sweep.glob("teachers/*/*-logits/*/epoch-*.pt"))]
+    assert len(cache) == 2
+    from kdtune.engine.data import load_dataset, make_splits
+
+    record = json.loads((root / "experiment.json").read_text())["settings"]
+    splits = make_splits(load_dataset(record["data_dir"]), record["val_size"], record["train_subset"])
+    entropies = []
+    for logits in cache:
+        p = torch.softmax(logits.double() / 4.0, dim=1)
+        entropies.append((-(p * p.log()).sum(1) / math.log(p.shape[1])).mean().item())
+    assert row["entropy_fraction"] == pytest.approx(np.mean(entropies), rel=1e-5)
+    true = np.mean([torch.softmax(logits.double() / 4.0, 1)[torch.arange(len(splits.train_labels)),
+                                                               splits.train_labels].mean().item() for logits in cache])
+    assert row["true_class_probability"] == pytest.approx(true, rel=1e-5)
+    assert "| 4 ◆ |" in (root / "report" / "teacher_card.md").read_text()

@@ -123,3 +123,29 @@ def test_a_dying_worker_node_reschedules_its_trials(own_ray, workdir, mini_data_
         os.environ.pop("KDTUNE_SEARCH_SPACES", None)
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_trial_checkpointed_every_k_epochs_is_retried_from_its_last_and_reproduces_the_uninterrupted_run(
+        workdir, mini_data_dir):
+    """--checkpoint-every 2 and a crash in epoch 3: the retry restarts after epoch 2 (epoch 3 is trained again)
+    and ends with exactly the numbers of a run that never crashed."""
+    marker = workdir / "crashed-once"
+    common = ["--epochs", "4", "--max-failures", "2", "--checkpoint-every", "2", "--precision", "fp32"]
+    done = run(workdir, args(workdir, mini_data_dir, "every2", *common), **{FAIL_ENV: f"3:{marker}"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert marker.exists()
+    whole = run(workdir, args(workdir, mini_data_dir, "whole", *common))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    crashed, clean = (pd.read_csv(workdir / "results" / name / "summary.csv") for name in ("every2", "whole"))
+    assert crashed["failures"].sum() == 1 and clean["failures"].sum() == 0
+    key = ["phase", "temperature", "alpha", "seed"]
+    merged = crashed.merge(clean, on=key, suffixes=("_crashed", "_clean"))
+    assert len(merged) == 3
+    for column in ("final_val_acc", "final_test_acc", "final_val_nll", "final_test_agreement"):
+        assert (merged[f"{column}_crashed"] == merged[f"{column}_clean"]).all(), column
+    row = crashed.loc[crashed["failures"] == 1].iloc[0]
+    pack = row["trial_id"].rsplit("_s", 1)[0]
+    (result,) = (workdir / "results" / "every2" / "sweep").glob(f"*{pack}*/result.json")
+    rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+    after = {r["epoch"]: r["iterations_since_restore"] for r in rows if r["epoch"] >= 3 and r["iterations_since_restore"]}
+    assert after == {3: 1, 4: 2}, rows  # restored after epoch 2's checkpoint: epoch 3 trained again

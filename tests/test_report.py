@@ -72,8 +72,10 @@ def fake_metrics(temperature: float, alpha: float, seed: int, epoch: int) -> dic
         "test_acc": val - 0.02 + 0.005 * seed, "test_nll": 1.1 / epoch, "test_ece": 0.03, "epoch_s": 1.0,
         "images_per_s": 1000.0, "diverged": False, "temperature": temperature, "alpha": alpha, "seed": seed,
     }
-    if alpha > 0:
-        metrics["agreement"] = 0.5 + 0.05 * epoch - 0.01 * temperature + 0.2 * alpha + 0.002 * seed
+    # Every student is measured against the teacher, the no-KD one too.
+    metrics["agreement"] = 0.5 + 0.05 * epoch - 0.01 * temperature + 0.2 * alpha + 0.002 * seed
+    metrics.update(test_agreement=metrics["agreement"] - 0.01, test_kl=0.5 - 0.3 * alpha + 0.01 * seed,
+                   test_inherited_errors=0.2 + 0.3 * alpha - 0.005 * temperature)
     return metrics
 
 
@@ -193,7 +195,8 @@ def trial_numbers(trial: dict) -> dict:
     last = history[-1]
     return {"val_acc": last["val_acc"], "test_acc": last["test_acc"], "best_epoch_val_acc": best["val_acc"],
             "best_epoch_test_acc": best["test_acc"], "agreement": last.get("agreement", math.nan),
-            "val_ece": last["val_ece"]}
+            "val_ece": last["val_ece"], "test_agreement": last["test_agreement"], "test_kl": last["test_kl"],
+            "inherited_errors": last["test_inherited_errors"]}
 
 
 def expected_row(trials: list[dict], baseline: list[dict]) -> dict:
@@ -205,7 +208,8 @@ def expected_row(trials: list[dict], baseline: list[dict]) -> dict:
     row = {"phase": trials[0]["phase"], "method": "kd", "temperature": trials[0]["temperature"], "alpha": trials[0]["alpha"],
            "trials": len(trials), "seeds_finished": n, "complete": n == len(SEEDS),
            "epochs_run_min": min(t["epochs"] for t in trials), "epochs_run_max": max(t["epochs"] for t in trials)}
-    for name in ("val_acc", "test_acc", "best_epoch_val_acc", "best_epoch_test_acc", "agreement", "val_ece"):
+    for name in ("val_acc", "test_acc", "best_epoch_val_acc", "best_epoch_test_acc", "agreement", "val_ece",
+                 "test_agreement", "test_kl", "inherited_errors"):
         values = np.array([f[name] for f in finished])
         row[f"{name}_mean"] = values.mean() if n else math.nan
         row[f"{name}_std"] = values.std(ddof=1) if n > 1 else math.nan
@@ -297,8 +301,11 @@ def test_partial_experiment_report_numbers(synthetic, tmp_path):
     root = copy_experiment(synthetic["partial"], tmp_path / "exp")
     report = write_report(root)
     out = root / "report"
-    figures = ["temperature_analysis.png", "gain_analysis.png", "learning_curves.png", "fidelity_calibration.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(figures + ["summary.csv", "summary.md"])
+    figures = ["temperature_analysis.png", "gain_analysis.png", "learning_curves.png", "fidelity_calibration.png",
+               "fidelity.png"]
+    # A made-up experiment has no teacher store to draw a card from: the card says so, in words only.
+    assert sorted(p.name for p in out.iterdir()) == sorted(figures + ["summary.csv", "summary.md", "teacher_card.md"])
+    assert "No soft-target profile: the experiment has no teacher_card.json" in (out / "teacher_card.md").read_text()
     assert_images(out, figures)
 
     trials = expected_trials()
@@ -463,7 +470,9 @@ def made_up_experiment(tmp_path: Path, sweep: SweepSettings, points: list[tuple[
                          final_val_acc=numbers["val_acc"], final_test_acc=numbers["test_acc"],
                          best_val_acc=numbers["best_epoch_val_acc"], best_epoch=1,
                          test_acc_at_best_val=numbers["best_epoch_test_acc"], final_agreement=numbers["agreement"],
-                         final_val_ece=numbers["val_ece"], final_val_nll=1.0, trial_number=number))
+                         final_val_ece=numbers["val_ece"], final_val_nll=1.0, trial_number=number,
+                         final_test_agreement=numbers["test_agreement"], final_test_kl=numbers["test_kl"],
+                         final_test_inherited_errors=numbers["inherited_errors"]))
         columns = ("epoch", "val_acc", "test_acc", "val_ece", "agreement")
         epochs += [dict(phase=phase, trial_id=f"t{number}", **{k: h.get(k, math.nan) for k in columns})
                    for h in history]
@@ -485,7 +494,7 @@ def test_joint_grid_figures(tmp_path):
     exp = made_up_experiment(tmp_path, sweep, grid, ["finished"] * len(grid))
     names = draw(exp, tmp_path / "out")
     assert names == ["temperature_analysis.png", "alpha_analysis.png", "heatmap.png", "gain_analysis.png",
-                     "learning_curves.png", "fidelity_calibration.png"]
+                     "learning_curves.png", "fidelity_calibration.png", "fidelity.png"]
     assert_images(tmp_path / "out", names)
 
 
@@ -497,7 +506,7 @@ def test_optuna_figures(tmp_path):
     exp = made_up_experiment(tmp_path, sweep, points, outcomes)
     names = draw(exp, tmp_path / "out")
     assert names == ["temperature_analysis.png", "alpha_analysis.png", "optuna_trials.png", "gain_analysis.png",
-                     "learning_curves.png", "fidelity_calibration.png"]
+                     "learning_curves.png", "fidelity_calibration.png", "fidelity.png"]
     assert_images(tmp_path / "out", names)
 
 

@@ -116,20 +116,23 @@ def test_bad_distributions_are_refused(tmp_path, spec, message):
 
 def test_method_is_a_named_parameter_fixed_swept_or_categorical(tmp_path):
     methods = load_search_space("methods", "grid")
-    assert methods.axes == {"method": ["kd", "ls", "ctkd"], "temperature": [2, 4, 8]} and methods.fixed == {"alpha": 0.9}
-    assert load_search_space("methods", "optuna").distributions["method"] == ("categorical", ["kd", "ls", "ctkd"])
+    assert methods.axes == {"method": ["kd", "ls", "ctkd", "dkd"], "temperature": [2, 4, 8]} and methods.fixed == {"alpha": 0.9}
+    assert load_search_space("methods", "optuna").distributions["method"] == ("categorical", ["kd", "ls", "ctkd", "dkd"])
     folder = write(tmp_path, "fixed", "grid:\n  method: ls\n  temperature: [2, 3]\n  alpha: 0.7\n")
     assert load_search_space("fixed", "grid", folder).fixed == {"method": "ls", "alpha": 0.7}
     # A space that does not name a method is plain KD: it is not required.
     assert "method" not in load_search_space("temperature", "grid").fixed
 
 
+ALL_METHODS = "kd, ls, ctkd, dkd, kd-shuffled, kd-uniform"
+
+
 @pytest.mark.parametrize(
     "section, spec, message",
     [
-        ("grid", "[kd, dkd]", "invalid value 'dkd'; must be one of kd, ls, ctkd"),
-        ("grid", "3", "invalid value 3; must be one of kd, ls, ctkd"),
-        ("optuna", "{categorical: [kd]}", "method takes {categorical: [two or more of kd, ls, ctkd]}"),
+        ("grid", "[kd, fitnet]", f"invalid value 'fitnet'; must be one of {ALL_METHODS}"),
+        ("grid", "3", f"invalid value 3; must be one of {ALL_METHODS}"),
+        ("optuna", "{categorical: [kd]}", f"method takes {{categorical: [two or more of {ALL_METHODS}]}}"),
         ("optuna", "{uniform: [0, 1]}", "method takes {categorical"),
     ],
 )

@@ -40,3 +40,23 @@ def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(tmp_path, one_thread):
     assert resumed.history[-1]["val_acc"] == full.history[-1]["val_acc"]
     for name, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_checkpoints_every_k_epochs_or_as_often_as_keeps_writing_cheap(monkeypatch):
+    from kdtune.sweep import trainable
+
+    every3 = trainable.CheckpointPolicy(3, epochs=8)
+    assert [e for e in range(1, 9) if every3.due(e)] == [3, 6, 8]  # and always the last
+    assert every3.due(4, diverged=True)  # a diverged pack stops: its state is kept
+    clock = [100.0]
+    monkeypatch.setattr(trainable.time, "perf_counter", lambda: clock[0])
+    auto = trainable.CheckpointPolicy(None, epochs=50)
+    assert auto.due(1)  # nothing measured yet: the first epoch writes, and times the write
+    auto.written(0.5)  # half a second to write: due again after 20 x 0.5 = 10 s of training
+    clock[0] += 6.0
+    assert not auto.due(2)
+    clock[0] += 4.0
+    assert auto.due(3)
+    auto.written(0.01)
+    clock[0] += 0.3
+    assert auto.due(4)  # a cheap write is done every epoch that takes 0.2 s or more

@@ -174,7 +174,7 @@ def tune_main(argv: list[str], capsys, tmp_path: Path) -> tuple[int, str, str]:
         (["--grid", "methods", "--ctkd-range", "1"], 2, "--ctkd-range: expected 2 arguments"),
         (["--grid", "methods", "--ctkd-ramp-epochs", "0"], 2, "--ctkd-ramp-epochs: invalid value '0'"),
         (["--grid", "methods", "--pack-mode", "stack"], 1, "pack-mode stack trains method kd only; this space also "
-                                                             "has ctkd, ls"),
+                                                             "has ctkd, dkd, ls"),
         (["--grid", "temperature", "--pack", "4", "--asha"], 1, "--pack 4 packs students of different configurations"),
         (["--optuna", "joint", "--pack", "4"], 1, "it needs a grid search without early stopping"),
         (["--grid", "temperature", "--pack-mode", "fused"], 2, "--pack-mode: invalid choice: 'fused'"),

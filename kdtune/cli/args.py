@@ -56,6 +56,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a number >= 0")
+    return value
+
+
 def unit_float(text: str) -> float:
     value = _number(text, float, "a number")
     if not 0.0 <= value <= 1.0:

@@ -24,7 +24,7 @@ from kdtune.engine.atomic import save_json
 from kdtune.engine.checkpoint import save_model
 from kdtune.engine.config import RunConfig
 from kdtune.engine.data import cache_dir, load_dataset, make_splits
-from kdtune.engine.device import resolve_device
+from kdtune.engine.device import configure, resolve_device
 from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.models import check_model, count_parameters
 from kdtune.engine.teacher import CachedTeacher, obtain_teacher, teacher_logits
@@ -52,10 +52,12 @@ def run_mode(
     progress: bool = True,
     allow_foreign_teacher: bool = False,
     overwrite: bool = False,
+    deterministic: bool = False,
 ) -> dict:
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     torch_device = resolve_device(device)
+    configure(torch_device, deterministic)
     data = load_dataset(data_dir, dataset=dataset, image_size=image_size)
     splits = make_splits(data, val_size=val_size, train_subset=train_subset)
     for config in {"teacher": [teacher], "student": [student], "distill": [teacher, student]}[mode]:

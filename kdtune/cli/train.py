@@ -8,11 +8,19 @@
 
 from __future__ import annotations
 
-from kdtune.cli.args import ArgumentParser, positive_float, positive_int, run_cli, smoothing, unit_float
+from kdtune.cli.args import (
+    ArgumentParser,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    run_cli,
+    smoothing,
+    unit_float,
+)
 from kdtune.cli.single_run import MODES, run_mode
 from kdtune.engine.config import CTKD_RANGE, PRECISIONS, STUDENT_AUG_SEED, TEACHER_AUG_SEED, RunConfig
 from kdtune.engine.data import DATASETS, resolve_data_dir
-from kdtune.engine.losses import METHODS
+from kdtune.engine.losses import DKD_BETA, METHODS
 
 
 def parse_args(argv):
@@ -22,12 +30,16 @@ def parse_args(argv):
     p.add_argument("--temperature", type=positive_float, default=4.0, help="distillation temperature T > 0")
     p.add_argument("--alpha", type=unit_float, default=0.3, help="weight of the KD term in [0, 1]; 1 - alpha weights CE")
     p.add_argument("--method", choices=METHODS, default="kd",
-                   help="kd: fixed T; ls: standardised logits over base T; ctkd: T learned from --temperature "
-                        "(default: kd)")
+                   help="kd: fixed T; ls: standardised logits over base T; ctkd: T learned from --temperature; dkd: "
+                        "decoupled KD; kd-shuffled, kd-uniform: control teachers (default: kd)")
     p.add_argument("--ctkd-range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"), default=list(CTKD_RANGE),
                    help="method ctkd: bounds of the learned temperature (default: 1 21)")
     p.add_argument("--ctkd-ramp-epochs", type=positive_int, metavar="N",
                    help="method ctkd: epochs of the gradient reversal's ramp (default: 10/240 of --epochs, at least 1)")
+    p.add_argument("--dkd-beta", type=non_negative_float, default=DKD_BETA, metavar="BETA",
+                   help=f"method dkd: the weight of NCKD (default: {DKD_BETA:g})")
+    p.add_argument("--dkd-warmup-epochs", type=positive_int, metavar="N",
+                   help="method dkd: epochs of the KD weight's warm-up (default: 20/240 of --epochs, at least 1)")
     models = "a registry name, torchvision:NAME, timm:NAME or package.module:callable"
     p.add_argument("--teacher", default="resnet18", help=f"teacher model: {models} (default: resnet18)")
     p.add_argument("--student", default="cnn3", help=f"student model: {models} (default: cnn3)")
@@ -56,9 +68,12 @@ def parse_args(argv):
                    help="label smoothing of the trained model, in [0, 1) (default: 0)")
     p.add_argument("--teacher-label-smoothing", type=smoothing, default=0.0,
                    help="label smoothing of the teacher, in [0, 1) (default: 0; part of its store key)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto (default) = bf16 on CUDA; on a CPU, bf16 where it is native and measured faster for the model, "
-                        "else fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default) = bf16 on CUDA; on a CPU, bf16 where it is native and measured faster for "
+                        "the model, else fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--deterministic", action="store_true",
+                   help="on a GPU, deterministic kernels only, so a rerun gives the same numbers (slower)")
     p.add_argument("--no-cache", action="store_true", help="run the live teacher every step instead of cached logits")
     p.add_argument("--output", help="run JSON (default: results/runs/<mode>-<time>.json, never an earlier run's); "
                    ".png and .pt beside it")
@@ -76,6 +91,7 @@ def main(argv=None) -> int:
         model=student_model, epochs=args.epochs, recipe=args.recipe, temperature=args.temperature,
         alpha=args.alpha, seed=args.seed, aug_seed=aug_seed, lr=args.lr, batch_size=args.batch_size,
         method=args.method, ctkd_range=tuple(args.ctkd_range), ctkd_ramp_epochs=args.ctkd_ramp_epochs,
+        dkd_beta=args.dkd_beta, dkd_warmup_epochs=args.dkd_warmup_epochs,
         precision=args.precision,
         label_smoothing=args.teacher_label_smoothing if args.mode == "teacher" else args.label_smoothing,
     )
@@ -90,6 +106,7 @@ def main(argv=None) -> int:
         train_subset=args.train_subset, device=args.device, teacher_path=args.teacher_path,
         teacher_store=args.teacher_store, use_cache=not args.no_cache, output=args.output,
         progress=not args.no_progress, allow_foreign_teacher=args.allow_foreign_teacher, overwrite=args.overwrite,
+        deterministic=args.deterministic,
     )
     return 0
 

@@ -19,6 +19,7 @@ import sys
 from kdtune.cli.args import (
     ArgumentParser,
     given_options,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -27,6 +28,7 @@ from kdtune.cli.args import (
 )
 from kdtune.engine.config import PRECISIONS
 from kdtune.engine.data import DATASETS, resolve_data_dir
+from kdtune.engine.losses import DKD_BETA
 from kdtune.engine.stack import PACK_MODES
 from kdtune.sweep.interrupt import exit_at_once_on_ctrl_c
 from kdtune.sweep.presets import PRESETS, default_preset
@@ -100,6 +102,12 @@ def parse_args(argv):
     g.add_argument("--ctkd-ramp-epochs", type=positive_int, metavar="N",
                    help="method ctkd: epochs over which the gradient reversal ramps up from 0 to 1 (default: the "
                         "paper's 10 of 240 epochs, scaled to --epochs)")
+    g.add_argument("--dkd-beta", type=non_negative_float, metavar="BETA",
+                   help=f"method dkd: the weight of its non-target term NCKD (default: {DKD_BETA:g}, the authors' CIFAR "
+                        f"setting)")
+    g.add_argument("--dkd-warmup-epochs", type=positive_int, metavar="N",
+                   help="method dkd: epochs over which its KD weight warms up linearly (default: the authors' 20 of "
+                        "240 epochs, scaled to --epochs)")
     s = p.add_argument_group("search")
     s.add_argument("--seeds", type=positive_int, help="seeds per configuration (default: 3 for grids, 1 for Optuna)")
     s.add_argument("--num-samples", type=positive_int, help=f"Optuna points (default: {SETTING['num_samples']})")
@@ -130,8 +138,15 @@ def parse_args(argv):
                         "a GPU that one small student cannot (default 0: a trial is one configuration's seeds)")
     s.add_argument("--pack-mode", choices=PACK_MODES,
                    help="how a trial trains its students: loop (one after another each step, exactly as alone), "
-                        "stack (one batched torch.func computation, for GPUs; method kd only), auto (default: the "
-                        "loop, until stacking is measured faster on a GPU; on a CPU it is 3-6x slower)")
+                        "stack (one batched torch.func computation, for GPUs; method kd only), auto (default: each "
+                        "packed trial times a few steps of both on its device and takes the faster, remembered per "
+                        "device and model)")
+    s.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                   help="trials checkpoint every N epochs and after the last; a retried or resumed trial repeats at "
+                        "most N - 1 epochs (default: as often as keeps checkpoint writing under about 5%% of training)")
+    s.add_argument("--deterministic", action="store_true",
+                   help="on GPUs, deterministic kernels only (cuDNN and torch.use_deterministic_algorithms), so a "
+                        "rerun gives the same numbers; slower. CPU runs are reproducible without it")
     r = p.add_argument_group("resources and cluster")
     r.add_argument("--cpus-per-trial", type=positive_float, help=f"default: {RESOURCE['cpus_per_trial']:g}")
     r.add_argument("--gpus-per-trial", type=float,
@@ -197,6 +212,8 @@ def settings_from_args(args) -> tuple[SweepSettings, Resources]:
         confirm_fresh_views=args.confirm_fresh_views or None, teacher_path=args.teacher_path,
         test_every=args.test_every, allow_foreign_teacher=args.allow_foreign_teacher or None,
         ctkd_range=tuple(args.ctkd_range) if args.ctkd_range else None, ctkd_ramp_epochs=args.ctkd_ramp_epochs,
+        dkd_beta=args.dkd_beta, dkd_warmup_epochs=args.dkd_warmup_epochs, deterministic=args.deterministic or None,
+        checkpoint_every=args.checkpoint_every,
         pack=args.pack, pack_mode=args.pack_mode,
     )
     return settings, resources

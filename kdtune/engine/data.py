@@ -27,6 +27,7 @@ a live teacher would have seen.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -479,6 +480,13 @@ def augment(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float32 normalised per channel with `mean` and `std` (of pixel values in [0, 1])."""
-    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    mean_t, std_t = _channel_constants(tuple(mean), tuple(std), images.device)
+    return (images.float() / 255.0 - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    # Made once per device: building them in every step would copy them host-to-device twice a step (the CPU
+    # waiting on a GPU each time) and make the step impossible to capture as a CUDA graph.
+    as_tensor = functools.partial(torch.tensor, dtype=torch.float32, device=device)
+    return as_tensor(mean).view(1, -1, 1, 1), as_tensor(std).view(1, -1, 1, 1)

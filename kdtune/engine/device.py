@@ -26,6 +26,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+# cuBLAS needs a fixed workspace to be deterministic (PyTorch's reproducibility notes).
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+def configure(device: torch.device, deterministic: bool = False) -> None:
+    """Process-wide settings for training on `device`: on CUDA, cuDNN picks its fastest kernels by measuring
+    (`benchmark`), unless `deterministic`, which asks every operation for a deterministic implementation (one
+    without refuses to run) at some cost in speed.  On a CPU kdtune's numbers are reproducible either way."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+        torch.use_deterministic_algorithms(True)
+
+
 def uses_bf16(precision: str, device: torch.device) -> bool:
     """auto = bf16 on CUDA (fast and accurate there), fp32 on CPU (bf16 is slower on most CPUs)."""
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")

@@ -96,16 +96,20 @@ def dkd_parts(log_p_student: torch.Tensor, log_p_teacher: torch.Tensor,
     """Per-sample (TCKD, NCKD) of softened log-probabilities (N, classes): TCKD the KL between the teacher's and
     the student's binary (target, rest) distributions, NCKD the KL between their distributions over the
     non-target classes alone (each renormalised).  Computed from log-probabilities, so that a teacher sure
-    of the target class (rest mass ~ 0) stays finite."""
-    n, classes = log_p_student.shape
-    target = F.one_hot(targets, classes).bool()
-    rest_s, rest_t = log_p_student[~target].view(n, classes - 1), log_p_teacher[~target].view(n, classes - 1)
-    log_b_s = torch.stack([log_p_student[target], torch.logsumexp(rest_s, dim=1)], dim=1)
-    log_b_t = torch.stack([log_p_teacher[target], torch.logsumexp(rest_t, dim=1)], dim=1)
+    of the target class (rest mass ~ 0) stays finite; masked rather than indexed, so that nothing waits for
+    the device."""
+    target = F.one_hot(targets, log_p_student.shape[1]).bool()
+
+    def parts(log_p):
+        log_target = log_p.gather(1, targets.view(-1, 1)).squeeze(1)
+        log_rest = torch.logsumexp(log_p.masked_fill(target, -math.inf), dim=1)
+        log_q = (log_p - log_rest[:, None]).masked_fill(target, 0.0)  # over the non-target classes
+        return torch.stack([log_target, log_rest], dim=1), log_q
+
+    log_b_s, log_q_s = parts(log_p_student)
+    log_b_t, log_q_t = parts(log_p_teacher)
     tckd = (log_b_t.exp() * (log_b_t - log_b_s)).sum(1)
-    log_q_s = rest_s - log_b_s[:, 1:]
-    log_q_t = rest_t - log_b_t[:, 1:]
-    nckd = (log_q_t.exp() * (log_q_t - log_q_s)).sum(1)
+    nckd = (log_q_t.exp().masked_fill(target, 0.0) * (log_q_t - log_q_s)).sum(1)
     return tckd, nckd
 
 
@@ -127,10 +131,17 @@ def uniform_teacher_logits(targets: torch.Tensor, classes: int, true_probability
                            temperature: float) -> torch.Tensor:
     """Logits (N, classes) whose softmax at `temperature` gives the target class `true_probability` and every
     other class an equal share of the rest: `kd-uniform`'s teacher (T * log of that distribution)."""
+    return uniform_teacher_table(classes, true_probability, temperature, targets.device)[targets]
+
+
+def uniform_teacher_table(classes: int, true_probability: float, temperature: float,
+                          device: torch.device | str = "cpu") -> torch.Tensor:
+    """(classes, classes): row y is `uniform_teacher_logits` of a class-y image; made once per run, indexed by
+    the batch's labels in every step."""
     p = min(max(true_probability, 1e-6), 1 - 1e-6)  # a log of 0 would make the KL infinite
     rest = (1 - p) / (classes - 1)
-    log_q = torch.full((len(targets), classes), math.log(rest), device=targets.device)
-    log_q.scatter_(1, targets.view(-1, 1), math.log(p))
+    log_q = torch.full((classes, classes), math.log(rest), device=device)
+    log_q.fill_diagonal_(math.log(p))
     return temperature * log_q
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -54,3 +56,15 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, prefix: s
         f"{prefix}_nll": nll(logits, labels),
         f"{prefix}_ece": expected_calibration_error(logits, labels),
     }
+
+
+def soft_target_profile(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict[str, float]:
+    """What a teacher's targets softened at `temperature` look like, averaged over images: their entropy as a
+    fraction of log(classes) (0: one-hot, 1: uniform), the probability mass off the true class, and the
+    true-class probability."""
+    log_p = F.log_softmax(logits.float() / temperature, dim=1)
+    p = log_p.exp()
+    entropy = -(p * log_p).sum(1)
+    true = p.gather(1, labels.to(p.device).view(-1, 1)).squeeze(1)
+    return {"entropy_fraction": (entropy / math.log(logits.shape[1])).mean().item(),
+            "non_target_mass": (1 - true).mean().item(), "true_class_probability": true.mean().item()}

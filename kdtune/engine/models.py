@@ -174,6 +174,28 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1, bias: bool = False) -> list
     return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=bias), nn.BatchNorm2d(c_out)]
 
 
+class GlobalAvgPool(nn.Module):
+    """(B, C, H, W) -> (B, C): the mean over the image.  Written as a mean, not nn.AdaptiveAvgPool2d, whose CUDA
+    backward is non-deterministic (torch.use_deterministic_algorithms refuses it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class GridPool(nn.Module):
+    """Average-pools to a `grid` x `grid` map; the identity when the map is that size already (a 32x32 input),
+    so that the usual case runs no pooling kernel at all (and none without a deterministic CUDA backward)."""
+
+    def __init__(self, grid: int):
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (self.grid, self.grid):
+            return x
+        return nn.functional.adaptive_avg_pool2d(x, self.grid)
+
+
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
@@ -199,7 +221,7 @@ class ResNet(nn.Module):
                 layers.append(BasicBlock(c_in, width, stride=2 if stage > 0 and i == 0 else 1))
                 c_in = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, num_classes))
+        self.head = nn.Sequential(GlobalAvgPool(), nn.Dropout(dropout), nn.Linear(c_in, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -220,7 +242,7 @@ class ConvNet(nn.Module):
         # The classifier sees the grid a 32x32 image leaves (4x4 after three stages); other sizes are
         # average-pooled to it, which at 32x32 is the identity.  Last in `features`: no parameter name moves.
         grid = 32 // 2 ** len(widths)
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(grid))
+        self.features = nn.Sequential(*layers, GridPool(grid))
         flat = c_in * grid**2
         head: list[nn.Module] = [nn.Flatten()]
         if hidden:

@@ -14,14 +14,23 @@ its unpacked run number for number.  Nothing here knows of Ray.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from kdtune.engine.config import RunConfig, several_configurations
-from kdtune.engine.data import Splits
-from kdtune.engine.stack import choose_pack_mode, train_stacked
+from kdtune.engine.data import Splits, cache_dir
+from kdtune.engine.device import device_name
+from kdtune.engine.stack import can_stack, choose_pack_mode, train_stacked
 from kdtune.engine.train import TeacherSignal, TrainResult, training_epochs
+
+# The stack must beat the loop by this much to be chosen: a closer race is within the measurement's noise,
+# and the loop reproduces each member's lone run exactly.
+STACK_MARGIN = 1.05
+PROBE_STEPS = 3  # training steps each mode is timed over (after as many to warm up)
 
 # on_epoch(per-member metrics, per-member checkpoint states), after every member finished the epoch: a member
 # that trained no epoch this time (it diverged earlier) has metrics None and keeps its last state.
@@ -44,9 +53,9 @@ def train_pack(
     has failed.  In a pack of several configurations (--pack N) a diverged member stops alone and the others,
     strangers to it, train on.
     `mode` "stack" trains the members as one batched computation (kdtune.engine.stack), "auto" stacks where
-    that pays (kdtune.engine.stack.choose_pack_mode); "loop" runs them one after another, as below.
+    that was measured faster (`decide_pack_mode`); "loop" runs them one after another, as below.
     """
-    if choose_pack_mode(mode, configs, device) == "stack":
+    if decide_pack_mode(mode, configs, splits, device, teacher).mode == "stack":
         return train_stacked(configs, splits, device, teacher, on_epoch, resume, test_every)
     if resume is not None and len(resume) != len(configs):
         raise ValueError(f"checkpoint holds {len(resume)} members, the pack has {len(configs)}")
@@ -79,6 +88,97 @@ def train_pack(
                 member.close()
             return [r for r in results if r is not None]
     return results
+
+
+# ----------------------------------------------------------------------------- loop or stack, by measuring
+
+
+@dataclass(frozen=True)
+class PackModeChoice:
+    mode: str  # "loop" or "stack"
+    loop_images_per_s: float | None  # measured side by side on the trial's device; None: not measured
+    stack_images_per_s: float | None
+    why: str
+
+    def metrics(self) -> dict:
+        """What a trial reports of its choice, every epoch."""
+        measured = {} if self.loop_images_per_s is None else {"pack_loop_images_per_s": self.loop_images_per_s,
+                                                              "pack_stack_images_per_s": self.stack_images_per_s}
+        return {"pack_mode": self.mode, **measured}
+
+
+def decide_pack_mode(mode: str, configs: list[RunConfig], splits: Splits, device: torch.device,
+                     teacher: TeacherSignal | None = None) -> PackModeChoice:
+    """What `mode` means for this pack on `device`: "loop" and "stack" as named (`choose_pack_mode`); "auto"
+    times a few training steps of each on the device and its model (`measure_pack_modes`; remembered per
+    device, model, pack size and batch in the cache folder, so one experiment's trials measure once) and
+    takes the stack only where it is STACK_MARGIN faster.  A pack of one, or one that cannot stack, loops."""
+    if mode != "auto":
+        return PackModeChoice(choose_pack_mode(mode, configs, device), None, None, f"pack mode {mode}, as asked")
+    if len(configs) < 2:
+        return PackModeChoice("loop", None, None, "a pack of one: nothing to stack")
+    reason = can_stack(configs)
+    if reason is not None:
+        return PackModeChoice("loop", None, None, f"cannot stack: {reason}")
+    from kdtune.engine.speed import remembered
+
+    config = configs[0]
+    key = (f"{device_name(device)}|{device.type}|torch {torch.__version__}|{config.model}|{len(configs)} members|"
+           f"batch {config.effective_batch_size}|{config.precision}|{splits.num_classes}x{splits.image_size}|"
+           f"threads {torch.get_num_threads()}")
+    timings, earlier = remembered(cache_dir() / "pack-modes.json", key,
+                                  lambda: measure_pack_modes(configs, splits, device, teacher))
+    loop, stack = timings["loop"], timings["stack"]
+    when = "measured earlier on this device" if earlier else "measured here"
+    if stack >= STACK_MARGIN * loop:
+        return PackModeChoice("stack", loop, stack, f"{when}: the stack {stack / loop:.2f}x the loop's images/s")
+    return PackModeChoice("loop", loop, stack, f"{when}: the stack only {stack / loop:.2f}x the loop's images/s")
+
+
+def measure_pack_modes(configs: list[RunConfig], splits: Splits, device: torch.device,
+                       teacher: TeacherSignal | None = None, steps: int = PROBE_STEPS) -> dict:
+    """{"loop": images/s, "stack": images/s} of `configs` trained as each, side by side on `device`: each mode
+    trains one epoch of `steps` batches of the first training images twice, the second timed (the first
+    warms allocations and kernel choices up).  Nothing is kept: the real training starts from its seeds."""
+    batch = min(configs[0].effective_batch_size, len(splits.train_labels))
+    n = min(len(splits.train_labels), steps * batch)
+    probe = dataclasses.replace(splits, train_images=splits.train_images[:n], train_labels=splits.train_labels[:n],
+                                val_images=splits.val_images[:batch], val_labels=splits.val_labels[:batch],
+                                test_images=splits.test_images[:batch], test_labels=splits.test_labels[:batch])
+    short = [dataclasses.replace(c, epochs=1) for c in configs]
+    signal = None if teacher is None else _ProbeTeacher(teacher, batch)
+    rates = {}
+    before = torch.get_rng_state()
+    try:
+        for mode in ("loop", "stack"):
+            for timed in (False, True):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                started = time.perf_counter()
+                train_pack(short, probe, device, signal, mode=mode)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if timed:
+                    rates[mode] = round(n * len(configs) / (time.perf_counter() - started), 1)
+    finally:
+        torch.set_rng_state(before)
+    return rates
+
+
+class _ProbeTeacher:
+    """A teacher signal for `measure_pack_modes`' slice of the data: the first `rows` validation and test logits."""
+
+    def __init__(self, teacher: TeacherSignal, rows: int):
+        self.teacher = teacher
+        if hasattr(teacher, "aug_seed"):
+            self.aug_seed = teacher.aug_seed
+        self.val_logits, self.test_logits = teacher.val_logits[:rows], teacher.test_logits[:rows]
+
+    def train_logits(self, epoch, idx, views):
+        return self.teacher.train_logits(epoch, idx, views)
+
+    def true_class_probability(self, labels, temperature, epochs):
+        return self.teacher.true_class_probability(labels, temperature, epochs)
 
 
 @contextlib.contextmanager

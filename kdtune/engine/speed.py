@@ -47,21 +47,30 @@ def choose_precision(model: torch.nn.Module, batch_size: int, splits, device: to
         return PrecisionChoice("bf16", None, "bf16 autocast on CUDA")
     if not native_bf16(device):
         return PrecisionChoice("fp32", None, "this CPU has no native bf16")
-    remember = remember or cache_dir() / "precision-choices.json"
     key = _choice_key(model, batch_size, splits, device, threads, step)
-    known = _read_choices(remember)
-    if key in known:
-        ratio = float(known[key])
-        return _decide(ratio, "measured earlier on this machine")
     which = 0 if step == "train" else 1
-    fp32 = measure(model, batch_size, splits, device, threads, precision="fp32")[which]
-    bf16 = measure(model, batch_size, splits, device, threads, precision="bf16")[which]
-    ratio = bf16 / fp32
+
+    def ratio() -> float:
+        fp32 = measure(model, batch_size, splits, device, threads, precision="fp32")[which]
+        bf16 = measure(model, batch_size, splits, device, threads, precision="bf16")[which]
+        return round(bf16 / fp32, 4)
+
+    value, earlier = remembered(remember or cache_dir() / "precision-choices.json", key, ratio)
+    return _decide(float(value), "measured earlier on this machine" if earlier else "measured here")
+
+
+def remembered(path: Path, key: str, measure_it):
+    """(value, whether it was remembered): `path`'s JSON entry `key`, else `measure_it()` written there (a write
+    that fails leaves it unremembered: the next run measures again)."""
+    known = _read_choices(path)
+    if key in known:
+        return known[key], True
+    value = measure_it()
     try:
-        save_json(remember, {**_read_choices(remember), key: round(ratio, 4)})
+        save_json(path, {**_read_choices(path), key: value})
     except OSError:
-        pass  # not remembered: the next run measures again
-    return _decide(ratio, "measured here")
+        pass
+    return value, False
 
 
 def _decide(ratio: float, when: str) -> PrecisionChoice:

@@ -29,8 +29,9 @@ order.  Checkpoint states are the loop's, one per member, so the loop trainer ca
 alone, and a stacked pack resumes from its own states or the loop's.
 
 On the CPU the batched computation is slower than the loop (3-6x in earlier measurements; cnn3 with one
-thread, 3.2x at N=4 and 3.5x at N=2: benchmarks/population.py), so `choose_pack_mode("auto", ...)` stacks
-nowhere until a GPU measurement shows it faster there.  Nothing here knows of Ray.
+thread, 3.2x at N=4 and 3.5x at N=2: benchmarks/population.py); whether it pays on a GPU depends on the
+device and the model, so pack mode auto measures both on the trial's own device
+(kdtune.engine.pack.decide_pack_mode).  Nothing here knows of Ray.
 """
 
 from __future__ import annotations
@@ -90,12 +91,9 @@ def _shared_settings(config: RunConfig) -> dict:
 
 
 def choose_pack_mode(mode: str, configs: list[RunConfig], device: torch.device) -> str:
-    """"loop" or "stack" for `mode` auto, loop or stack.
-
-    auto stacks only where stacking was measured faster than the loop: on the CPU it was ~3x slower (see the
-    module docstring), and no GPU measurement exists yet (benchmarks/population.py on CUDA would make one), so
-    for now auto is the loop everywhere and stacking is asked for by name.  stack on a pack that cannot stack
-    is a UserError."""
+    """"loop" or "stack" for `mode` auto, loop or stack, without measuring: auto is the loop here (the
+    measured choice is kdtune.engine.pack.decide_pack_mode's).  stack on a pack that cannot stack is a
+    UserError."""
     if mode not in PACK_MODES:
         raise UserError(f"invalid pack mode {mode!r}: use one of {', '.join(PACK_MODES)}")
     if mode != "stack":

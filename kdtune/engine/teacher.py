@@ -38,6 +38,7 @@ from kdtune.engine.data import Splits, augmentation_params
 from kdtune.engine.device import autocast, prepare, uses_bf16
 from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.losses import true_class_probability
+from kdtune.engine.metrics import classification_metrics, soft_target_profile
 from kdtune.engine.models import count_parameters, create_model, storage_name
 from kdtune.engine.progress import Progress, progress_bar
 from kdtune.engine.train import predict, train, training_views
@@ -460,3 +461,34 @@ class CachedTeacher:
         return sum(true_class_probability(self.train[e], labels, temperature).mean().item()
                    for e in range(epochs)) / epochs
 
+
+
+# ----------------------------------------------------------------------------- the teacher card
+
+# The dense temperature range a teacher card profiles its soft targets over (the swept values are added).
+CARD_TEMPERATURES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
+
+
+def teacher_card(teacher: Teacher, cache: LogitCache, splits: Splits, swept: list[float]) -> dict:
+    """What a reader needs to judge a teacher: its accuracy, NLL and ECE on validation and test (from the
+    cache's un-augmented logits), its checkpoint digest and training settings, and, at each temperature of
+    CARD_TEMPERATURES and `swept`, the profile of its softened targets over every cached training view
+    (kdtune.engine.metrics.soft_target_profile)."""
+    temperatures = sorted({float(t) for t in (*CARD_TEMPERATURES, *swept)})
+    profile = []
+    for temperature in temperatures:
+        per_epoch = [soft_target_profile(cache.train[e], splits.train_labels, temperature)
+                     for e in range(len(cache.train))]  # every epoch holds all images: the mean of means is exact
+        profile.append({"temperature": temperature, "swept": temperature in {float(t) for t in swept},
+                        **{k: sum(p[k] for p in per_epoch) / len(per_epoch) for k in per_epoch[0]}})
+    meta = teacher.meta
+    return {
+        "model": meta.get("config", {}).get("model"), "path": str(teacher.path),
+        "sha256": file_digest(teacher.path), "parameters": meta.get("parameters"),
+        "training": meta.get("config"), "train_seconds": meta.get("train_seconds"),
+        "data_key": meta.get("data_key"), "classes": splits.num_classes,
+        **classification_metrics(cache.val, splits.val_labels, "val"),
+        **classification_metrics(cache.test, splits.test_labels, "test"),
+        "views": {"epochs": len(cache.train), "images": len(splits.train_labels), "aug_seed": cache.aug_seed},
+        "profile": profile,
+    }

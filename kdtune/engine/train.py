@@ -29,7 +29,7 @@ from kdtune.engine.losses import (
     dkd_warmup,
     kd_loss_terms,
     true_class_probability,
-    uniform_teacher_logits,
+    uniform_teacher_table,
 )
 from kdtune.engine.metrics import agreement, classification_metrics, fidelity_metrics
 from kdtune.engine.models import create_model
@@ -110,14 +110,17 @@ def build_optimizer(model: nn.Module, config: RunConfig, temperature: nn.Module 
     groups = [{"params": list(model.parameters())}]
     if temperature is not None:
         groups.append({"params": list(temperature.parameters()), "weight_decay": 0.0})
+    # On CUDA one fused kernel updates every parameter, instead of a launch per parameter tensor and operation.
+    fused = {"fused": True} if all(p.is_cuda for group in groups for p in group["params"]) else {}
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.effective_lr, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(groups, lr=config.effective_lr, weight_decay=recipe.weight_decay, **fused)
     return torch.optim.SGD(
         groups,
         lr=config.effective_lr,
         momentum=recipe.momentum,
         nesterov=True,
         weight_decay=recipe.weight_decay,
+        **fused,
     )
 
 
@@ -236,14 +239,15 @@ def training_epochs(
         return state
 
     # kd-uniform's teacher gives the true class what the real one gives it on average, at this T.
-    uniform_p = None
+    uniform = None
     if config.method == "kd-uniform" and config.alpha > 0:
-        uniform_p = teacher.true_class_probability(splits.train_labels, config.temperature, config.epochs)
+        p = teacher.true_class_probability(splits.train_labels, config.temperature, config.epochs)
+        uniform = uniform_teacher_table(splits.num_classes, p, config.temperature, device)
     bar = progress_bar(progress, steps_per_epoch * config.epochs, desc, initial=steps_per_epoch * len(history))
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
         losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned,
-                              uniform_p)
+                              uniform)
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"]}
         if learned is not None:
@@ -276,7 +280,7 @@ def check_teacher(config: RunConfig, teacher: TeacherSignal | None) -> None:
 
 
 def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned=None,
-                 uniform_p=None) -> dict:
+                 uniform=None) -> dict:
     model.train()
     n = len(splits.train_labels)
     steps_per_epoch = math.ceil(n / batch)
@@ -297,7 +301,7 @@ def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, e
         teacher_logits = None
         if config.alpha > 0:
             teacher_logits = _teacher_says(teacher, config, splits, epoch, idx, images, views, labels, donors,
-                                           uniform_p)
+                                           uniform)
         # scheduler.last_epoch counts optimiser steps: every schedule is stepped per batch.
         temperature = learned(ctkd_lambda(scheduler.last_epoch, ramp_steps)) if learned is not None else config.temperature
         kd_scale = dkd_warmup(scheduler.last_epoch, warmup_steps) if config.method == "dkd" else 1.0
@@ -314,11 +318,11 @@ def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, e
     return {"train_loss": total, "train_ce": ce, "train_kd": kd}
 
 
-def _teacher_says(teacher, config, splits, epoch, idx, images, views, labels, donors, uniform_p) -> torch.Tensor:
+def _teacher_says(teacher, config, splits, epoch, idx, images, views, labels, donors, uniform) -> torch.Tensor:
     """The teacher logits a batch is taught with: the teacher's for these views, another same-class image's
-    (kd-shuffled: its view of this epoch), or the label-only teacher's (kd-uniform)."""
+    (kd-shuffled: its view of this epoch), or the label-only teacher's (kd-uniform: rows of `uniform`)."""
     if config.method == "kd-uniform":
-        return uniform_teacher_logits(labels, splits.num_classes, uniform_p, config.temperature)
+        return uniform[labels]
     if config.method == "kd-shuffled":
         given = donors[idx]
         # Only a live teacher looks at the views; a cache is indexed by image.

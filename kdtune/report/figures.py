@@ -30,7 +30,8 @@ from kdtune.report.experiment import Experiment, Headline  # noqa: E402
 from kdtune.report.stats import ci95, method_order, with_method  # noqa: E402
 
 METHOD_LABEL = {"kd": "KD (fixed T)", "ls": "LS (standardised logits, at its base T)",
-                "ctkd": "CTKD (at its learned final T, mean over seeds)"}
+                "ctkd": "CTKD (at its learned final T, mean over seeds)", "dkd": "DKD (TCKD + β NCKD)",
+                "kd-shuffled": "control: a same-class image's logits", "kd-uniform": "control: labels only"}
 T_AXIS = {"kd": "temperature T (log scale)", "ls": "LS's base temperature T (log scale)",
           "ctkd": "CTKD's learned T at the last epoch, mean over seeds (log scale)"}
 MIXED_T_AXIS = "temperature T (log scale)\nLS: its base T; CTKD: its learned final T, mean over seeds"
@@ -136,6 +137,10 @@ def _draw_all(exp: Experiment, configs: pd.DataFrame, h: Headline, out: Path, fm
              lambda path: plot_learned_temperature(exp, ctkd, learned, path))
     x = "temperature" if "temperature" in varied else "alpha"
     draw("fidelity_calibration", no_finished, lambda path: plot_fidelity_calibration(sweep, x, h, space, path))
+    measured = sweep[sweep["test_agreement_mean"].notna()]
+    draw("fidelity", no_finished or (None if len(measured) else "no student was measured against the teacher on the "
+                                     "test set (an experiment of kdtune 0.2 or older)"),
+         lambda path: plot_fidelity(measured, x, h, space, path))
     return figures, skipped
 
 
@@ -523,6 +528,61 @@ def plot_fidelity_calibration(sweep: pd.DataFrame, x: str, h: Headline, space: S
         ax.grid(alpha=0.3)
     fig.suptitle("Mean over finished seeds, 95% CI where there are 2 or more")
     return _save(fig, path, legend_from=ax_ece)
+
+
+FIDELITY = (("test_agreement", "top-1 agreement with the teacher (%)", "Agreement (test)"),
+            ("test_kl", "mean KL(teacher || student) at T = 1 (nats)", "Divergence from the teacher (test)"),
+            ("inherited_errors", "same wrong class as the teacher (%)", "Inherited errors (test)"))
+
+
+def plot_fidelity(sweep: pd.DataFrame, x: str, h: Headline, space: Space, path: Path) -> Path:
+    """What the student took from the teacher, on the test set: agreement, KL at T = 1 and inherited errors (of
+    the images the teacher gets wrong, the share where the student gives the same wrong class) against T, the
+    no-KD student as the reference; and the accuracy gain against agreement across configurations."""
+    groups = [(METHOD_LABEL.get(m, m), rows) for m, rows in _curves(sweep, space)] if space.by_method else [
+        (None, sweep)]
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4))
+    for k, (name, rows) in enumerate(groups):
+        rows = _at_x(rows.sort_values(x), x, rows["method"].iloc[0] if space.by_method else None)
+        color = f"C{k}" if name is not None else STUDENT
+        label = name if name is not None else "KD student"
+        for ax, (stat, _, _) in zip(axes, FIDELITY):
+            scale = 1.0 if stat == "test_kl" else 100.0
+            half = np.array([ci95(sd, n) for sd, n in zip(rows[f"{stat}_std"], rows["seeds_finished"])], dtype=float)
+            _series(ax, rows["x"], rows[f"{stat}_mean"] * scale, half * scale, label, space.grid, color)
+        gains = rows[rows["gain_mean"].notna()]
+        axes[3].errorbar(100 * gains["test_agreement_mean"], 100 * gains["gain_mean"],
+                         yerr=100 * gains["gain_ci95"].fillna(0), fmt="o", color=color, capsize=3, label=label)
+    if h.baseline is not None:
+        b = h.baseline
+        for ax, (stat, _, _) in zip(axes, FIDELITY):
+            scale = 1.0 if stat == "test_kl" else 100.0
+            mean, half = b.get(f"{stat}_mean", math.nan), ci95(b.get(f"{stat}_std", math.nan), b["seeds_finished"])
+            if math.isfinite(mean):
+                ax.axhline(scale * mean, color=BASELINE, linewidth=1.3, label="no KD (measured against the teacher)")
+                if math.isfinite(half):
+                    ax.axhspan(scale * (mean - half), scale * (mean + half), color=BASELINE, alpha=0.15, linewidth=0)
+    for ax, (_, ylabel, title) in zip(axes, FIDELITY):
+        space.set_axis(ax, x, sweep[x])
+        ax.set(xlabel=AXIS_LABEL[x], ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+    axes[3].axhline(0, color=BASELINE, linewidth=1)
+    axes[3].set(xlabel="top-1 agreement with the teacher, test (%)", ylabel="gain over no KD (points, 95% CI)",
+                title="Accuracy gain against agreement")
+    axes[3].grid(alpha=0.3)
+    fig.suptitle("Fidelity to the teacher on the test set: mean over finished seeds, 95% CI where there are 2 or more")
+    return _save(fig, path, legend_from=axes[0])
+
+
+def _series(ax, x, mean, half, label: str, connect: bool, color: str) -> None:
+    """A statistic in its own units (not %) against x: a line with a band on a grid, else markers with bars."""
+    x, mean, half = (np.asarray(v, dtype=float) for v in (x, mean, half))
+    if connect:
+        ax.plot(x, mean, marker="o", color=color, label=label)
+        if np.isfinite(half).all() and len(x) > 1:
+            ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2, linewidth=0)
+    else:
+        ax.errorbar(x, mean, yerr=np.where(np.isfinite(half), half, 0), fmt="o", color=color, capsize=4, label=label)
 
 
 def plot_learned_temperature(exp: Experiment, ctkd: pd.DataFrame, epochs: pd.DataFrame, path: Path) -> Path:

@@ -18,6 +18,7 @@ from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.losses import METHODS
 
 RECORD = "experiment.json"
+TEACHER_CARD = "teacher_card.json"  # written by the sweep (kdtune.engine.teacher.teacher_card), read by the report
 # The kdtune whose records carry `kdtune_version`; Tune pickled older experiments' trainables, searchers and
 # schedulers under module paths that no longer exist, so they can be reported but not resumed.
 RECORD_VERSION = 2

@@ -22,7 +22,10 @@ TRIAL_COLUMNS = [
     "phase", "trial_id", "method", "temperature", "alpha", "seed", "status", "outcome", "epochs_run", "failures",
     "final_val_acc", "final_test_acc", "best_val_acc", "best_epoch", "test_acc_at_best_val",
     "final_agreement", "final_val_ece", "final_val_nll", "final_learned_temperature",
+    "final_test_agreement", "final_test_kl", "final_test_inherited_errors",
+    "pack_mode", "pack_loop_images_per_s", "pack_stack_images_per_s",
 ]
+PACK_COLUMNS = ("pack_mode", "pack_loop_images_per_s", "pack_stack_images_per_s")  # kdtune.engine.pack.PackModeChoice
 TRIAL_SUMMARY = "summary.csv"  # the experiment's per-trial table (the report's own summary.csv is per configuration)
 
 
@@ -75,6 +78,9 @@ def unpack(trial, frame: pd.DataFrame) -> list[tuple[Member, pd.DataFrame]]:
             members.append((member, pd.DataFrame()))
             continue
         part = frame[own].rename(columns=lambda c: c[len(prefix):])
+        for column in PACK_COLUMNS:  # the pack's, said once per report: each member trained the same way
+            if column in frame:
+                part[column] = frame[column].to_numpy()
         part = part.assign(temperature=float(config.get("temperature", math.nan)), alpha=float(config["alpha"]),
                            seed=int(config["seed"]), method=trial_method(config))
         members.append((member, part.dropna(subset=["epoch"])))
@@ -113,6 +119,9 @@ def trial_table(record: dict, frames: dict | None = None) -> pd.DataFrame:
                     best_epoch=int(best["epoch"]), test_acc_at_best_val=best.get("test_acc", math.nan),
                     final_agreement=last.get("agreement", math.nan), final_val_ece=last["val_ece"],
                     final_val_nll=last["val_nll"], final_learned_temperature=last.get("learned_temperature", math.nan),
+                    final_test_agreement=last.get("test_agreement", math.nan), final_test_kl=last.get("test_kl", math.nan),
+                    final_test_inherited_errors=last.get("test_inherited_errors", math.nan),
+                    **{column: last.get(column) for column in PACK_COLUMNS},
                 )
                 diverged = bool(frame["diverged"].astype(bool).any()) if "diverged" in frame else False
             else:

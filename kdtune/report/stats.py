@@ -28,7 +28,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-from kdtune.engine.losses import METHODS
+from kdtune.engine.losses import CONTROLS, METHODS
 from kdtune.report.record import DEFAULT_METHOD
 
 PHASES = ("baseline", "sweep", "confirm")  # confirm: the chosen configuration and the baseline on fresh seeds
@@ -40,6 +40,9 @@ STATISTICS = {
     "best_epoch_val_acc": "best_val_acc", "best_epoch_test_acc": "test_acc_at_best_val",
     "agreement": "final_agreement", "val_ece": "final_val_ece",
     "learned_temperature": "final_learned_temperature",  # ctkd: the temperature it ended with
+    # Fidelity to the teacher on the test set (kdtune.engine.metrics.fidelity_metrics), the no-KD student's too.
+    "test_agreement": "final_test_agreement", "test_kl": "final_test_kl",
+    "inherited_errors": "final_test_inherited_errors",
 }
 GAIN_COLUMNS = ["gain_pairs", "gain_mean", "gain_sd", "gain_ci95", "mde", "p_paired", "p_signflip", "p_holm"]
 COUNT_COLUMNS = ["val_correct", "test_correct", "tied_best"]
@@ -51,7 +54,7 @@ MIN_PAIRS = 5
 MAX_SEEDS = 1000  # seeds_needed searches no further
 EXACT_SIGNFLIP = 16  # enumerate all 2^n sign vectors up to this many pairs, else sample
 SIGNFLIP_DRAWS = 100_000
-TIE_RULE = "the lowest temperature, then the lowest α, then the method order (kd, ls, ctkd)"
+TIE_RULE = f"the lowest temperature, then the lowest α, then the method order ({', '.join(METHODS)})"
 PAIRED_ON = "final_test_acc"  # the gain is measured on the test set; the choice is made on validation
 
 
@@ -245,14 +248,14 @@ def config_table(trials: pd.DataFrame, planned_seeds: dict | None = None, sizes:
 
 def with_method(trials: pd.DataFrame) -> pd.DataFrame:
     """The trial table with the columns methods added: a table of an older kdtune (no `method`) is plain KD,
-    which learns no temperature."""
+    which learns no temperature; statistics it did not measure (fidelity on the test set) are NaN."""
     method = trials["method"].fillna(DEFAULT_METHOD) if "method" in trials else DEFAULT_METHOD
-    learned = trials["final_learned_temperature"] if "final_learned_temperature" in trials else math.nan
-    return trials.assign(method=method, final_learned_temperature=learned)
+    missing = {column: math.nan for column in STATISTICS.values() if column not in trials}  # measured since
+    return trials.assign(method=method, **missing)
 
 
 def method_order(methods: pd.Series) -> list[str]:
-    """The methods present, in kdtune.engine.losses.METHODS order (kd, ls, ctkd), any unknown after them."""
+    """The methods present, in kdtune.engine.losses.METHODS order, any unknown after them."""
     known = [m for m in METHODS if m in set(methods)]
     return known + sorted(set(methods) - set(known))
 
@@ -333,7 +336,9 @@ def summary_columns() -> list[str]:
 
 
 def _eligible(configs: pd.DataFrame) -> pd.DataFrame:
-    return configs[(configs["phase"] == "sweep") & configs["complete"].astype(bool)]
+    """The configurations the choice is made among: the search's complete ones, the control teachers aside
+    (they exist to be compared with, not chosen)."""
+    return configs[(configs["phase"] == "sweep") & configs["complete"].astype(bool) & ~configs["method"].isin(CONTROLS)]
 
 
 def _score(eligible: pd.DataFrame) -> pd.Series:
@@ -370,6 +375,8 @@ def best_per_method(configs: pd.DataFrame) -> dict[str, dict]:
     sweep = configs[configs["phase"] == "sweep"]
     out = {}
     for method in method_order(sweep["method"]):
+        if method in CONTROLS:
+            continue  # reported beside the chosen KD configuration instead: `control_shares`
         best = choose_best(sweep[sweep["method"] == method])
         if best is not None:
             out[method] = best
@@ -382,4 +389,70 @@ def incomplete_reasons(configs: pd.DataFrame) -> list[tuple[dict, str]]:
     for row in configs[(configs["phase"] == "sweep") & ~configs["complete"]].to_dict("records"):
         why = [f"{row[o.replace(' ', '_')]} {o}" for o in OUTCOMES if o != "finished" and row[o.replace(" ", "_")]]
         out.append((row, f"{row['seeds_finished']} of {row['trials']} seeds finished" + (f" ({', '.join(why)})" if why else "")))
+    return out
+
+
+# ----------------------------------------------------------------------------- control teachers
+
+
+@dataclass(frozen=True)
+class ControlShare:
+    """What share of a KD configuration's paired gain a control teacher at the same T and alpha reproduces."""
+
+    method: str
+    pairs: int  # seeds on which the baseline, the KD configuration and the control all finished
+    share: float  # the control's mean gain over the KD configuration's
+    low: float  # Fieller's 95% interval of the share; NaN (with `bounded` False) where it has no finite bounds
+    high: float
+    bounded: bool
+    difference: PairedGain  # the KD configuration minus the control, paired on the same seeds
+
+
+def share_interval(control: np.ndarray, kd: np.ndarray, level: float = 0.95) -> tuple[float, float, bool]:
+    """Fieller's interval for mean(control) / mean(kd), both per-seed gains over the same baselines (so
+    correlated): the set of ratios r whose paired t-test of control - r * kd does not reject zero.  It is
+    bounded only when the KD gain itself is resolved from zero at that level; else (NaN, NaN, False)."""
+    from scipy import stats
+
+    n = len(kd)
+    if n < 2:
+        return math.nan, math.nan, False
+    t2 = stats.t.ppf(0.5 + level / 2, n - 1) ** 2
+    cov = np.cov(np.stack([control, kd]), ddof=1) / n
+    c, k = float(np.mean(control)), float(np.mean(kd))
+    a = k * k - t2 * cov[1, 1]
+    b = -2 * (c * k - t2 * cov[0, 1])
+    constant = c * c - t2 * cov[0, 0]
+    if a <= 0:
+        return math.nan, math.nan, False
+    root = math.sqrt(max(0.0, b * b - 4 * a * constant))
+    return (-b - root) / (2 * a), (-b + root) / (2 * a), True
+
+
+def control_shares(configs: pd.DataFrame, trials: pd.DataFrame, kd_row: dict | None) -> list[ControlShare]:
+    """For each control teacher swept at `kd_row`'s temperature and alpha, the share of `kd_row`'s paired gain
+    it reproduces, on the seeds all three (and the baseline) finished."""
+    if kd_row is None:
+        return []
+    base = baseline_row_of(configs, kd_row["phase"])
+    if base is None:
+        return []
+    out = []
+    same = configs[(configs["phase"] == kd_row["phase"]) & (configs["temperature"] == kd_row["temperature"])
+                   & (configs["alpha"] == kd_row["alpha"])]
+    for method in CONTROLS:
+        rows = same[same["method"] == method]
+        if not len(rows):
+            continue
+        control = rows.iloc[0].to_dict()
+        values = [seed_values(trials, row) for row in (base, kd_row, control)]
+        seeds = sorted(set(values[0].index) & set(values[1].index) & set(values[2].index))
+        if not seeds:
+            continue
+        b, k, c = (v.loc[seeds].to_numpy(dtype=float) for v in values)
+        kd_gain, control_gain = k - b, c - b
+        share = float(control_gain.mean() / kd_gain.mean()) if kd_gain.mean() != 0 else math.nan
+        low, high, bounded = share_interval(control_gain, kd_gain)
+        out.append(ControlShare(method, len(seeds), share, low, high, bounded,
+                                paired_gain(pd.Series(k, index=seeds), pd.Series(c, index=seeds))))
     return out

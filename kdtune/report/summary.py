@@ -50,6 +50,7 @@ from kdtune.report.stats import (
     best_per_method,
     choose_best,
     config_table,
+    control_shares,
     incomplete_reasons,
     seeds_needed,
     summary_columns,
@@ -57,7 +58,15 @@ from kdtune.report.stats import (
 )
 
 FORMATS = ("png", "pdf", "svg")
-METHOD_NAME = {"kd": "KD", "ls": "LS", "ctkd": "CTKD"}
+METHOD_NAME = {"kd": "KD", "ls": "LS", "ctkd": "CTKD", "dkd": "DKD", "kd-shuffled": "control kd-shuffled",
+               "kd-uniform": "control kd-uniform"}
+CONTROL_MEANING = {"kd-shuffled": "another same-class image's teacher logits (class-level knowledge only)",
+                   "kd-uniform": "a label-only teacher as confident as the real one (label smoothing)"}
+FIDELITY_NOTE = ("Fidelity on the test set, mean ± std over finished seeds: agreement, the share of test images on "
+                 "which student and teacher predict the same class; KL, mean KL(teacher || student) at T = 1 in nats; "
+                 "inherited errors, of the test images the teacher gets wrong, the share on which the student "
+                 "predicts the same wrong class. The no-KD student never saw the teacher: its values are what "
+                 "agreeing by learning the same task gives.")
 __all__ = ["OUTCOMES", "config_table", "summary_columns", "write_report", "load_experiment", "headline"]
 PLANNED_EFFECTS = (0.005, 0.01)  # gains (0.5 and 1 point) whose seeds needed the report states
 
@@ -161,6 +170,22 @@ def describe_experiment(exp: Experiment) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def pack_line(trials: pd.DataFrame) -> str | None:
+    """How the trials trained their students (loop or stack) and, where auto measured it, the two speeds."""
+    if "pack_mode" not in trials or trials["pack_mode"].isna().all():
+        return None
+    modes = trials.dropna(subset=["pack_mode"]).drop_duplicates("trial_id")
+    parts = [f"{count} student{'s' * (count != 1)} as a {mode}" for mode, count in modes["pack_mode"].value_counts().items()]
+    text = "Packed trials trained " + " and ".join(parts)
+    measured = modes.dropna(subset=["pack_loop_images_per_s", "pack_stack_images_per_s"])
+    if len(measured):
+        ratio = measured["pack_stack_images_per_s"] / measured["pack_loop_images_per_s"]
+        span = f"{ratio.min():.2f}x" if ratio.min() == ratio.max() else f"{ratio.min():.2f}x to {ratio.max():.2f}x"
+        text += (f" (pack mode auto, measured on each trial's device: the stack at {span} the loop's images/s, "
+                 f"the loop at {measured['pack_loop_images_per_s'].median():,.0f} images/s)")
+    return text + "."
 
 
 def progress_line(exp: Experiment) -> str:
@@ -352,7 +377,7 @@ def foreign_teacher_warning(record: dict) -> str | None:
 
 
 def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figures: list[str],
-                     skipped: list[str]) -> str:
+                     skipped: list[str], card: list[str] = ()) -> str:
     one_seed = int(exp.settings["seeds"]) == 1
     show = "method" in exp.varied  # name every configuration's method
     lines = [f"# Report: {exp.settings['name']}", ""]
@@ -364,6 +389,9 @@ def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figure
     if rebuilt:
         lines += [rebuilt, ""]
     lines += [describe_experiment(exp), "", progress_line(exp), ""]
+    packs = pack_line(exp.trials)
+    if packs:
+        lines += [packs, ""]
     lines.append(f"- Teacher {exp.settings['teacher']} (one model): validation {pct(h.teacher['val_acc'])}%, "
                  f"test {pct(h.teacher['test_acc'])}%")
     if h.baseline is None:
@@ -391,6 +419,7 @@ def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figure
         for method, row in h.per_method.items():
             lines.append(f"  - {config_label(row, True)}{learned_text(row)}: test "
                          f"{pct(row['test_acc_mean'], row['test_acc_std'])}%, gain {method_gain(row, h.competed)}")
+    lines += control_lines(configs, exp.trials, h)
     for row, why in incomplete_reasons(configs):
         lines.append(f"- Not eligible, incomplete: {config_label(row, show)} — {why}")
     if one_seed:
@@ -409,13 +438,84 @@ def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figure
               "not a result to report as the model's accuracy (picking the epoch on the test set would inflate it "
               "further).",
               ""]
+    fidelity = fidelity_table(configs, show)
+    if fidelity:
+        lines += [fidelity, "", FIDELITY_NOTE, ""]
     if (configs["in_progress"] > 0).any():
         lines += ["In progress: started but not finished — running now, or interrupted mid-run.", ""]
     if figures:
         lines += ["Figures: " + ", ".join(figures), ""]
+    if card:
+        lines += ["Teacher card: " + ", ".join(card), ""]
     if skipped:
         lines += ["Not drawn:", *[f"- {reason}" for reason in skipped]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def control_lines(configs: pd.DataFrame, trials: pd.DataFrame, h: Headline) -> list[str]:
+    """What share of the best KD configuration's gain each control teacher at its T and α reproduces, worded
+    by the interval (Fieller's, on the seeds all of them and the baseline finished)."""
+    sweep = configs[(configs["phase"] == "sweep") & (configs["method"] == "kd")]
+    kd_row = choose_best(sweep)
+    shares = control_shares(configs, trials, kd_row)
+    if not shares:
+        return []
+    if not kd_row["gain_mean"] > 0:
+        return [f"- Controls: the best KD configuration ({config_label(kd_row)}) gained {gain_text(kd_row)}: with no "
+                f"positive gain there is no share for a control to reproduce"]
+    lines = [f"- Controls at the best KD configuration's {config_label(kd_row)} (its gain "
+             f"{gain_text(kd_row)}); each control's gain as a share of KD's on the same seeds, 95% Fieller interval:"]
+    for share in shares:
+        lines.append(f"  - {share.method} ({CONTROL_MEANING[share.method]}): {share_text(share)}")
+    return lines
+
+
+def share_text(share) -> str:
+    pairs = _count(share.pairs, "paired seed")
+    if not share.bounded:
+        return (f"reproduces {_percent(share.share)} of KD's gain on {pairs}, an interval without bounds: KD's own "
+                f"gain is not resolved from zero on these seeds, so no share can be stated")
+    low, high = share.low, share.high
+    if low > 1:
+        verdict = "more than all of KD's gain"
+    elif high < 0:
+        verdict = "less than nothing: it does worse than no KD"
+    elif low > 0 and high < 1:
+        verdict = "some of KD's gain, but not all of it"
+    elif low > 0:
+        verdict = "consistent with all of KD's gain; that it reproduces none is excluded"
+    elif high < 1:
+        verdict = "less than all of KD's gain; that it reproduces none is not excluded"
+    else:
+        verdict = "inconclusive: the interval contains both none and all of KD's gain"
+    d = share.difference
+    if d.pairs >= 2 and math.isfinite(d.ci95):
+        d_low, d_high = d.mean - d.ci95, d.mean + d.ci95
+        side = ("KD ahead" if d_low > 0 else "the control ahead" if d_high < 0 else "neither resolved ahead")
+        difference = (f"; KD minus the control {100 * d.mean:+.2f} points (95% CI {100 * d_low:+.2f} to "
+                      f"{100 * d_high:+.2f}: {side})")
+    else:
+        difference = ""
+    return (f"{_percent(share.share)} (95% CI {_percent(low)} to {_percent(high)}, {pairs}): {verdict}"
+            f"{difference}")
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.0f}%" if math.isfinite(fraction) else "—"
+
+
+def fidelity_table(configs: pd.DataFrame, show_method: bool) -> str:
+    """Agreement, KL and inherited errors on the test set, the no-KD student's first; '' when none was measured."""
+    rows = configs[configs["test_agreement_mean"].notna()]
+    if not len(rows):
+        return ""
+    rows = pd.concat([rows[rows["phase"] == "baseline"], rows[rows["phase"] != "baseline"]])
+    lines = ["| configuration | agreement (test) | KL at T = 1 (test) | inherited errors (test) |", "|---|---|---|---|"]
+    for row in rows.to_dict("records"):
+        lines.append(f"| {config_label(row, show_method)} | {pct(row['test_agreement_mean'], row['test_agreement_std'], 1)}"
+                     f" | {_number(row['test_kl_mean'], row['test_kl_std'])} | "
+                     f"{pct(row['inherited_errors_mean'], row['inherited_errors_std'], 1)} |")
+    return "\n".join(lines)
 
 
 def method_gain(row: dict, competed: int) -> str:
@@ -503,6 +603,7 @@ def write_report(root: str | Path, out: str | Path | None = None, fmt: str = "pn
     experiment's per-trial summary.csv and temperature_results.json (unless the trials were rebuilt from that
     summary.csv).  Returns what was written."""
     from kdtune.report import figures as report_plots
+    from kdtune.report.teacher_card import write_card
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     exp = load_experiment(root)
@@ -512,8 +613,10 @@ def write_report(root: str | Path, out: str | Path | None = None, fmt: str = "pn
     configs = config_table(exp.trials, exp.planned_seeds, exp.record.get("data"))
     h = headline(configs, exp.record["teacher"])
     figures, skipped = report_plots.draw_all(exp, configs, h, out, fmt)
-    markdown = summary_markdown(exp, configs, h, [p.name for p in figures], skipped)
+    card = write_card(exp, out, fmt)
+    markdown = summary_markdown(exp, configs, h, [p.name for p in figures], skipped, [p.name for p in card])
     counts = {"val_correct": "Int64", "test_correct": "Int64"}  # integers, empty where unknown
     atomic_write(out / "summary.csv", lambda tmp: configs.astype(counts).to_csv(tmp, index=False))
     atomic_write(out / "summary.md", lambda tmp: Path(tmp).write_text(markdown))
-    return {"out": out, "markdown": markdown, "configs": configs, "figures": figures, "skipped": skipped}
+    return {"out": out, "markdown": markdown, "configs": configs, "figures": figures, "skipped": skipped,
+            "teacher_card": card}

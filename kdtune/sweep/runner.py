@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 from kdtune.engine import teacher as teachers
+from kdtune.engine.atomic import save_json
 from kdtune.engine.data import Splits
 from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.progress import LogLines, is_terminal
 from kdtune.engine.teacher import cache_mode, heavy_part_from_state, model_from_state
-from kdtune.report.record import confirmed_configurations, read_record, storage_child
+from kdtune.report.record import TEACHER_CARD, confirmed_configurations, read_record, storage_child
 from kdtune.sweep.interrupt import StopRequest
 from kdtune.sweep.resume import (
     Claim,
@@ -163,14 +164,14 @@ def autoscaling_node_types() -> list[dict]:
 
 
 def _prepare_remote(config, shared_splits: dict, state: dict | None, names: list, aug_seed: int, mode: str,
-                    live: bool):
+                    live: bool, deterministic: bool = False):
     """Ray task: `teacher.heavy_part_from_state` on the device Ray assigned, with the splits of the object store;
     its progress as live bars the driver draws, or (not `live`: the driver's stderr is no terminal) plain lines."""
     if live:
         from ray.experimental.tqdm_ray import tqdm as progress  # bars the driver draws, not a line per update
     else:
         progress = LogLines
-    device = trial_device()
+    device = trial_device(deterministic)
     splits = from_shared(Splits, shared_splits)
     return heavy_part_from_state(config, splits, state, names, aug_seed, device, mode, progress=progress)
 
@@ -196,7 +197,7 @@ def teacher_for_sweep(settings: SweepSettings, resources: Resources, splits: Spl
         task = ray.remote(_prepare_remote).options(**teacher_task_resources(resources))
         state = None if model is None else model.state_dict()
         new_state, meta, logits = ray.get(task.remote(config, shared_ref, state, names, aug_seed, mode,
-                                                      is_terminal(sys.stderr)))
+                                                      is_terminal(sys.stderr), settings.deterministic))
         trained = None if new_state is None else model_from_state(config, splits.num_classes, new_state)
         return trained, meta, logits
 
@@ -279,7 +280,8 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
 
     trainable = tune.with_resources(
         tune.with_parameters(kd_trainable, base=_base(settings, phase), splits=splits_ref, cache=cache_ref,
-                             test_every=settings.test_every, pack_mode=settings.pack_mode),
+                             test_every=settings.test_every, pack_mode=settings.pack_mode,
+                             deterministic=settings.deterministic, checkpoint_every=settings.checkpoint_every),
         resources.trial_resources,
     )
     path = storage_child(storage, phase)
@@ -433,6 +435,8 @@ def _run(settings: SweepSettings, resources: Resources, root: Path, previous: di
                 print(f"warning: teacher {teacher.path} was not trained on this experiment's data splits "
                       f"(--allow-foreign-teacher): it may have seen validation or test images")
             print(f"teacher {settings.teacher}: val {teacher.meta['val_acc']:.2%}  test {teacher.meta['test_acc']:.2%}")
+            swept = [p["temperature"] for p in record["points"] if isinstance(p.get("temperature"), (int, float))]
+            save_json(root / TEACHER_CARD, teachers.teacher_card(teacher, cache, splits, swept))
             shared_cache = ray.put(to_shared(cache))
             for phase in ("sweep", "confirm"):
                 if stop.requested:

@@ -38,6 +38,7 @@ from kdtune.engine.config import (
 )
 from kdtune.engine.data import Splits, check_dataset, load_dataset, make_splits
 from kdtune.engine.errors import UsageError, UserError, quote
+from kdtune.engine.losses import DKD_BETA
 from kdtune.engine.models import check_model, check_model_name
 from kdtune.engine.stack import PACK_MODES
 from kdtune.report.record import (
@@ -118,6 +119,10 @@ class SweepSettings:
     image_size: int | None = None  # resize every image to S x S at decode time; None: as stored
     ctkd_range: tuple[float, float] = CTKD_RANGE  # method ctkd: the learned temperature's bounds
     ctkd_ramp_epochs: int | None = None  # method ctkd: epochs of the gradient reversal's ramp (None: the paper's share)
+    dkd_beta: float = DKD_BETA  # method dkd: the weight of NCKD
+    dkd_warmup_epochs: int | None = None  # method dkd: epochs of the KD weight's warm-up (None: the authors' share)
+    deterministic: bool = False  # on GPUs: deterministic kernels only (kdtune.engine.device.configure)
+    checkpoint_every: int | None = None  # trials checkpoint every N epochs (None: kdtune.sweep.trainable.CheckpointPolicy)
     pack: int = 0  # students per Tune trial, of any configurations, baseline included; 0: a configuration's seeds
     pack_mode: str = "auto"  # how a pack trains its members: kdtune.engine.stack.PACK_MODES
 
@@ -139,6 +144,8 @@ class SweepSettings:
                            ("test_every", 0), ("pack", 0)):
             if getattr(self, field) < low:
                 raise UserError(f"invalid {field.replace('_', '-')} {getattr(self, field)}: must be an integer >= {low}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise UserError(f"invalid checkpoint-every {self.checkpoint_every}: must be an integer >= 1")
         if self.pack and (self.search != "grid" or self.asha):
             # A scheduler stops trials and a searcher scores them: a pack of several configurations is neither.
             raise UserError(f"--pack {self.pack} packs students of different configurations into one trial: it needs "
@@ -199,7 +206,8 @@ class SweepSettings:
         """The one set of student settings: every trial, baseline or distilled, adds only alpha, T, method and seed."""
         return RunConfig(model=self.student, epochs=self.epochs, recipe=self.recipe, precision=self.precision_of("student"),
                          aug_seed=self.aug_seed, lr=self.lr, label_smoothing=self.label_smoothing,
-                         ctkd_range=tuple(self.ctkd_range), ctkd_ramp_epochs=self.ctkd_ramp_epochs, **varied)
+                         ctkd_range=tuple(self.ctkd_range), ctkd_ramp_epochs=self.ctkd_ramp_epochs,
+                         dkd_beta=self.dkd_beta, dkd_warmup_epochs=self.dkd_warmup_epochs, **varied)
 
     def precision_of(self, role: str) -> str:
         """The precision a role ("student", "teacher" or "cache") runs in: what auto came to, where it was measured."""

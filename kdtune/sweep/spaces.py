@@ -9,7 +9,7 @@ as `kdtune.builtin_spaces`), any other YAML file given by its path, or the same 
       alpha: {uniform: [0, 1]}
       method: {categorical: [kd, ls]}
 
-`method` (kdtune.engine.losses.METHODS: kd, ls, ctkd) may be fixed, a grid axis or a categorical; a space that
+`method` (kdtune.engine.losses.METHODS) may be fixed, a grid axis or a categorical; a space that
 does not name it is `kd`, plain distillation.  The top level holds `grid`, `optuna` and `description` only, and
 each value of an axis or categorical is listed once.
 

@@ -4,7 +4,8 @@ A trial trains every seed of one configuration in lockstep: its config holds wha
 alpha, method) and `seeds`; everything else comes in `base`.  Each epoch it reports the mean over its seeds
 (`val_acc` is what Tune, ASHA and Optuna see: one value per configuration) and every seed's own
 metrics as `s<seed>/<name>`, which `kdtune.report.results` unpacks into one row per (configuration, seed).
-Its checkpoint holds every member, so a retried or resumed pack continues from its last epoch.
+Its checkpoint holds every member, so a retried or resumed pack continues from its last checkpointed epoch
+(`CheckpointPolicy`: every --checkpoint-every epochs, by default as often as keeps writing cheap).
 
 The dataset splits and the teacher-logit cache arrive once through the object
 store (`tune.with_parameters`) as numpy arrays, which Ray shares zero-copy and
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -23,7 +25,8 @@ import torch
 
 from kdtune.engine.config import RunConfig
 from kdtune.engine.data import Splits
-from kdtune.engine.pack import member_names, pack_metrics, train_pack
+from kdtune.engine.device import configure
+from kdtune.engine.pack import decide_pack_mode, member_names, pack_metrics, train_pack
 from kdtune.engine.teacher import CachedTeacher, LogitCache
 
 STATE_FILE = "state.pt"
@@ -42,15 +45,19 @@ def from_shared(cls, shared: dict):
         return cls(**{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in shared.items()})
 
 
-def trial_device() -> torch.device:
-    """The GPU Ray assigned to this trial or task, else the CPU with one thread per assigned CPU."""
+def trial_device(deterministic: bool = False) -> torch.device:
+    """The GPU Ray assigned to this trial or task, else the CPU with one thread per assigned CPU; configured for
+    training (kdtune.engine.device.configure)."""
     import ray
 
     if ray.get_gpu_ids() and torch.cuda.is_available():
-        return torch.device("cuda")
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
-    return torch.device("cpu")
+        device = torch.device("cuda")
+    else:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
+        device = torch.device("cpu")
+    configure(device, deterministic)
+    return device
 
 
 def member_configs(config: dict, base: dict) -> list[RunConfig]:
@@ -65,14 +72,14 @@ def member_configs(config: dict, base: dict) -> list[RunConfig]:
 
 
 def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, test_every: int = 0,
-                 pack_mode: str = "loop") -> None:
+                 pack_mode: str = "loop", deterministic: bool = False, checkpoint_every: int | None = None) -> None:
     from ray import tune
 
     # Ray Train logs "Checkpoint successfully created at ..." for every epoch of every trial.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
     runs = member_configs(config, base)
-    device = trial_device()
+    device = trial_device(deterministic)
     data = from_shared(Splits, splits)
     names = member_names(None if "members" in config else [run.seed for run in runs], len(runs))
     # Every student, the no-KD ones too, is measured against the teacher (agreement, fidelity on the test set).
@@ -85,15 +92,49 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, 
             saved = load_trial_state(os.path.join(folder, STATE_FILE))
         resume = saved["members"] if "members" in saved else [saved]  # an unpacked trial of an older kdtune
 
+    # Loop or stack, measured on this trial's device when auto; said in every report of the trial.
+    choice = decide_pack_mode(pack_mode, runs, data, device, teacher)
+    policy = CheckpointPolicy(checkpoint_every, max(run.epochs for run in runs))
+
     def on_epoch(metrics: list[dict], states: list[dict]) -> None:
-        _maybe_fail(next(m for m in metrics if m is not None)["epoch"])
+        epoch = next(m for m in metrics if m is not None)["epoch"]
+        _maybe_fail(epoch)
+        report = {**_tune_metrics(pack_metrics(metrics, runs, names), runs), **choice.metrics()}
+        if not policy.due(epoch, any(m is not None and m["diverged"] for m in metrics)):
+            tune.report(report)
+            return
+        started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"members": states}, os.path.join(folder, STATE_FILE))
-            tune.report(_tune_metrics(pack_metrics(metrics, runs, names), runs),
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+        policy.written(time.perf_counter() - started)
 
     train_pack(runs, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume, test_every=test_every,
-               mode=pack_mode)
+               mode=choice.mode)
+
+
+class CheckpointPolicy:
+    """When a trial checkpoints: every `every` epochs and always after the last (or a diverged) one; with
+    `every` None, whenever the training since the last checkpoint has taken COST_RATIO times as long as
+    writing that checkpoint did (and after the first epoch, to measure it), so that writing costs at most
+    about 1/COST_RATIO of the training.  A retried or resumed trial repeats at most the epochs since."""
+
+    COST_RATIO = 20
+
+    def __init__(self, every: int | None, epochs: int):
+        self.every, self.epochs = every, epochs
+        self.write_s: float | None = None
+        self.since = time.perf_counter()
+
+    def due(self, epoch: int, diverged: bool = False) -> bool:
+        if epoch >= self.epochs or diverged:
+            return True
+        if self.every is not None:
+            return epoch % self.every == 0
+        return self.write_s is None or time.perf_counter() - self.since >= self.COST_RATIO * self.write_s
+
+    def written(self, seconds: float) -> None:
+        self.write_s, self.since = seconds, time.perf_counter()
 
 
 def load_trial_state(path: str) -> dict:

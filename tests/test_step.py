@@ -1,0 +1,55 @@
+"""The training step waits for nothing on the host: no tensor built from Python values, no `.item()`, in any
+method's step (on a GPU each would be a host-device copy or a synchronisation, and would stop the step from
+being captured as a CUDA graph).  Counted on the CPU, where the same code runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import synthetic_splits
+
+from kdtune.engine import train as loop
+from kdtune.engine.config import RunConfig
+from kdtune.engine.data import normalize
+from kdtune.engine.losses import METHODS
+from kdtune.engine.teacher import CachedTeacher, LogitCache
+
+CPU = torch.device("cpu")
+FROM_PYTHON = ("tensor", "as_tensor", "scalar_tensor")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_step_builds_a_tensor_from_python_values_or_reads_one_back(monkeypatch, method):
+    splits = synthetic_splits(96, 16, 16)
+    cache = LogitCache(train=torch.randn(2, 96, splits.num_classes).half(), val=torch.randn(16, splits.num_classes).half(),
+                       test=torch.randn(16, splits.num_classes).half(), aug_seed=1, splits_key=splits.key)
+    teacher = CachedTeacher(cache, splits, CPU)
+    calls: list[str] = []
+    inside = [False]
+
+    def counting(name, original):
+        def wrapper(*args, **kwargs):
+            if inside[0]:
+                calls.append(name)
+            return original(*args, **kwargs)
+        return wrapper
+
+    for name in FROM_PYTHON:
+        monkeypatch.setattr(torch, name, counting(name, getattr(torch, name)))
+    monkeypatch.setattr(torch.Tensor, "item", counting("item", torch.Tensor.item))
+    real_epoch = loop._train_epoch
+
+    def epoch(*args, **kwargs):
+        inside[0] = True
+        try:
+            return real_epoch(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(loop, "_train_epoch", epoch)
+    normalize(splits.train_images[:1], splits.mean, splits.std)  # its constants are made once per device, here
+    config = RunConfig(model="tinycnn", epochs=2, batch_size=16, alpha=0.5, temperature=4.0, aug_seed=1,
+                       method=method, precision="fp32", recipe="strong")
+    result = loop.train(config, splits, CPU, teacher=teacher)
+    assert len(result.history) == 2 and all(h["train_kd"] > 0 for h in result.history)
+    assert calls == []  # 12 steps, and not one tensor from Python values nor one value read back
