@@ -83,7 +83,8 @@ def settings(space, *, search: str = "grid", teacher: str | None = None, student
 def report(experiment: str | os.PathLike, out: str | os.PathLike | None = None, fmt: str = "png") -> dict:
     """Write an experiment's report (summary.md, summary.csv, figures) into `out` (default <experiment>/report).
 
-    Returns {"out", "markdown", "configs" (the per-configuration table), "figures", "skipped"}.
+    Returns {"out", "markdown", "configs" (the per-configuration table), "figures", "skipped", "teacher_card"
+    (the teacher card's files)}.
     """
     from kdtune.report.summary import write_report
 

@@ -110,3 +110,48 @@ def test_in_a_pack_of_several_configurations_a_diverged_member_stops_alone(split
     resumed = train_pack([baseline, wild], splits, CPU, teacher=teacher, resume=saved[0])
     assert without_timing(resumed[0].history) == without_timing(alone.history)
     assert len(resumed[1].history) == 1
+
+
+# ----------------------------------------------------------------------------- pack mode auto, by measuring
+
+
+def test_auto_stacks_only_where_the_stack_measured_faster_and_remembers_it(monkeypatch, tmp_path, splits):
+    from kdtune.engine import pack
+
+    monkeypatch.setenv("KDTUNE_CACHE_DIR", str(tmp_path))
+    kd = members(seeds=(0, 1), model="tinycnn")
+    rates = {"loop": 1000.0, "stack": 1500.0}
+    asked = []
+
+    def fake(configs, splits, device, teacher=None, steps=pack.PROBE_STEPS):
+        asked.append(len(configs))
+        return dict(rates)
+
+    monkeypatch.setattr(pack, "measure_pack_modes", fake)
+    first = pack.decide_pack_mode("auto", kd, splits, CPU)
+    assert (first.mode, first.loop_images_per_s, first.stack_images_per_s) == ("stack", 1000.0, 1500.0)
+    assert "measured here" in first.why and first.metrics()["pack_mode"] == "stack"
+    rates["stack"] = 10.0  # a slower second measurement is never taken: the first is remembered
+    again = pack.decide_pack_mode("auto", kd, splits, CPU)
+    assert again.mode == "stack" and "earlier" in again.why and asked == [2]
+    three = pack.decide_pack_mode("auto", members(seeds=(0, 1, 2), model="tinycnn"), splits, CPU)
+    assert three.mode == "loop" and asked == [2, 3]  # another pack size is another question: 10 < 1000
+    rates.update(loop=1000.0, stack=1040.0)  # within the 5% margin: the exact loop
+    assert pack.decide_pack_mode("auto", members(seeds=(0, 1, 2, 3), model="tinycnn"), splits, CPU).mode == "loop"
+    # Nothing measured where there is nothing to choose.
+    alone = pack.decide_pack_mode("auto", kd[:1], splits, CPU)
+    mixed = pack.decide_pack_mode("auto", members(seeds=(0, 1), model="tinycnn", method="ls"), splits, CPU)
+    named = pack.decide_pack_mode("loop", kd, splits, CPU)
+    assert (alone.mode, mixed.mode, named.mode) == ("loop", "loop", "loop") and len(asked) == 3
+    assert "cannot stack" in mixed.why and alone.metrics() == {"pack_mode": "loop"}
+
+
+def test_measuring_the_modes_leaves_the_training_exactly_as_it_was(splits, teacher):
+    from kdtune.engine.pack import measure_pack_modes
+
+    kd = members(seeds=(0, 1), model="tinycnn", epochs=1)
+    before = [r.final for r in train_pack(kd, splits, CPU, teacher=teacher)]
+    rates = measure_pack_modes(kd, splits, CPU, teacher, steps=1)
+    assert set(rates) == {"loop", "stack"} and min(rates.values()) > 0
+    after = [r.final for r in train_pack(kd, splits, CPU, teacher=teacher)]
+    assert without_timing(before) == without_timing(after)

@@ -105,3 +105,17 @@ def test_forcing_fp32_on_a_cpu_reproduces_the_numbers_auto_gave_before():
     fp32 = train(dataclasses.replace(config, precision="fp32"), splits, CPU)
     strip = [{k: v for k, v in h.items() if k not in ("epoch_s", "images_per_s")} for h in auto.history]
     assert strip == [{k: v for k, v in h.items() if k not in ("epoch_s", "images_per_s")} for h in fp32.history]
+
+
+def test_kdtune_train_makes_auto_concrete_on_a_cpu_as_a_sweep_does(monkeypatch, capsys):
+    from kdtune.cli.single_run import _auto_precision
+
+    splits = synthetic_splits(32, 8, 8)
+    monkeypatch.setattr(speed, "native_bf16", lambda device: True)
+    monkeypatch.setattr(speed, "measure", fake_measure({type(create_model("tinycnn")).__name__: 1.6}))
+    config = RunConfig(model="tinycnn", epochs=1)
+    chosen = _auto_precision(config, splits, CPU, "train")
+    assert chosen.precision == "bf16" and "tinycnn training: bf16 (measured here: 1.60x" in capsys.readouterr().out
+    named = dataclasses.replace(config, precision="fp32")
+    assert _auto_precision(named, splits, CPU, "train") is named  # a named precision is never second-guessed
+    assert _auto_precision(config, splits, torch.device("cuda"), "train") is config  # CUDA: auto is bf16 already

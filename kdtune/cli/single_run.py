@@ -53,6 +53,7 @@ def run_mode(
     allow_foreign_teacher: bool = False,
     overwrite: bool = False,
     deterministic: bool = False,
+    compiled: bool = False,
 ) -> dict:
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -100,7 +101,7 @@ def run_mode(
         method = "" if config.method == "kd" else f"{config.method}, "
         label = f"student {config.model}" + (f" ({method}T={config.temperature:g}, alpha={config.alpha:g})"
                                              if config.alpha > 0 else "")
-        result = train(config, splits, torch_device, teacher=signal, progress=progress, desc=label)
+        result = train(config, splits, torch_device, teacher=signal, progress=progress, desc=label, compiled=compiled)
         summary.update(config=config.to_dict(), parameters=count_parameters(result.model), history=result.history,
                        final=result.final)
         learned = f"  learned T {result.final['learned_temperature']:.3g}" if "learned_temperature" in result.final else ""

@@ -72,6 +72,8 @@ def parse_args(argv):
                    help="auto (default) = bf16 on CUDA; on a CPU, bf16 where it is native and measured faster for "
                         "the model, else fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--compile", action="store_true",
+                   help="the trained model's forward through torch.compile (on CUDA as CUDA graphs)")
     p.add_argument("--deterministic", action="store_true",
                    help="on a GPU, deterministic kernels only, so a rerun gives the same numbers (slower)")
     p.add_argument("--no-cache", action="store_true", help="run the live teacher every step instead of cached logits")
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
         train_subset=args.train_subset, device=args.device, teacher_path=args.teacher_path,
         teacher_store=args.teacher_store, use_cache=not args.no_cache, output=args.output,
         progress=not args.no_progress, allow_foreign_teacher=args.allow_foreign_teacher, overwrite=args.overwrite,
-        deterministic=args.deterministic,
+        deterministic=args.deterministic, compiled=args.compile,
     )
     return 0
 

@@ -144,6 +144,10 @@ def parse_args(argv):
     s.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="trials checkpoint every N epochs and after the last; a retried or resumed trial repeats at "
                         "most N - 1 epochs (default: as often as keeps checkpoint writing under about 5%% of training)")
+    s.add_argument("--compile", action="store_true",
+                   help="the students' forward through torch.compile (on CUDA as CUDA graphs); pack mode loop only. "
+                        "Off by default: no faster on the CPUs measured (benchmarks/README.md), not yet measured on "
+                        "a GPU")
     s.add_argument("--deterministic", action="store_true",
                    help="on GPUs, deterministic kernels only (cuDNN and torch.use_deterministic_algorithms), so a "
                         "rerun gives the same numbers; slower. CPU runs are reproducible without it")
@@ -213,7 +217,7 @@ def settings_from_args(args) -> tuple[SweepSettings, Resources]:
         test_every=args.test_every, allow_foreign_teacher=args.allow_foreign_teacher or None,
         ctkd_range=tuple(args.ctkd_range) if args.ctkd_range else None, ctkd_ramp_epochs=args.ctkd_ramp_epochs,
         dkd_beta=args.dkd_beta, dkd_warmup_epochs=args.dkd_warmup_epochs, deterministic=args.deterministic or None,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, compile_step=args.compile or None,
         pack=args.pack, pack_mode=args.pack_mode,
     )
     return settings, resources

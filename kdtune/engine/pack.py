@@ -46,6 +46,7 @@ def train_pack(
     resume: list[dict] | None = None,
     test_every: int = 0,
     mode: str = "loop",
+    compiled: bool = False,
 ) -> list[TrainResult]:
     """Train every config in lockstep; `resume` holds one checkpoint state per member (from on_epoch).
 
@@ -53,7 +54,8 @@ def train_pack(
     has failed.  In a pack of several configurations (--pack N) a diverged member stops alone and the others,
     strangers to it, train on.
     `mode` "stack" trains the members as one batched computation (kdtune.engine.stack), "auto" stacks where
-    that was measured faster (`decide_pack_mode`); "loop" runs them one after another, as below.
+    that was measured faster (`decide_pack_mode`); "loop" runs them one after another, as below, each
+    member's forward through torch.compile when `compiled` (kdtune.engine.train.training_epochs).
     """
     if decide_pack_mode(mode, configs, splits, device, teacher).mode == "stack":
         return train_stacked(configs, splits, device, teacher, on_epoch, resume, test_every)
@@ -62,7 +64,7 @@ def train_pack(
     splits = splits.to(device)  # once, for every member
     members = [
         training_epochs(config, splits, device, teacher,  # a no-KD member's fidelity is measured against it too
-                        resume=resume[i] if resume else None, test_every=test_every)
+                        resume=resume[i] if resume else None, test_every=test_every, compiled=compiled)
         for i, config in enumerate(configs)
     ]
     rng = [None] * len(members)  # each member's own random state, between its epochs

@@ -440,26 +440,53 @@ def _load_logits(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
     return logits if ok and tuple(logits.shape) == shape else None
 
 
-class CachedTeacher:
-    """The teacher signal of `kdtune.engine.train` read from a `LogitCache` instead of a network."""
+# A cache larger than this fraction of the device's memory stays on the host (see CachedTeacher).
+DEVICE_CACHE_FRACTION = 0.1
 
-    def __init__(self, cache: LogitCache, splits: Splits, device: torch.device):
+
+class CachedTeacher:
+    """The teacher signal of `kdtune.engine.train` read from a `LogitCache` instead of a network.
+
+    The cache is copied to the device whole, unless it is larger than DEVICE_CACHE_FRACTION of the device's
+    memory (CIFAR-100 over 240 epochs is 2 GB, and every trial process holds its own copy) or `on_host` says
+    so: then it stays in pinned host memory and each epoch's slice is copied to the device when the epoch
+    first asks for it, asynchronously."""
+
+    def __init__(self, cache: LogitCache, splits: Splits, device: torch.device, on_host: bool | None = None):
         if cache.splits_key != splits.key:
             raise UserError(f"teacher-logit cache is for data splits {cache.splits_key}, not {splits.key}")
-        self.train = cache.train.to(device)
+        self.device = device
+        self.on_host = stays_on_host(cache.train, device) if on_host is None else on_host
+        if self.on_host:
+            self.train = cache.train.pin_memory() if device.type == "cuda" else cache.train
+        else:
+            self.train = cache.train.to(device)
+        self._epoch: tuple[int, torch.Tensor] | None = None  # the host path's slice on the device
         self.val_logits = cache.val.to(device).float()
         self.test_logits = cache.test.to(device).float()
         self.aug_seed = cache.aug_seed
 
     def train_logits(self, epoch: int, idx: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         assert epoch < len(self.train), f"no cached teacher logits for epoch {epoch}"
-        return self.train[epoch, idx].float()
+        if not self.on_host:
+            return self.train[epoch, idx].float()
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, self.train[epoch].to(self.device, non_blocking=True))
+        return self._epoch[1][idx].float()
 
     def true_class_probability(self, labels: torch.Tensor, temperature: float, epochs: int) -> float:
         """The mean softened true-class probability over the first `epochs` epochs' cached views."""
-        labels = labels.to(self.train.device)
-        return sum(true_class_probability(self.train[e], labels, temperature).mean().item()
+        labels = labels.to(self.device)
+        return sum(true_class_probability(self.train[e].to(self.device), labels, temperature).mean().item()
                    for e in range(epochs)) / epochs
+
+
+def stays_on_host(train_logits: torch.Tensor, device: torch.device) -> bool:
+    """Whether a cache's training logits are too large to copy whole onto `device` (see CachedTeacher)."""
+    if device.type != "cuda":
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return train_logits.numel() * train_logits.element_size() > DEVICE_CACHE_FRACTION * total
 
 
 

@@ -161,6 +161,7 @@ def train(
     desc: str = "train",
     val_every: int = 1,
     test_every: int = 0,
+    compiled: bool = False,
 ) -> TrainResult:
     """Train `config.model` on `splits`, distilling from `teacher` when config.alpha > 0.
 
@@ -174,7 +175,7 @@ def train(
     uninterrupted run.  Stops early (metrics["diverged"] = True) when the
     training loss stops being finite.
     """
-    epochs = training_epochs(config, splits, device, teacher, resume, progress, desc, val_every, test_every)
+    epochs = training_epochs(config, splits, device, teacher, resume, progress, desc, val_every, test_every, compiled)
     while True:
         try:
             metrics, checkpoint_state = next(epochs)
@@ -194,9 +195,14 @@ def training_epochs(
     desc: str = "train",
     val_every: int = 1,
     test_every: int = 0,
+    compiled: bool = False,
 ):
     """`train` one epoch at a time: yields (metrics, checkpoint_state) after each epoch and returns the
-    TrainResult, so that a pack (kdtune.engine.pack) can advance several runs in lockstep."""
+    TrainResult, so that a pack (kdtune.engine.pack) can advance several runs in lockstep.
+
+    `compiled`: the training forward through torch.compile (on CUDA as CUDA graphs, mode "reduce-overhead",
+    which records a second graph for the short last batch); numbers equal the eager step's to float rounding.
+    The first epoch reports `compile_s`, its first step's time, compilation included."""
     check_teacher(config, teacher)
     splits = splits.to(device)
     torch.manual_seed(config.seed)
@@ -238,6 +244,9 @@ def training_epochs(
             state["cuda_rng"] = torch.cuda.get_rng_state(device)  # this device's only: nodes differ in GPU count
         return state
 
+    forward = model
+    if compiled:
+        forward = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
     # kd-uniform's teacher gives the true class what the real one gives it on average, at this T.
     uniform = None
     if config.method == "kd-uniform" and config.alpha > 0:
@@ -246,8 +255,8 @@ def training_epochs(
     bar = progress_bar(progress, steps_per_epoch * config.epochs, desc, initial=steps_per_epoch * len(history))
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
-        losses = _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned,
-                              uniform)
+        losses = _train_epoch(forward, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar,
+                              learned, uniform, first_step=compiled and epoch == 0)
         train_seconds = time.perf_counter() - started
         metrics = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"]}
         if learned is not None:
@@ -280,7 +289,9 @@ def check_teacher(config: RunConfig, teacher: TeacherSignal | None) -> None:
 
 
 def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, epoch, batch, bar, learned=None,
-                 uniform=None) -> dict:
+                 uniform=None, first_step: bool = False) -> dict:
+    """One epoch of training steps; `model` may be the compiled forward.  `first_step`: time the first step
+    (a compiled forward compiles there) and report it as compile_s."""
     model.train()
     n = len(splits.train_labels)
     steps_per_epoch = math.ceil(n / batch)
@@ -291,6 +302,7 @@ def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, e
     donors = within_class_donors(splits.train_labels, config.seed, epoch).to(device) \
         if config.method == "kd-shuffled" else None
     label_smoothing = config.label_smoothing
+    started = time.perf_counter()
     sums = torch.zeros(3, device=device)  # total, ce, kd; summed on device to avoid a sync per step
     for start in range(0, n, batch):
         idx = order[start : start + batch]
@@ -312,10 +324,14 @@ def _train_epoch(model, optimizer, scheduler, splits, config, device, teacher, e
         optimizer.step()
         scheduler.step()
         sums += torch.stack([loss.detach(), ce.detach(), kd.detach()]) * len(idx)
+        if first_step and start == 0:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            compile_s = time.perf_counter() - started
         if bar is not None:
             bar.update(1)
     total, ce, kd = (sums / n).tolist()
-    return {"train_loss": total, "train_ce": ce, "train_kd": kd}
+    return {"train_loss": total, "train_ce": ce, "train_kd": kd, **({"compile_s": compile_s} if first_step else {})}
 
 
 def _teacher_says(teacher, config, splits, epoch, idx, images, views, labels, donors, uniform) -> torch.Tensor:

@@ -43,7 +43,8 @@ PLACEMENT_OPTIONS = ("address", "max_concurrent", "cpus_per_trial", "gpus_per_tr
 RESUME_OPTIONS = ("resume", "name", "results_dir", "dry_run")
 # Command-line options recorded under another name: in the record's resources, or as the search and its space.
 RECORDED_AS = {"mlflow": ("resources", "mlflow_uri"), "wandb": ("resources", "wandb_project"),
-               "py_modules": ("resources", "py_modules"), "working_dir": ("resources", "working_dir")}
+               "py_modules": ("resources", "py_modules"), "working_dir": ("resources", "working_dir"),
+               "compile": ("settings", "compile_step")}
 _UNRECORDED = object()
 
 

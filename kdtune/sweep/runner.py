@@ -281,7 +281,8 @@ def run_phase(phase: str, settings: SweepSettings, resources: Resources, storage
     trainable = tune.with_resources(
         tune.with_parameters(kd_trainable, base=_base(settings, phase), splits=splits_ref, cache=cache_ref,
                              test_every=settings.test_every, pack_mode=settings.pack_mode,
-                             deterministic=settings.deterministic, checkpoint_every=settings.checkpoint_every),
+                             deterministic=settings.deterministic, checkpoint_every=settings.checkpoint_every,
+                             compiled=settings.compile_step),
         resources.trial_resources,
     )
     path = storage_child(storage, phase)

@@ -123,6 +123,7 @@ class SweepSettings:
     dkd_warmup_epochs: int | None = None  # method dkd: epochs of the KD weight's warm-up (None: the authors' share)
     deterministic: bool = False  # on GPUs: deterministic kernels only (kdtune.engine.device.configure)
     checkpoint_every: int | None = None  # trials checkpoint every N epochs (None: kdtune.sweep.trainable.CheckpointPolicy)
+    compile_step: bool = False  # students' forward through torch.compile (measured no faster on this project's CPU)
     pack: int = 0  # students per Tune trial, of any configurations, baseline included; 0: a configuration's seeds
     pack_mode: str = "auto"  # how a pack trains its members: kdtune.engine.stack.PACK_MODES
 
@@ -182,6 +183,9 @@ class SweepSettings:
                     raise UserError(f"search space {self.space.name!r}, point {where}: {error}") from None
         dists = self.space.distributions
         methods = set(self.space.methods)
+        if self.pack_mode == "stack" and self.compile_step:
+            raise UserError("--compile compiles each student of a loop; pack-mode stack trains one batched "
+                            "computation it does not compile: use --pack-mode loop or auto")
         if self.pack_mode == "stack" and methods - {"kd"}:
             raise UserError(f"pack-mode stack trains method kd only; this space also has "
                             f"{', '.join(sorted(methods - {'kd'}))}: use --pack-mode loop or auto")

@@ -72,7 +72,8 @@ def member_configs(config: dict, base: dict) -> list[RunConfig]:
 
 
 def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, test_every: int = 0,
-                 pack_mode: str = "loop", deterministic: bool = False, checkpoint_every: int | None = None) -> None:
+                 pack_mode: str = "loop", deterministic: bool = False, checkpoint_every: int | None = None,
+                 compiled: bool = False) -> None:
     from ray import tune
 
     # Ray Train logs "Checkpoint successfully created at ..." for every epoch of every trial.
@@ -110,7 +111,7 @@ def kd_trainable(config: dict, *, base: dict, splits: dict, cache: dict | None, 
         policy.written(time.perf_counter() - started)
 
     train_pack(runs, data, device, teacher=teacher, on_epoch=on_epoch, resume=resume, test_every=test_every,
-               mode=choice.mode)
+               mode=choice.mode, compiled=compiled)
 
 
 class CheckpointPolicy:
