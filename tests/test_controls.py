@@ -279,3 +279,13 @@ def test_a_controls_grid_runs_end_to_end_through_the_report(controls_sweep):
                                                                splits.train_labels].mean().item() for logits in cache])
     assert row["true_class_probability"] == pytest.approx(true, rel=1e-5)
     assert "| 4 ◆ |" in (root / "report" / "teacher_card.md").read_text()
+
+
+def test_kd_against_a_control_is_worded_by_its_interval():
+    from kdtune.report.stats import PairedGain
+    from kdtune.report.summary import difference_text
+
+    assert difference_text(PairedGain(5, 0.0589, 0.0185, 0.0230)).endswith("(95% CI +3.59 to +8.19: KD ahead)")
+    assert "the control ahead" in difference_text(PairedGain(5, -0.02, 0.005, 0.01))
+    assert "neither resolved ahead" in difference_text(PairedGain(5, 0.01, 0.02, 0.03))
+    assert "no interval" in difference_text(PairedGain(1, 0.01))

@@ -461,8 +461,11 @@ def control_lines(configs: pd.DataFrame, trials: pd.DataFrame, h: Headline) -> l
     if not shares:
         return []
     if not kd_row["gain_mean"] > 0:
-        return [f"- Controls: the best KD configuration ({config_label(kd_row)}) gained {gain_text(kd_row)}: with no "
-                f"positive gain there is no share for a control to reproduce"]
+        lines = [f"- Controls at the best KD configuration's {config_label(kd_row)}: KD itself gained "
+                 f"{gain_text(kd_row)}, no positive gain, so there is no share for a control to reproduce; KD "
+                 f"against each control on the same seeds:"]
+        return lines + [f"  - {share.method} ({CONTROL_MEANING[share.method]}): {difference_text(share.difference)}"
+                        for share in shares]
     lines = [f"- Controls at the best KD configuration's {config_label(kd_row)} (its gain "
              f"{gain_text(kd_row)}); each control's gain as a share of KD's on the same seeds, 95% Fieller interval:"]
     for share in shares:
@@ -489,15 +492,18 @@ def share_text(share) -> str:
     else:
         verdict = "inconclusive: the interval contains both none and all of KD's gain"
     d = share.difference
-    if d.pairs >= 2 and math.isfinite(d.ci95):
-        d_low, d_high = d.mean - d.ci95, d.mean + d.ci95
-        side = ("KD ahead" if d_low > 0 else "the control ahead" if d_high < 0 else "neither resolved ahead")
-        difference = (f"; KD minus the control {100 * d.mean:+.2f} points (95% CI {100 * d_low:+.2f} to "
-                      f"{100 * d_high:+.2f}: {side})")
-    else:
-        difference = ""
+    difference = f"; {difference_text(d)}" if d.pairs >= 2 and math.isfinite(d.ci95) else ""
     return (f"{_percent(share.share)} (95% CI {_percent(low)} to {_percent(high)}, {pairs}): {verdict}"
             f"{difference}")
+
+
+def difference_text(d) -> str:
+    """'KD minus the control +0.40 points (95% CI +0.10 to +0.70: KD ahead)', worded by the interval."""
+    if d.pairs < 2 or not math.isfinite(d.ci95):
+        return f"KD minus the control {100 * d.mean:+.2f} points ({_count(d.pairs, 'paired seed')}, no interval)"
+    low, high = d.mean - d.ci95, d.mean + d.ci95
+    side = "KD ahead" if low > 0 else "the control ahead" if high < 0 else "neither resolved ahead"
+    return f"KD minus the control {100 * d.mean:+.2f} points (95% CI {100 * low:+.2f} to {100 * high:+.2f}: {side})"
 
 
 def _percent(fraction: float) -> str:

@@ -127,6 +127,9 @@ def plot_card(card: dict, path: Path) -> Path:
             ax.plot([r["temperature"] for r in swept], [r[key] for r in swept], "D", color=f"C{k}")
         ax.axhline(1 / card["classes"], color="gray", linestyle=":", linewidth=1, label="uniform share 1/classes")
         ax.set_xscale("log")
+        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if temperatures[0] <= t <= temperatures[-1]]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set(xlabel="temperature T (log scale; ◆ swept)", ylabel="mean over the cached training views", ylim=(0, 1.02),
                title=f"Teacher {card.get('model')}: test {100 * card['test_acc']:.2f}%, its soft targets against T")
         ax.grid(alpha=0.3)
