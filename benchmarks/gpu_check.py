@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from kdtune.engine.config import RunConfig  # noqa: E402
 from kdtune.engine.data import Splits, channel_stats  # noqa: E402
-from kdtune.engine.device import configure, device_name  # noqa: E402
+from kdtune.engine.device import autocast, configure, device_name  # noqa: E402
 from kdtune.engine.losses import kd_loss_terms  # noqa: E402
 from kdtune.engine.pack import train_pack  # noqa: E402
 from kdtune.engine.teacher import CachedTeacher, LogitCache, compute_logits  # noqa: E402
@@ -217,7 +217,7 @@ def _one_step_timer(config: RunConfig, splits: Splits, device: torch.device, tea
         forward = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(config.precision, device):
             out = forward(images)
         loss = kd_loss_terms(out, logits_t, labels, config.temperature, config.alpha)[0]
         optimizer.zero_grad(set_to_none=True)
@@ -239,9 +239,11 @@ def _one_step_timer(config: RunConfig, splits: Splits, device: torch.device, tea
     return {"step_ms": 1000 * seconds, "images_per_s": batch / seconds, "compile_s": compile_s}
 
 
-def step_time(device: torch.device, scale: Scale, splits: Splits, teacher: CachedTeacher) -> dict:
-    config = RunConfig(model=scale.student, epochs=1, recipe="strong", alpha=0.9, temperature=4.0, aug_seed=AUG_SEED)
-    out = {"batch": config.effective_batch_size}
+def step_time(device: torch.device, scale: Scale, splits: Splits, teacher: CachedTeacher,
+              precision: str = "auto") -> dict:
+    config = RunConfig(model=scale.student, epochs=1, recipe="strong", alpha=0.9, temperature=4.0, aug_seed=AUG_SEED,
+                       precision=precision)
+    out = {"batch": config.effective_batch_size, "precision": precision}
     for name, fused, compiled in (("eager", False, False), ("eager_fused", True, False), ("compiled", True, True)):
         if name == "eager_fused" and device.type != "cuda":
             continue  # fused optimizers are kdtune's choice on CUDA only
@@ -355,6 +357,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--tiny", action="store_true", help="small sizes: a check of this script, not a measurement")
     parser.add_argument("--parts", nargs="+", help="only these parts (default: all)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="of step_time's student (default auto: bf16 on CUDA, fp32 on a CPU)")
     parser.add_argument("--json", help="write the summary here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -371,7 +375,7 @@ def main(argv=None) -> int:
         "losses": lambda: losses(device),
         "distill": lambda: distill(device, scale, splits, teacher),
         "pack_equality": lambda: pack_equality(device, scale, splits, teacher),
-        "step_time": lambda: step_time(device, scale, splits, teacher),
+        "step_time": lambda: step_time(device, scale, splits, teacher, args.precision),
         "throughput": lambda: throughput(device, scale, splits, teacher),
         "processes": lambda: processes(device, scale, summary["scale"]),
         "host_syncs": lambda: host_syncs(device, scale, splits, teacher),
