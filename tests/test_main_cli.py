@@ -19,7 +19,9 @@ from kdtune.cli.train import main as train_main
 from kdtune.engine.checkpoint import save_model
 from kdtune.engine.models import create_model
 
-QUICK = ["--mode", "distill", "--teacher", "tinycnn", "--student", "tinycnn", "--epochs", "1", "--no-progress"]
+# fp32 named: what --precision auto measures is tested in test_precision.py, not once per model here.
+QUICK = ["--mode", "distill", "--teacher", "tinycnn", "--student", "tinycnn", "--epochs", "1", "--no-progress",
+         "--precision", "fp32"]
 
 
 @pytest.fixture
@@ -162,7 +164,7 @@ def test_torchvision_teacher_distils_into_a_module_callable_student(tmp_path, ru
     store, output = tmp_path / "store", tmp_path / "run.json"
     args = ["--mode", "distill", "--teacher", "torchvision:resnet18", "--student", "usermodels:small_cnn",
             "--epochs", "2", "--val-size", "30", "--batch-size", "50", "--data-dir", str(three_class_dir),
-            "--teacher-store", str(store), "--output", str(output), "--no-progress"]
+            "--teacher-store", str(store), "--output", str(output), "--no-progress", "--precision", "fp32"]
     done = run_main(args)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(output.read_text())

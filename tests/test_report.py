@@ -374,12 +374,12 @@ def test_remote_storage_and_formats_without_ray(synthetic, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Trials: 6 finished, 1 stopped early, 1 errored, 1 in progress, 1 pending" in done.stdout
     figures = [f"{name}.pdf" for name in ("temperature_analysis", "gain_analysis", "learning_curves",
-                                          "fidelity_calibration")]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["summary.csv", "summary.md", *figures])
+                                          "fidelity_calibration", "fidelity")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["summary.csv", "summary.md", "teacher_card.md", *figures])
     assert all((out / name).read_bytes().startswith(b"%PDF") for name in figures)
     assert_same_table(pd.read_csv(out / "summary.csv"), expected_summary(expected_trials()))
     report = write_report(root, out=tmp_path / "out-svg", fmt="svg")
-    assert [p.suffix for p in report["figures"]] == [".svg"] * 4
+    assert [p.suffix for p in report["figures"]] == [".svg"] * 5
     assert all(p.read_bytes().startswith(b"<?xml") for p in report["figures"])
 
 
