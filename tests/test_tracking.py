@@ -92,6 +92,8 @@ def tracked(mini_data_dir, tmp_path_factory):
                          teacher_epochs=1, seeds=1, train_subset=100, val_size=20, teacher_store=base / "teachers",
                          mlflow_uri=f"sqlite:///{base / 'mlflow.db'}" if HAS_MLFLOW else None,
                          wandb_project="kdtune-test" if HAS_WANDB else None)
+        if HAS_WANDB:
+            wait_for_wandb_logs(base / "wandb", runs=2)
     finally:
         ray.shutdown()
         mp.undo()
@@ -116,6 +118,20 @@ def test_mlflow_logs_every_trial(tracked):
         assert run.data.metrics["val_acc"] == pytest.approx(trial["final_val_acc"], rel=1e-6)
         assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
         assert float(run.data.params["alpha"]) == trial["alpha"]
+
+
+def wait_for_wandb_logs(folder: Path, runs: int, timeout_s: float = 60.0) -> None:
+    """Wait until each offline run's log holds records, before Ray's shutdown ends W&B's writer processes:
+    a run that wandb has finished may still be writing its log (seen once in CI: a 7-byte file, its
+    header only)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        logs = list(folder.glob("offline-run-*/run-*.wandb"))
+        if len(logs) >= runs and all(log.stat().st_size > 1024 for log in logs):
+            return
+        time.sleep(0.5)
 
 
 def logged_values(run_log: Path, key: str) -> list[float]:
