@@ -182,7 +182,8 @@ def pack_line(trials: pd.DataFrame) -> str | None:
     measured = modes.dropna(subset=["pack_loop_images_per_s", "pack_stack_images_per_s"])
     if len(measured):
         ratio = measured["pack_stack_images_per_s"] / measured["pack_loop_images_per_s"]
-        span = f"{ratio.min():.2f}x" if ratio.min() == ratio.max() else f"{ratio.min():.2f}x to {ratio.max():.2f}x"
+        low, high = f"{ratio.min():.2f}x", f"{ratio.max():.2f}x"
+        span = low if low == high else f"{low} to {high}"
         text += (f" (pack mode auto, measured on each trial's device: the stack at {span} the loop's images/s, "
                  f"the loop at {measured['pack_loop_images_per_s'].median():,.0f} images/s)")
     return text + "."

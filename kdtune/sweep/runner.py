@@ -436,8 +436,9 @@ def _run(settings: SweepSettings, resources: Resources, root: Path, previous: di
                 print(f"warning: teacher {teacher.path} was not trained on this experiment's data splits "
                       f"(--allow-foreign-teacher): it may have seen validation or test images")
             print(f"teacher {settings.teacher}: val {teacher.meta['val_acc']:.2%}  test {teacher.meta['test_acc']:.2%}")
-            swept = [p["temperature"] for p in record["points"] if isinstance(p.get("temperature"), (int, float))]
-            save_json(root / TEACHER_CARD, teachers.teacher_card(teacher, cache, splits, swept))
+            if not (root / TEACHER_CARD).is_file():  # a resume has the same teacher and views: its card stands
+                swept = [p["temperature"] for p in record["points"] if isinstance(p.get("temperature"), (int, float))]
+                save_json(root / TEACHER_CARD, teachers.teacher_card(teacher, cache, splits, swept))
             shared_cache = ray.put(to_shared(cache))
             for phase in ("sweep", "confirm"):
                 if stop.requested:
