@@ -12,8 +12,9 @@ Parts, each recording its own failure without hiding the others:
   pack_equality the same pack trained as a loop and as a stack: largest difference
   step_time     one student's training step: eager, eager with the fused optimizer, torch.compile
   throughput    images/s of 1, 8 and 32 students (1, 2, 4 with --tiny) as a loop and as a stack
-  processes     images/s of 1, 4 and 8 single-student processes sharing the device (1, 2 with --tiny):
-                what Ray's fractional GPUs would give
+  processes     images/s of 1, 2, 4, 8 and 16 processes sharing the device (1, 2 with --tiny), each training
+                a trial's 3 seeds, and of one process stacking 6 and 12: what Ray's fractional GPUs and
+                stacked packs give, and the choice kdtune's GPU fill would make from them
   host_syncs    synchronisations with the host in a training step (CUDA's sync debug mode), or on a CPU
                 the tensors built from Python values and the values read back
 Every speed is measured side by side in the one run; nothing is estimated.
@@ -25,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
 import sys
@@ -57,10 +57,11 @@ class Scale:
     members: tuple[int, ...]
     processes: tuple[int, ...]
     steps: int
+    stacks: tuple[int, ...]
 
 
-FULL = Scale("cnn3", 8192, 2, (1, 8, 32), (1, 4, 8), 20)
-TINY = Scale("tinycnn", 256, 1, (1, 2, 4), (1, 2), 3)
+FULL = Scale("cnn3", 8192, 2, (1, 8, 32), (1, 2, 4, 8, 16), 20, (6, 12))
+TINY = Scale("tinycnn", 256, 1, (1, 2, 4), (1, 2), 3, (6,))
 
 
 def synthetic_splits(n: int, classes: int = 10, seed: int = 0) -> Splits:
@@ -270,28 +271,22 @@ def throughput(device: torch.device, scale: Scale, splits: Splits, teacher: Cach
     return out
 
 
-def _process_worker(args) -> float:
-    device_name_, scale_name, steps, threads = args
-    torch.set_num_threads(threads)
-    device = torch.device(device_name_)
-    scale = TINY if scale_name == "tiny" else FULL
-    splits = synthetic_splits(scale.images)
-    teacher = _cache(splits, device, 1)
-    config = RunConfig(model=scale.student, epochs=1, recipe="strong", alpha=0.9, temperature=4.0, aug_seed=AUG_SEED)
-    return _one_step_timer(config, splits, device, teacher, steps, fused=device.type == "cuda",
-                           compiled=False)["images_per_s"]
+def processes(device: torch.device, scale: Scale) -> dict:
+    """What kdtune's GPU fill measures and chooses (kdtune.engine.fill): processes, each training a trial's pack
+    of 3 seeds, side by side from a common start (images/s summed, device memory each); one process stacking 6
+    and 12 students; and the choice a temperature grid of 11 trials would get from them."""
+    from kdtune.engine.fill import FillChoice, Probe, choose_fill, free_bytes, measure_processes, process_limit
 
-
-def processes(device: torch.device, scale: Scale, scale_name: str) -> dict:
-    """Single-student processes side by side on one device: their images/s summed."""
-    out = {}
-    context = mp.get_context("spawn")  # CUDA cannot be forked
-    threads = 1 if device.type == "cpu" else max(1, torch.get_num_threads() // max(scale.processes))
-    for count in scale.processes:
-        with context.Pool(count) as pool:
-            rates = pool.map(_process_worker, [(str(device), scale_name, scale.steps * 3, threads)] * count)
-        out[str(count)] = {"images_per_s_total": sum(rates), "per_process": rates}
-    return out
+    probe = Probe(scale.student, 10, (32, 32), 128, "bf16" if device.type == "cuda" else "fp32", 3,
+                  steps=scale.steps, threads=1, sys_path=tuple(sys.path))
+    measured = [measure_processes(probe, device, count) for count in scale.processes]
+    stacks = {m: measure_processes(dataclasses.replace(probe, members=m, mode="stack"), device, 1)
+              for m in scale.stacks}
+    gpus = max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
+    limit, why = process_limit(measured[0].bytes_per_process, free_bytes(device), (os.cpu_count() or 1) / gpus, 1, 11)
+    choice: FillChoice = choose_fill(measured, stacks, limit, why)
+    return {**{str(m.processes): dataclasses.asdict(m) for m in measured},
+            "stacks": {str(m): dataclasses.asdict(r) for m, r in stacks.items()}, "choice": choice.to_dict()}
 
 
 def host_syncs(device: torch.device, scale: Scale, splits: Splits, teacher: CachedTeacher) -> dict:
@@ -377,7 +372,7 @@ def main(argv=None) -> int:
         "pack_equality": lambda: pack_equality(device, scale, splits, teacher),
         "step_time": lambda: step_time(device, scale, splits, teacher, args.precision),
         "throughput": lambda: throughput(device, scale, splits, teacher),
-        "processes": lambda: processes(device, scale, summary["scale"]),
+        "processes": lambda: processes(device, scale),
         "host_syncs": lambda: host_syncs(device, scale, splits, teacher),
     }
     unknown = set(args.parts or []) - set(parts)

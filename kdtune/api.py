@@ -66,7 +66,7 @@ def plan(space, *, search: str = "grid", teacher: str | None = None, student: st
          data_dir: str | os.PathLike | None = None, preset: str | None = None, seeds: int | None = None,
          asha: bool | None = None, **options) -> str:
     """What `sweep` with the same arguments would run, and its estimated cost on this machine (`--dry-run`)."""
-    from kdtune.sweep.settings import dry_run
+    from kdtune.sweep.estimate import dry_run
 
     return dry_run(*settings(space, search=search, teacher=teacher, student=student, data_dir=data_dir, preset=preset,
                              seeds=seeds, asha=asha, **options))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kdtune.sweep import estimate as cost
-from kdtune.sweep.estimate import RAY_START_S, TRIAL_START_S, Speeds, Work
-from kdtune.sweep.settings import build_settings, phase_packs, plan
+from kdtune.sweep.estimate import RAY_START_S, TRIAL_START_S, Speeds, Work, phase_packs
+from kdtune.sweep.settings import build_settings, plan
 
 SPEEDS = Speeds(student_train=100.0, student_eval=400.0, teacher_train=50.0, teacher_eval=200.0)
 

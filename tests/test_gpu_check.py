@@ -33,5 +33,7 @@ def test_the_gpu_check_runs_every_part_on_a_cpu_without_ray_or_optuna(tmp_path):
     assert all(v < 1e-4 for v in summary["pack_equality"]["max_difference"].values())
     assert summary["step_time"]["eager"]["images_per_s"] > 0
     assert set(summary["throughput"]) - {"ok", "seconds"} == {"1", "2", "4"} and summary["throughput"]["2"]["stack"] > 0
-    assert set(summary["processes"]) - {"ok", "seconds"} == {"1", "2"}
+    assert set(summary["processes"]) - {"ok", "seconds", "stacks", "choice"} == {"1", "2"}
+    assert summary["processes"]["2"]["images_per_s"] > 0 and summary["processes"]["stacks"]["6"]["images_per_s"] > 0
+    assert summary["processes"]["choice"]["trials_per_gpu"] in (1, 2)
     assert summary["host_syncs"]["count"] == 0 and summary["host_syncs"]["steps"] >= 4

@@ -124,14 +124,47 @@ def checked(monkeypatch) -> dict:
     return seen
 
 
-def test_trials_take_a_whole_gpu_by_default_where_the_cluster_has_gpus(cluster, checked, tmp_path, capsys,
-                                                                       monkeypatch):
-    gpu_node = {"Alive": True, "NodeID": "gpu", "Resources": {"CPU": 16.0, "GPU": 8.0}}
-    monkeypatch.setattr(ray, "nodes", lambda: [HEAD, gpu_node])
+GPU_NODE = {"Alive": True, "NodeID": "gpu", "Resources": {"CPU": 16.0, "GPU": 8.0}}
+
+
+def test_trials_share_a_gpu_as_measured_by_default_where_the_cluster_has_gpus(cluster, checked, tmp_path, capsys,
+                                                                             monkeypatch):
+    from kdtune.engine.fill import FillChoice
+
+    asked = {}
+
+    def measured(settings, resources, splits, cpus_per_gpu):
+        asked.update(cpus_per_gpu=cpus_per_gpu, gpus_per_trial=resources.gpus_per_trial)
+        return FillChoice(4, None, [], [], "as measured")
+
+    monkeypatch.setattr(ray, "nodes", lambda: [HEAD, GPU_NODE])
+    monkeypatch.setattr(kdtune.sweep.runner, "measure_fill_on_gpu", measured)
+    code, out, err = sweep(tmp_path, capsys, *SHARED)
+    assert err == "error: every check passed", err
+    assert asked == {"cpus_per_gpu": 2.0, "gpus_per_trial": None}  # 16 CPUs for 8 GPUs
+    assert checked["resources"].gpus_per_trial == 0.25
+    assert "GPU fill (measured): 4 trials per GPU (--gpus-per-trial 0.25): as measured" in out
+    assert kdtune.sweep.runner.teacher_task_resources(checked["resources"]) == {"num_cpus": 1.0, "num_gpus": 1}
+
+
+def test_a_failed_gpu_measurement_leaves_a_whole_gpu_per_trial(cluster, checked, tmp_path, capsys, monkeypatch):
+    def fails(*args):
+        raise RuntimeError("a GPU-fill measurement worker failed: CUDA error: out of memory")
+
+    monkeypatch.setattr(ray, "nodes", lambda: [HEAD, GPU_NODE])
+    monkeypatch.setattr(kdtune.sweep.runner, "measure_fill_on_gpu", fails)
     code, out, err = sweep(tmp_path, capsys, *SHARED)
     assert err == "error: every check passed", err
     assert checked["resources"].gpus_per_trial == 1.0 and "trials use a whole GPU each" in out
-    assert kdtune.sweep.runner.teacher_task_resources(checked["resources"]) == {"num_cpus": 1.0, "num_gpus": 1}
+    assert "note: the GPU-fill measurement failed (a GPU-fill measurement worker failed: CUDA error" in out
+
+
+def test_nothing_is_measured_when_the_user_placed_the_trials(cluster, checked, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ray, "nodes", lambda: [HEAD, GPU_NODE])
+    monkeypatch.setattr(kdtune.sweep.runner, "measure_fill_on_gpu", lambda *args: pytest.fail("measured"))
+    code, out, err = sweep(tmp_path, capsys, "--gpus-per-trial", "0.5", "--pack", "0", *SHARED)
+    assert err == "error: every check passed", err
+    assert checked["resources"].gpus_per_trial == 0.5 and "GPU fill" not in out
 
 
 def test_no_gpus_by_default_on_a_cpu_cluster_and_the_teacher_gets_a_whole_node(cluster, checked, tmp_path, capsys):

@@ -30,6 +30,7 @@ from kdtune.engine.config import PRECISIONS
 from kdtune.engine.data import DATASETS, resolve_data_dir
 from kdtune.engine.losses import DKD_BETA
 from kdtune.engine.stack import PACK_MODES
+from kdtune.sweep.estimate import dry_run
 from kdtune.sweep.interrupt import exit_at_once_on_ctrl_c
 from kdtune.sweep.presets import PRESETS, default_preset
 from kdtune.sweep.resume import (
@@ -48,7 +49,6 @@ from kdtune.sweep.settings import (
     SweepSettings,
     build_settings,
     default_name,
-    dry_run,
     experiment_root,
 )
 
@@ -134,8 +134,9 @@ def parse_args(argv):
     s.add_argument("--max-failures", type=int, help="retries of a crashed trial from its last checkpoint (default: "
                    f"{SETTING['max_failures']})")
     s.add_argument("--pack", type=non_negative_int, metavar="N",
-                   help="train N students per trial, of any configurations and the baseline (grid, no ASHA): fills "
-                        "a GPU that one small student cannot (default 0: a trial is one configuration's seeds)")
+                   help="train N students per trial, of any configurations and the baseline (grid, no ASHA); 0: a "
+                        "trial is one configuration's seeds (default: 0, or on GPUs a stacked pack where a short "
+                        "measurement finds it faster; docs/sweeps.md#filling-a-gpu)")
     s.add_argument("--pack-mode", choices=PACK_MODES,
                    help="how a trial trains its students: loop (one after another each step, exactly as alone), "
                         "stack (one batched torch.func computation, for GPUs; method kd only), auto (default: each "
@@ -154,7 +155,8 @@ def parse_args(argv):
     r = p.add_argument_group("resources and cluster")
     r.add_argument("--cpus-per-trial", type=positive_float, help=f"default: {RESOURCE['cpus_per_trial']:g}")
     r.add_argument("--gpus-per-trial", type=float,
-                   help="fractional: 0.25 puts four trials on a GPU (default: 1 where the cluster has GPUs, else 0)")
+                   help="fractional: 0.25 puts four trials on a GPU (default: 0 without GPUs; with GPUs, as many "
+                        "trials per GPU as a short measurement on one finds worth it)")
     r.add_argument("--max-concurrent", type=positive_int)
     r.add_argument("--address", help="a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS, else local)")
     r.add_argument("--storage-path", help="where Tune keeps trials: a folder or a URI such as s3://bucket/path")

@@ -189,6 +189,16 @@ def pack_line(trials: pd.DataFrame) -> str | None:
     return text + "."
 
 
+def fill_line(record: dict) -> str | None:
+    """Where trials shared a GPU (or stacked students) as the sweep measured it (kdtune.engine.fill)."""
+    fill = record.get("gpu_fill")
+    if not fill:
+        return None
+    share = (f"packs of {fill['pack']} students, one per GPU" if fill.get("pack")
+             else f"{fill['trials_per_gpu']} trial{'s' * (fill['trials_per_gpu'] != 1)} per GPU")
+    return f"GPU fill, measured when the sweep started: {share} — {fill['why']}."
+
+
 def progress_line(exp: Experiment) -> str:
     """How many trials have each outcome, against the plan ('of N planned')."""
     counts = exp.trials["outcome"].value_counts()
@@ -390,9 +400,9 @@ def summary_markdown(exp: Experiment, configs: pd.DataFrame, h: Headline, figure
     if rebuilt:
         lines += [rebuilt, ""]
     lines += [describe_experiment(exp), "", progress_line(exp), ""]
-    packs = pack_line(exp.trials)
-    if packs:
-        lines += [packs, ""]
+    for line in (fill_line(exp.record), pack_line(exp.trials)):
+        if line:
+            lines += [line, ""]
     lines.append(f"- Teacher {exp.settings['teacher']} (one model): validation {pct(h.teacher['val_acc'])}%, "
                  f"test {pct(h.teacher['test_acc'])}%")
     if h.baseline is None:

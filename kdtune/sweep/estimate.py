@@ -19,7 +19,21 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 from dataclasses import dataclass
+
+from kdtune.engine.models import check_model
+from kdtune.report.record import confirm_seed_count
+from kdtune.sweep.settings import (
+    Resources,
+    SweepSettings,
+    describe_plan,
+    describe_precision,
+    load_splits,
+    pack_members,
+    plan,
+    resolve_precision,
+)
 
 # Fixed costs measured on the 2-core CPU machine of this project (Ray 2.x, torch 2.14): `ray.init` with the
 # object-store puts of the data, and a trial's worker process with its imports and its copy of the data.
@@ -117,3 +131,68 @@ def slots_here(cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int
     if max_concurrent:
         slots = min(slots, max_concurrent)
     return max(1, slots)
+
+
+# ----------------------------------------------------------------------------- the dry run
+
+
+def phase_packs(settings: SweepSettings) -> dict:
+    """phase -> the number of students in each of its Tune trials, in the order Tune launches them."""
+    counts = plan(settings)
+    if settings.pack:
+        packs = {"sweep": [len(p) for p in pack_members(settings)]}
+    else:  # the baseline's pack is launched first, in the sweep's experiment
+        packs = {"sweep": [settings.seeds] * counts["tune_trials"]["sweep"]}
+    packs["confirm"] = [confirm_seed_count(settings.to_dict())] * counts["tune_trials"]["confirm"]
+    return packs
+
+
+def dry_run(settings: SweepSettings, resources: Resources) -> str:
+    """The plan, and its wall clock estimated from throughput measured here (the cost model above)."""
+    import torch
+
+    from kdtune.engine.speed import measure
+    from kdtune.engine.teacher import cache_entries, cache_mode, locate_teacher
+    from kdtune.sweep import gpu_fill
+
+    splits = load_splits(settings)
+    gpus = torch.cuda.device_count()
+    fill = None
+    if gpus and resources.gpus_per_trial != 0 and any(gpu_fill.open_levers(settings, resources)):
+        fill = gpu_fill.decide(settings, resources, gpu_fill.DataShape.of(splits), (os.cpu_count() or 1) / gpus)
+        settings, resources = gpu_fill.apply(settings, resources, fill)
+    resources = resources.with_default_gpus(gpus)
+    device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+    cpus = os.cpu_count() or 1
+    threads = max(1, int(resources.cpus_per_trial))
+    choices = {}
+    if resources.gpus_per_trial == 0:
+        settings, choices = resolve_precision(settings, splits, threads, cpus)
+    # A --teacher-path trained on other splits is refused here already, as the run would.
+    teacher = locate_teacher(settings.teacher_config(), splits, resources.teacher_store, settings.teacher_path,
+                             settings.allow_foreign_teacher)
+    def cached(aug_seed: int) -> bool:
+        return teacher is not None and all(path.is_file() for path in cache_entries(
+            teacher, splits, aug_seed, settings.epochs, cache_mode(settings.precision_of("cache"), device)).values())
+
+    size, classes = splits.image_size, splits.num_classes
+    student = measure(check_model(settings.student, classes, size), settings.student_config().effective_batch_size,
+                      splits, device, threads, precision=settings.precision_of("student"))
+    teacher_model, teacher_batch = check_model(settings.teacher, classes, size), settings.teacher_config().effective_batch_size
+    teacher_train = measure(teacher_model, teacher_batch, splits, device, cpus, precision=settings.precision_of("teacher"))
+    cache_eval = measure(teacher_model, teacher_batch, splits, device, cpus, precision=settings.precision_of("cache"))
+    if fill is not None:  # the measured rate of a trial as chosen, sharing its GPU or stacking its students
+        student = (gpu_fill.trial_images_per_s(fill), student[1])
+    speeds = Speeds(*student, teacher_train[0], cache_eval[1])
+    work = Work(len(splits.train_labels), len(splits.val_labels), len(splits.test_labels), settings.epochs,
+                     settings.teacher_epochs, settings.test_every, phase_packs(settings), teacher is None,
+                     not cached(settings.aug_seed),
+                     bool(settings.confirm) and settings.confirm_fresh_views and not cached(settings.confirm_aug_seed))
+    slots = slots_here(resources.cpus_per_trial, resources.gpus_per_trial, resources.max_concurrent, cpus, gpus)
+    where = "on the GPU" if device.type == "cuda" else f"{threads} thread{'s' * (threads > 1)} per trial"
+    line = describe(estimate(work, speeds, slots), speeds, where)
+    if choices:
+        line = describe_precision(choices) + "\n" + line
+    if fill is not None:
+        line = gpu_fill.describe(fill, settings, resources) + "\n" + line
+    return describe_plan(settings, len(splits.train_labels), teacher is not None, line)

@@ -20,6 +20,7 @@ from kdtune.engine.errors import UserError, first_line
 from kdtune.engine.progress import LogLines, is_terminal
 from kdtune.engine.teacher import cache_mode, heavy_part_from_state, model_from_state
 from kdtune.report.record import TEACHER_CARD, confirmed_configurations, read_record, storage_child
+from kdtune.sweep import gpu_fill
 from kdtune.sweep.interrupt import StopRequest
 from kdtune.sweep.resume import (
     Claim,
@@ -119,16 +120,41 @@ def check_cluster(resources: Resources, storage: str) -> None:
         )
 
 
-def default_gpus(resources: Resources) -> Resources:
-    """Without --gpus-per-trial, trials take a whole GPU each where the cluster has (or can start) GPUs."""
+def place_trials(settings: SweepSettings, resources: Resources, splits: Splits, new: bool):
+    """(settings, resources, the GPU-fill choice or None): without --gpus-per-trial, no GPUs on the cluster
+    means CPU trials; with GPUs, a new experiment measures how many trials share a GPU (and, for a grid
+    without ASHA and no --pack, how many students a trial stacks) in a Ray task on a GPU
+    (kdtune.sweep.gpu_fill).  A resume keeps what its record says; a failed measurement, a whole GPU each."""
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")] + autoscaling_node_types()
     gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    if gpus >= 1 and new and resources.gpus_per_trial != 0 and any(gpu_fill.open_levers(settings, resources)):
+        cpus_per_gpu = min(n.get("CPU", 0) / n["GPU"] for n in nodes if n.get("GPU", 0) >= 1)
+        print("measuring how many trials fill a GPU (once per device and model; kdtune.engine.fill)")
+        try:
+            choice = measure_fill_on_gpu(settings, resources, splits, cpus_per_gpu)
+        except Exception as error:  # a measurement is an optimisation: the sweep runs without it
+            print(f"note: the GPU-fill measurement failed ({first_line(error)}); trials use a whole GPU each")
+        else:
+            settings, resources = gpu_fill.apply(settings, resources, choice)
+            print(gpu_fill.describe(choice, settings, resources).strip())
+            return settings, resources, choice
     resolved = resources.with_default_gpus(gpus)
     if resources.gpus_per_trial is None and resolved.gpus_per_trial:
         print("trials use a whole GPU each (the cluster has GPUs; --gpus-per-trial 0 for none, 0.25 for four to a GPU)")
-    return resolved
+    return settings, resolved, None
+
+
+def measure_fill_on_gpu(settings: SweepSettings, resources: Resources, splits: Splits, cpus_per_gpu: float):
+    """gpu_fill.decide in a Ray task holding one GPU (of a node the autoscaler may have to start)."""
+    import ray
+
+    task = ray.remote(gpu_fill.decide).options(num_gpus=1, num_cpus=resources.cpus_per_trial)
+    try:
+        return ray.get(task.remote(settings, resources, gpu_fill.DataShape.of(splits), cpus_per_gpu))
+    except ray.exceptions.RayTaskError as error:
+        raise error.cause from None
 
 
 def teacher_task_resources(resources: Resources) -> dict:
@@ -404,7 +430,7 @@ def _run(settings: SweepSettings, resources: Resources, root: Path, previous: di
     if previous is None:
         print(describe_plan(settings, len(splits.train_labels), teacher_stored=None))
     connect(resources.address, resources.runtime_env)
-    resources = default_gpus(resources)
+    settings, resources, fill = place_trials(settings, resources, splits, previous is None)
     check_cluster(resources, storage)
     shared_splits = ray.put(to_shared(splits))
     choices = {}
@@ -418,6 +444,8 @@ def _run(settings: SweepSettings, resources: Resources, root: Path, previous: di
     record = start_record(previous, settings, resources, storage, mode)
     if choices:
         record["precision_choice"] = choices
+    if fill is not None:
+        record["gpu_fill"] = fill.to_dict()
     if previous is not None and "environment" in previous:
         changed = environment_changes(previous["environment"], environment(settings, resources, mode))
         if changed:

@@ -44,7 +44,6 @@ from kdtune.engine.stack import PACK_MODES
 from kdtune.report.record import (
     DEFAULT_METHOD,
     SearchSpace,
-    confirm_seed_count,
     describe_distribution,
     format_value,
     planned_students,
@@ -126,6 +125,9 @@ class SweepSettings:
     compile_step: bool = False  # students' forward through torch.compile (measured no faster on this project's CPU)
     pack: int = 0  # students per Tune trial, of any configurations, baseline included; 0: a configuration's seeds
     pack_mode: str = "auto"  # how a pack trains its members: kdtune.engine.stack.PACK_MODES
+    # No --pack was given: where trials use GPUs, a grid without ASHA may get stacked packs chosen by measuring
+    # (kdtune.sweep.gpu_fill); `pack` then holds the choice.
+    pack_auto: bool = False
 
     def __post_init__(self):
         check_model_name(self.teacher)
@@ -247,7 +249,7 @@ class Resources:
     """Where and how wide an experiment runs; may differ between a run and its --resume."""
 
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None  # None: a whole GPU per trial where the cluster has GPUs, else none
+    gpus_per_trial: float | None = None  # None: as measured where the cluster has GPUs (kdtune.sweep.gpu_fill), else none
     max_concurrent: int | None = None
     address: str | None = None
     storage_path: str | None = None  # default: the experiment folder itself
@@ -278,7 +280,7 @@ class Resources:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
 
     def with_default_gpus(self, cluster_gpus: float) -> "Resources":
-        """No --gpus-per-trial: a whole GPU per trial (a pack of students) when the cluster has GPUs."""
+        """No --gpus-per-trial and no measured choice: a whole GPU per trial when the cluster has GPUs."""
         if self.gpus_per_trial is not None:
             return self
         return dataclasses.replace(self, gpus_per_trial=1.0 if cluster_gpus >= 1 else 0.0)
@@ -326,6 +328,7 @@ def build_settings(name: str, search: str, space, preset_name: str, **values) ->
     chosen = {**defaults, **{k: v for k, v in values.items() if v is not None}}
     chosen.setdefault("seeds", preset.seeds if preset.seeds and search == "grid" else 3 if search == "grid" else 1)
     chosen.setdefault("asha", search == "optuna")
+    chosen["pack_auto"] = values.get("pack") is None
     if chosen.get("grace_period") is None:
         chosen["grace_period"] = warmup_epochs(chosen["recipe"], chosen["epochs"]) + 1
     settings = SweepSettings(name=name, search=search, space=space, preset=preset_name, **chosen)
@@ -535,57 +538,3 @@ def check_storage_writable(storage: str) -> None:
                 folder.rmdir()
             except OSError:
                 break
-
-
-def phase_packs(settings: SweepSettings) -> dict:
-    """phase -> the number of students in each of its Tune trials, in the order Tune launches them."""
-    counts = plan(settings)
-    if settings.pack:
-        packs = {"sweep": [len(p) for p in pack_members(settings)]}
-    else:  # the baseline's pack is launched first, in the sweep's experiment
-        packs = {"sweep": [settings.seeds] * counts["tune_trials"]["sweep"]}
-    packs["confirm"] = [confirm_seed_count(settings.to_dict())] * counts["tune_trials"]["confirm"]
-    return packs
-
-
-def dry_run(settings: SweepSettings, resources: Resources) -> str:
-    """The plan, and its wall clock estimated from throughput measured here (see kdtune.sweep.estimate)."""
-    import torch
-
-    from kdtune.engine.speed import measure
-    from kdtune.engine.teacher import cache_entries, cache_mode, locate_teacher
-    from kdtune.sweep import estimate as cost
-
-    splits = load_splits(settings)
-    gpus = torch.cuda.device_count()
-    resources = resources.with_default_gpus(gpus)
-    device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
-    cpus = os.cpu_count() or 1
-    threads = max(1, int(resources.cpus_per_trial))
-    choices = {}
-    if resources.gpus_per_trial == 0:
-        settings, choices = resolve_precision(settings, splits, threads, cpus)
-    # A --teacher-path trained on other splits is refused here already, as the run would.
-    teacher = locate_teacher(settings.teacher_config(), splits, resources.teacher_store, settings.teacher_path,
-                             settings.allow_foreign_teacher)
-    def cached(aug_seed: int) -> bool:
-        return teacher is not None and all(path.is_file() for path in cache_entries(
-            teacher, splits, aug_seed, settings.epochs, cache_mode(settings.precision_of("cache"), device)).values())
-
-    size, classes = splits.image_size, splits.num_classes
-    student = measure(check_model(settings.student, classes, size), settings.student_config().effective_batch_size,
-                      splits, device, threads, precision=settings.precision_of("student"))
-    teacher_model, teacher_batch = check_model(settings.teacher, classes, size), settings.teacher_config().effective_batch_size
-    teacher_train = measure(teacher_model, teacher_batch, splits, device, cpus, precision=settings.precision_of("teacher"))
-    cache_eval = measure(teacher_model, teacher_batch, splits, device, cpus, precision=settings.precision_of("cache"))
-    speeds = cost.Speeds(*student, teacher_train[0], cache_eval[1])
-    work = cost.Work(len(splits.train_labels), len(splits.val_labels), len(splits.test_labels), settings.epochs,
-                     settings.teacher_epochs, settings.test_every, phase_packs(settings), teacher is None,
-                     not cached(settings.aug_seed),
-                     bool(settings.confirm) and settings.confirm_fresh_views and not cached(settings.confirm_aug_seed))
-    slots = cost.slots_here(resources.cpus_per_trial, resources.gpus_per_trial, resources.max_concurrent, cpus, gpus)
-    where = "on the GPU" if device.type == "cuda" else f"{threads} thread{'s' * (threads > 1)} per trial"
-    line = cost.describe(cost.estimate(work, speeds, slots), speeds, where)
-    if choices:
-        line = describe_precision(choices) + "\n" + line
-    return describe_plan(settings, len(splits.train_labels), teacher is not None, line)
