@@ -239,8 +239,12 @@ def test_resume_after_the_driver_is_killed_runs_only_what_was_unfinished(workdir
     results = workdir / "results" / "killed"
 
     def distilled_started() -> bool:  # one slot: the baseline, the sweep experiment's first trial, has finished
-        return any(p.stat().st_size > 0 for p in results.glob("sweep/*/result.json")
-                   if "phase" not in json.loads((p.parent / "params.json").read_text()))
+        # Tune copies result.json into the experiment folder on its syncs, each file in turn: both files are
+        # waited for, so that the kill does not land inside the copy that is bringing the baseline's.
+        copied = [("phase" in json.loads((p.parent / "params.json").read_text()), p.read_text())
+                  for p in results.glob("sweep/*/result.json")]
+        return (any(text for baseline, text in copied if not baseline)
+                and any(len(text.splitlines()) == 3 for baseline, text in copied if baseline))
 
     try:
         assert wait_for(distilled_started, 300), "the sweep's distilled trial never started"
