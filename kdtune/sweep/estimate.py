@@ -12,7 +12,9 @@ trial gets (one per CPU Ray assigns it) or its GPU, and how fast the teacher doe
                as soon as a slot frees;
                a student trains every epoch, evaluates validation every epoch and the test set after its last
 
-ASHA may stop trials early: the estimate is then an upper bound.
+ASHA may stop trials early: the estimate is then an upper bound.  On a GPU machine the dry run first makes
+the run's GPU-fill choice (kdtune.sweep.gpu_fill) and estimates with the rate it measured.  `dry_run` at
+the end is `kdtune tune --dry-run` and `kdtune.api.plan`.
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
     # A --teacher-path trained on other splits is refused here already, as the run would.
     teacher = locate_teacher(settings.teacher_config(), splits, resources.teacher_store, settings.teacher_path,
                              settings.allow_foreign_teacher)
+
     def cached(aug_seed: int) -> bool:
         return teacher is not None and all(path.is_file() for path in cache_entries(
             teacher, splits, aug_seed, settings.epochs, cache_mode(settings.precision_of("cache"), device)).values())
@@ -185,9 +188,9 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
         student = (gpu_fill.trial_images_per_s(fill), student[1])
     speeds = Speeds(*student, teacher_train[0], cache_eval[1])
     work = Work(len(splits.train_labels), len(splits.val_labels), len(splits.test_labels), settings.epochs,
-                     settings.teacher_epochs, settings.test_every, phase_packs(settings), teacher is None,
-                     not cached(settings.aug_seed),
-                     bool(settings.confirm) and settings.confirm_fresh_views and not cached(settings.confirm_aug_seed))
+                settings.teacher_epochs, settings.test_every, phase_packs(settings), teacher is None,
+                not cached(settings.aug_seed),
+                bool(settings.confirm) and settings.confirm_fresh_views and not cached(settings.confirm_aug_seed))
     slots = slots_here(resources.cpus_per_trial, resources.gpus_per_trial, resources.max_concurrent, cpus, gpus)
     where = "on the GPU" if device.type == "cuda" else f"{threads} thread{'s' * (threads > 1)} per trial"
     line = describe(estimate(work, speeds, slots), speeds, where)
