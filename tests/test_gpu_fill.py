@@ -195,3 +195,24 @@ def test_the_report_says_how_trials_filled_their_gpu(tmp_path):
     stacked = FillChoice(1, 12, [], [], "stacked").to_dict()
     assert fill_line({"gpu_fill": stacked}) == ("GPU fill, measured when the sweep started: packs of 12 students, "
                                                 "one per GPU — stacked.")
+
+
+@pytest.mark.slow
+def test_a_failed_measurement_in_the_dry_run_is_a_note(tmp_path, monkeypatch, mini_data_dir):
+    from kdtune.engine import speed
+    from kdtune.sweep.estimate import dry_run
+
+    measure = speed.measure
+    monkeypatch.setattr(speed, "measure", lambda model, batch_size, splits, device, threads, **kw:
+                        measure(model, batch_size, splits, device, 1, **kw))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("a GPU-fill measurement worker failed: CUDA error: out of memory")
+
+    monkeypatch.setattr(gpu_fill, "decide", fails)
+    settings = build_settings("x", "grid", "temperature", "quick", teacher="tinycnn", data_dir=str(mini_data_dir),
+                              train_subset=200, val_size=100)
+    out = dry_run(settings, Resources(teacher_store=str(tmp_path / "teachers")))
+    assert "note: the GPU-fill measurement failed (a GPU-fill measurement worker failed: CUDA error" in out
+    assert "estimated wall clock" in out

@@ -7,10 +7,11 @@ trial keeps the device busy a fraction of the time.  Two levers fill it:
     a stack    one trial trains more students as one batched computation (--pack N, pack mode stack)
 
 `measure_processes` starts k worker processes on the device, each training one trial's pack for a few steps
-on synthetic data of the experiment's shape, and times them side by side after a common start, for k = 1, 2,
-4, ...: the sum of their images/s, and the device memory each holds.  `measure_stack` does the same for one
-process training a stack of m students.  `choose_fill` then takes the fewest processes within FILL_MARGIN of
-the best rate that memory and CPUs allow, and a larger stacked pack only where it was measured faster still.
+on synthetic data of the experiment's shape, and times them side by side after a common start: the sum of
+their images/s, and the device memory each holds.  `measure_fill` runs it for k = 1, 2, 4, ... (stopping
+where a doubling stops paying or no more fit) and for one process training a stack of m students.
+`choose_fill` then takes the fewest processes within FILL_MARGIN of the best rate that memory and CPUs
+allow, and a larger stacked pack only where it was measured faster still.
 Measurements are remembered per device, model, batch and pack (`gpu-fill.json` in the cache folder).
 
 Workers are separate Python processes (`python -m kdtune.engine.fill`), not forks: CUDA cannot be forked, and
@@ -56,7 +57,7 @@ class Probe:
     batch_size: int
     precision: str
     members: int
-    mode: str = "loop"  # the pack's mode: "loop", or "stack" for measure_stack
+    mode: str = "loop"  # the pack's mode: "loop", or "stack" for a stacked pack
     steps: int = PROBE_STEPS
     threads: int = 1
     recipe: str = "strong"
