@@ -73,9 +73,9 @@ def test_measuring_stops_where_doubling_stops_paying_or_the_bound_is_reached(tmp
     table = {1: 1000.0, 2: 1900.0, 4: 2000.0, 8: 2100.0, 16: 2200.0}
     calls = []
 
-    def fake(probe, device, count, extra_bytes=0):
+    def fake(probe, device, count):
         calls.append((probe.mode, probe.members, count))
-        return Measured(count, table[count], GIB + extra_bytes)
+        return Measured(count, table[count], GIB)
 
     monkeypatch.setattr(fill, "measure_processes", fake)
     probe = Probe("tinycnn", 10, (32, 32), 64, "bf16", 3)
@@ -166,8 +166,10 @@ def test_apply_sets_only_what_the_user_left_open(tmp_path):
     assert settings.pack == 0
 
 
-@pytest.mark.slow
-def test_the_dry_run_on_a_gpu_machine_shows_the_choice_and_estimates_with_it(tmp_path, monkeypatch, mini_data_dir):
+@pytest.fixture
+def gpu_dry_run(tmp_path, monkeypatch, mini_data_dir):
+    """The quick grid's dry run on a machine that reports one GPU, with `decide` replaced by the given
+    function (the measurement needs a GPU); its speeds timed with one thread (see test_tune_cli)."""
     from kdtune.engine import speed
     from kdtune.sweep.estimate import dry_run
 
@@ -175,15 +177,34 @@ def test_the_dry_run_on_a_gpu_machine_shows_the_choice_and_estimates_with_it(tmp
     monkeypatch.setattr(speed, "measure", lambda model, batch_size, splits, device, threads, **kw:
                         measure(model, batch_size, splits, device, 1, **kw))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+    def run(decide) -> str:
+        monkeypatch.setattr(gpu_fill, "decide", decide)
+        settings = build_settings("x", "grid", "temperature", "quick", teacher="tinycnn", data_dir=str(mini_data_dir),
+                                  train_subset=200, val_size=100)
+        return dry_run(settings, Resources(teacher_store=str(tmp_path / "teachers")))
+
+    return run
+
+
+@pytest.mark.slow
+def test_the_dry_run_on_a_gpu_machine_shows_the_choice_and_estimates_with_it(gpu_dry_run):
     choice = FillChoice(4, None, [{"processes": 1, "images_per_s": 3000.0, "bytes_per_process": GIB},
                                   {"processes": 4, "images_per_s": 10000.0, "bytes_per_process": GIB}], [],
                         "students' images/s summed ...")
-    monkeypatch.setattr(gpu_fill, "decide", lambda *args, **kwargs: choice)
-    settings = build_settings("x", "grid", "temperature", "quick", teacher="tinycnn", data_dir=str(mini_data_dir),
-                              train_subset=200, val_size=100)
-    out = dry_run(settings, Resources(teacher_store=str(tmp_path / "teachers")))
+    out = gpu_dry_run(lambda *args, **kwargs: choice)
     assert "GPU fill (measured): 4 trials per GPU (--gpus-per-trial 0.25): students' images/s summed" in out
     assert "student 2500 img/s training" in out  # 10,000 shared by 4 trials
+
+
+@pytest.mark.slow
+def test_a_failed_measurement_in_the_dry_run_is_a_note(gpu_dry_run):
+    def fails(*args, **kwargs):
+        raise RuntimeError("a GPU-fill measurement worker failed: CUDA error: out of memory")
+
+    out = gpu_dry_run(fails)
+    assert "note: the GPU-fill measurement failed (a GPU-fill measurement worker failed: CUDA error" in out
+    assert "estimated wall clock" in out
 
 
 def test_the_report_says_how_trials_filled_their_gpu(tmp_path):
@@ -195,24 +216,3 @@ def test_the_report_says_how_trials_filled_their_gpu(tmp_path):
     stacked = FillChoice(1, 12, [], [], "stacked").to_dict()
     assert fill_line({"gpu_fill": stacked}) == ("GPU fill, measured when the sweep started: packs of 12 students, "
                                                 "one per GPU — stacked.")
-
-
-@pytest.mark.slow
-def test_a_failed_measurement_in_the_dry_run_is_a_note(tmp_path, monkeypatch, mini_data_dir):
-    from kdtune.engine import speed
-    from kdtune.sweep.estimate import dry_run
-
-    measure = speed.measure
-    monkeypatch.setattr(speed, "measure", lambda model, batch_size, splits, device, threads, **kw:
-                        measure(model, batch_size, splits, device, 1, **kw))
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-
-    def fails(*args, **kwargs):
-        raise RuntimeError("a GPU-fill measurement worker failed: CUDA error: out of memory")
-
-    monkeypatch.setattr(gpu_fill, "decide", fails)
-    settings = build_settings("x", "grid", "temperature", "quick", teacher="tinycnn", data_dir=str(mini_data_dir),
-                              train_subset=200, val_size=100)
-    out = dry_run(settings, Resources(teacher_store=str(tmp_path / "teachers")))
-    assert "note: the GPU-fill measurement failed (a GPU-fill measurement worker failed: CUDA error" in out
-    assert "estimated wall clock" in out

@@ -145,11 +145,11 @@ def process_limit(bytes_per_process: int | None, free_bytes: int | None, cpus_pe
 # ----------------------------------------------------------------------------- measuring
 
 
-def measure_processes(probe: Probe, device: torch.device, count: int, extra_bytes: int = 0) -> Measured:
+def measure_processes(probe: Probe, device: torch.device, count: int) -> Measured:
     """`count` workers, each training `probe` on `device`, timed side by side from a common start."""
     results, used = _run_workers(probe, device, count)
     seconds = max(r["seconds"] for r in results)  # all started together: the slowest closes the window
-    per_process = None if used is None else int(used / count) + extra_bytes
+    per_process = None if used is None else int(used / count)
     return Measured(count, round(sum(r["images"] for r in results) / seconds, 1), per_process)
 
 

@@ -24,7 +24,6 @@ import math
 import os
 from dataclasses import dataclass
 
-from kdtune.engine.errors import first_line
 from kdtune.engine.models import check_model
 from kdtune.report.record import confirm_seed_count
 from kdtune.sweep.settings import (
@@ -160,14 +159,10 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
 
     splits = load_splits(settings)
     gpus = torch.cuda.device_count()
-    fill, fill_note = None, None
-    if gpus and resources.gpus_per_trial != 0 and any(gpu_fill.open_levers(settings, resources)):
-        try:
-            fill = gpu_fill.decide(settings, resources, gpu_fill.DataShape.of(splits), (os.cpu_count() or 1) / gpus)
-        except Exception as error:  # as the run: without the measurement, a whole GPU per trial
-            fill_note = f"  note: the GPU-fill measurement failed ({first_line(error)}); trials use a whole GPU each"
-        else:
-            settings, resources = gpu_fill.apply(settings, resources, fill)
+    fill, fill_line = None, None
+    if gpu_fill.wanted(settings, resources, gpus):  # as the run chooses, measured on this machine's GPU
+        settings, resources, fill, fill_line = gpu_fill.place(settings, resources, lambda: gpu_fill.decide(
+            settings, resources, gpu_fill.DataShape.of(splits), (os.cpu_count() or 1) / gpus))
     resources = resources.with_default_gpus(gpus)
     device = torch.device("cuda" if resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
     cpus = os.cpu_count() or 1
@@ -201,6 +196,6 @@ def dry_run(settings: SweepSettings, resources: Resources) -> str:
     line = describe(estimate(work, speeds, slots), speeds, where)
     if choices:
         line = describe_precision(choices) + "\n" + line
-    if fill is not None or fill_note:
-        line = (fill_note or gpu_fill.describe(fill, settings, resources)) + "\n" + line
+    if fill_line:
+        line = fill_line + "\n" + line
     return describe_plan(settings, len(splits.train_labels), teacher is not None, line)

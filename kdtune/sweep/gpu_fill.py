@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from kdtune.engine.data import Splits
+from kdtune.engine.errors import first_line
 from kdtune.engine.fill import (
     MAX_STACK,
     PROCESS_COUNTS,
@@ -98,6 +99,24 @@ def apply(settings: SweepSettings, resources: Resources, choice: FillChoice) -> 
     if pack and choice.pack:
         settings = dataclasses.replace(settings, pack=choice.pack)
     return settings, resources
+
+
+def wanted(settings: SweepSettings, resources: Resources, gpus: float) -> bool:
+    """Whether a measurement is to choose anything: GPUs for trials, and a lever the user left open."""
+    return gpus >= 1 and resources.gpus_per_trial != 0 and any(open_levers(settings, resources))
+
+
+def place(settings: SweepSettings, resources: Resources, measure) -> tuple[SweepSettings, Resources, FillChoice | None, str]:
+    """(settings, resources, the choice, the line that says it): `measure()` (`decide` here or in a Ray task)
+    applied; a measurement that fails changes nothing, and the line says so: it is an optimisation, and the
+    sweep runs without it (a whole GPU per trial)."""
+    try:
+        choice = measure()
+    except Exception as error:
+        return settings, resources, None, (f"  note: the GPU-fill measurement failed ({first_line(error)}); "
+                                           f"trials use a whole GPU each")
+    settings, resources = apply(settings, resources, choice)
+    return settings, resources, choice, describe(choice, settings, resources)
 
 
 def trial_images_per_s(choice: FillChoice) -> float:

@@ -129,16 +129,13 @@ def place_trials(settings: SweepSettings, resources: Resources, splits: Splits, 
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")] + autoscaling_node_types()
     gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-    if gpus >= 1 and new and resources.gpus_per_trial != 0 and any(gpu_fill.open_levers(settings, resources)):
+    if new and gpu_fill.wanted(settings, resources, gpus):
         cpus_per_gpu = min(n.get("CPU", 0) / n["GPU"] for n in nodes if n.get("GPU", 0) >= 1)
         print("measuring how many trials fill a GPU (once per device and model; kdtune.engine.fill)")
-        try:
-            choice = measure_fill_on_gpu(settings, resources, splits, cpus_per_gpu)
-        except Exception as error:  # a measurement is an optimisation: the sweep runs without it
-            print(f"note: the GPU-fill measurement failed ({first_line(error)}); trials use a whole GPU each")
-        else:
-            settings, resources = gpu_fill.apply(settings, resources, choice)
-            print(gpu_fill.describe(choice, settings, resources).strip())
+        settings, resources, choice, line = gpu_fill.place(
+            settings, resources, lambda: measure_fill_on_gpu(settings, resources, splits, cpus_per_gpu))
+        print(line.strip())
+        if choice is not None:
             return settings, resources, choice
     resolved = resources.with_default_gpus(gpus)
     if resources.gpus_per_trial is None and resolved.gpus_per_trial:
