@@ -9,6 +9,9 @@ Parts, each recording its own failure without hiding the others:
   losses        kd, ls, ctkd and dkd on bf16 logits against the same loss in float64
   distill       a distillation run with the teacher-logit cache on the device, on synthetic CIFAR-shaped
                 data, twice (equal?) and twice more with --deterministic (equal?)
+  deterministic_models
+                torchvision's and timm's resnet18 (they pool with nn.AdaptiveAvgPool2d) trained twice with
+                --deterministic: do they run, and equal?
   pack_equality the same pack trained as a loop and as a stack: largest difference
   step_time     one student's training step: eager, eager with the fused optimizer, torch.compile
   throughput    images/s of 1, 8 and 32 students (1, 2, 4 with --tiny) as a loop and as a stack
@@ -17,7 +20,8 @@ Parts, each recording its own failure without hiding the others:
                 stacked packs give, and the choice kdtune's GPU fill would make from them
   host_syncs    synchronisations with the host in a training step (CUDA's sync debug mode), or on a CPU
                 the tensors built from Python values and the values read back
-Every speed is measured side by side in the one run; nothing is estimated.
+Every speed is measured side by side in the one run; nothing is estimated.  The JSON summary is rewritten
+after every part, so that a run stopped by a time limit keeps the parts it finished.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from kdtune.engine.config import RunConfig  # noqa: E402
 from kdtune.engine.data import Splits, channel_stats  # noqa: E402
 from kdtune.engine.device import autocast, configure, device_name  # noqa: E402
+from kdtune.engine.errors import first_line  # noqa: E402
 from kdtune.engine.losses import kd_loss_terms  # noqa: E402
 from kdtune.engine.pack import train_pack  # noqa: E402
 from kdtune.engine.teacher import CachedTeacher, LogitCache, compute_logits  # noqa: E402
@@ -180,6 +185,39 @@ def distill(device: torch.device, scale: Scale, splits: Splits, teacher: CachedT
             if deterministic:
                 torch.use_deterministic_algorithms(False)
             configure(device, False)
+    return out
+
+
+def deterministic_models(device: torch.device, scale: Scale) -> dict:
+    """Models that pool as torchvision's and timm's do (nn.AdaptiveAvgPool2d, with no deterministic CUDA backward:
+    kdtune.engine.device.mean_pools) trained twice under --deterministic without a teacher: equal?"""
+    import importlib.util
+
+    splits = synthetic_splits(max(128, scale.images // 8), seed=1)
+    specs = ["torchvision:resnet18"] + (["timm:resnet18"] if importlib.util.find_spec("timm") else [])
+    out = {}
+    configure(device, True)
+    try:
+        for spec in specs:
+            config = RunConfig(model=spec, epochs=1, recipe="strong", alpha=0.0, aug_seed=AUG_SEED)
+            try:
+                runs = []
+                for _ in range(2):
+                    synced(device)
+                    started = time.perf_counter()
+                    result = train(config, splits, device)
+                    synced(device)
+                    runs.append((time.perf_counter() - started, [p.detach().float().cpu() for p in result.model.parameters()]))
+                (wall, a), (_, b) = runs
+                difference = max(float((x - y).abs().max()) for x, y in zip(a, b))
+                out[spec] = {"equal": difference == 0.0, "max_parameter_difference": difference, "wall_s": wall}
+            except Exception as error:
+                out[spec] = {"error": f"{type(error).__name__}: {first_line(error)}"}
+    finally:
+        torch.use_deterministic_algorithms(False)
+        configure(device, False)
+    if any("error" in v for v in out.values()):
+        raise RuntimeError("; ".join(f"{k}: {v['error']}" for k, v in out.items() if "error" in v))
     return out
 
 
@@ -369,6 +407,7 @@ def main(argv=None) -> int:
         "environment": lambda: environment(device, scale, splits),
         "losses": lambda: losses(device),
         "distill": lambda: distill(device, scale, splits, teacher),
+        "deterministic_models": lambda: deterministic_models(device, scale),
         "pack_equality": lambda: pack_equality(device, scale, splits, teacher),
         "step_time": lambda: step_time(device, scale, splits, teacher, args.precision),
         "throughput": lambda: throughput(device, scale, splits, teacher),
@@ -388,7 +427,7 @@ def main(argv=None) -> int:
             continue
         started = time.perf_counter()
         try:
-            if teacher is None and name not in ("environment", "losses", "processes"):
+            if teacher is None and name not in ("environment", "losses", "deterministic_models", "processes"):
                 raise RuntimeError("no teacher cache (see teacher_cache_error)")
             summary[name] = {"ok": True, **run()}
         except Exception as error:
@@ -397,12 +436,19 @@ def main(argv=None) -> int:
         summary[name]["seconds"] = round(time.perf_counter() - started, 2)
         print(f"{name}: {'ok' if summary[name]['ok'] else 'FAILED: ' + summary[name]['error']} "
               f"({summary[name]['seconds']} s)", flush=True)
-    text = json.dumps(summary, indent=2, default=str)
+        if args.json:
+            _write(Path(args.json), summary)
     if args.json:
-        Path(args.json).write_text(text)
+        _write(Path(args.json), summary)
     else:
-        print(text)
+        print(json.dumps(summary, indent=2, default=str))
     return 0 if all(v.get("ok", True) for v in summary.values() if isinstance(v, dict)) else 1
+
+
+def _write(path: Path, summary: dict) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(summary, indent=2, default=str))
+    partial.replace(path)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ every part runs and says what it measured, with Ray and Optuna unimportable (the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -23,13 +24,15 @@ def test_the_gpu_check_runs_every_part_on_a_cpu_without_ray_or_optuna(tmp_path):
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(out.read_text())
-    parts = ["environment", "losses", "distill", "pack_equality", "step_time", "throughput", "processes", "host_syncs"]
+    parts = ["environment", "losses", "distill", "deterministic_models", "pack_equality", "step_time", "throughput",
+             "processes", "host_syncs"]
     assert all(summary[p]["ok"] for p in parts), {p: summary[p].get("error") for p in parts}
     assert summary["environment"]["device_type"] == "cpu"
     # bf16 logits, a float32 loss: within float32 rounding of the float64 loss of the same logits
     assert summary["losses"]["max_relative_error"] < 1e-5
     assert summary["distill"]["default"]["equal_metrics"] and summary["distill"]["deterministic"]["equal_metrics"]
     assert summary["distill"]["default"]["max_parameter_difference"] == 0.0  # a CPU rerun is exact
+    assert summary["deterministic_models"]["torchvision:resnet18"]["equal"]
     assert all(v < 1e-4 for v in summary["pack_equality"]["max_difference"].values())
     assert summary["step_time"]["eager"]["images_per_s"] > 0
     assert set(summary["throughput"]) - {"ok", "seconds"} == {"1", "2", "4"} and summary["throughput"]["2"]["stack"] > 0
@@ -37,3 +40,23 @@ def test_the_gpu_check_runs_every_part_on_a_cpu_without_ray_or_optuna(tmp_path):
     assert summary["processes"]["2"]["images_per_s"] > 0 and summary["processes"]["stacks"]["6"]["images_per_s"] > 0
     assert summary["processes"]["choice"]["trials_per_gpu"] in (1, 2)
     assert summary["host_syncs"]["count"] == 0 and summary["host_syncs"]["steps"] >= 4
+
+
+def test_the_gpu_check_keeps_the_parts_it_finished_when_stopped_during_a_later_one(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up there
+    spec.loader.exec_module(gpu_check)
+
+    def stopped(device):
+        raise SystemExit(137)  # as a time limit's kill would stop it: no part's error handling runs
+
+    monkeypatch.setattr(gpu_check, "losses", stopped)
+    monkeypatch.setattr(gpu_check, "_cache", lambda *args: None)  # no teacher: neither part needs one
+    out = tmp_path / "check.json"
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--device", "cpu", "--tiny", "--parts", "environment", "losses", "--json", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary["environment"]["ok"] and summary["environment"]["device_type"] == "cpu"
+    assert "losses" not in summary
+    assert not (tmp_path / "check.json.tmp").exists()

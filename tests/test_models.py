@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from kdtune.engine.device import MeanPool, mean_pools, needs_mean_pools, prepare
 from kdtune.engine.errors import UserError
 from kdtune.engine.models import (
     check_model,
@@ -95,6 +96,35 @@ def test_unknown_model_lists_known_names(call):
 def test_torchvision_spec_builds_an_untrained_model_with_the_class_count():
     model = check_model("torchvision:resnet18", num_classes=3, image_size=(40, 40))
     assert type(model).__name__ == "ResNet" and model.fc.out_features == 3
+
+
+def test_mean_pools_replace_only_1x1_adaptive_pools_and_keep_outputs_and_state_keys():
+    torch.manual_seed(0)
+    model = create_model("torchvision:resnet18", num_classes=3).eval()
+    model.extra = torch.nn.AdaptiveAvgPool2d(2)  # not a global pool: no plain mean can stand in for it
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        before, keys = model(x), list(model.state_dict())
+        mean_pools(model)
+        after = model(x)
+    assert isinstance(model.avgpool, MeanPool) and isinstance(model.extra, torch.nn.AdaptiveAvgPool2d)
+    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
+                   for m in model.modules())
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+
+
+def test_mean_pools_are_used_on_cuda_under_deterministic_algorithms_only():
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert needs_mean_pools(torch.device("cuda")) and not needs_mean_pools(torch.device("cpu"))
+        on_cpu = prepare(create_model("torchvision:resnet18"), torch.device("cpu"))
+        assert not any(isinstance(m, MeanPool) for m in on_cpu.modules())  # a CPU's numbers are kept as they were
+        torch.use_deterministic_algorithms(False)
+        assert not needs_mean_pools(torch.device("cuda"))
+    finally:
+        torch.use_deterministic_algorithms(was)
 
 
 def test_module_callable_spec_is_called_with_num_classes():
