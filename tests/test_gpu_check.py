@@ -33,6 +33,7 @@ def test_the_gpu_check_runs_every_part_on_a_cpu_without_ray_or_optuna(tmp_path):
     assert summary["distill"]["default"]["equal_metrics"] and summary["distill"]["deterministic"]["equal_metrics"]
     assert summary["distill"]["default"]["max_parameter_difference"] == 0.0  # a CPU rerun is exact
     assert summary["deterministic_models"]["torchvision:resnet18"]["equal"]
+    assert summary["deterministic_models"]["cnn3 at 40x40"]["equal"]
     assert all(v < 1e-4 for v in summary["pack_equality"]["max_difference"].values())
     assert summary["step_time"]["eager"]["images_per_s"] > 0
     assert set(summary["throughput"]) - {"ok", "seconds"} == {"1", "2", "4"} and summary["throughput"]["2"]["stack"] > 0

@@ -9,16 +9,19 @@ import sys
 import pytest
 import torch
 
-from kdtune.engine.device import MeanPool, mean_pools, needs_mean_pools, prepare
+from kdtune.engine.device import prepare
 from kdtune.engine.errors import UserError
 from kdtune.engine.models import (
+    AdaptiveAvgPool,
     check_model,
     check_model_name,
     count_parameters,
     create_model,
+    deterministic_pools,
     list_models,
     model_spec,
     storage_name,
+    window_means,
 )
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
@@ -98,31 +101,67 @@ def test_torchvision_spec_builds_an_untrained_model_with_the_class_count():
     assert type(model).__name__ == "ResNet" and model.fc.out_features == 3
 
 
-def test_mean_pools_replace_only_1x1_adaptive_pools_and_keep_outputs_and_state_keys():
+@pytest.mark.parametrize("shape, size", [((2, 5, 40, 40), 4), ((2, 5, 37, 29), 4), ((3, 7, 9), (2, 3)),
+                                         ((2, 4, 12, 10), (None, 3)), ((1, 3, 6, 6), 6)])
+def test_window_means_equal_adaptive_average_pooling_and_its_gradient(shape, size):
     torch.manual_seed(0)
-    model = create_model("torchvision:resnet18", num_classes=3).eval()
-    model.extra = torch.nn.AdaptiveAvgPool2d(2)  # not a global pool: no plain mean can stand in for it
-    x = torch.randn(2, 3, 40, 40)
+    x = torch.randn(*shape, dtype=torch.float64)
+    if x.dim() == 4:
+        x = x.to(memory_format=torch.channels_last)  # as prepare() lays a model's activations out
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected, got = torch.nn.functional.adaptive_avg_pool2d(a, size), window_means(b, size)
+    weights = torch.randn_like(expected)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_deterministic_pools_replace_pools_to_more_than_1x1_and_keep_outputs_and_state_keys():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d((3, 3)),
+                                torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1)), torch.nn.Flatten()).eval()
+    x = torch.randn(2, 3, 19, 19)
     with torch.no_grad():
         before, keys = model(x), list(model.state_dict())
-        mean_pools(model)
+        deterministic_pools(model)
         after = model(x)
-    assert isinstance(model.avgpool, MeanPool) and isinstance(model.extra, torch.nn.AdaptiveAvgPool2d)
-    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
-                   for m in model.modules())
+    assert isinstance(model[1], AdaptiveAvgPool) and model[1].output_size == (3, 3)
+    assert type(model[2][0]) is torch.nn.AdaptiveAvgPool2d  # 1x1: PyTorch computes it as a mean already
     assert list(model.state_dict()) == keys
-    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(after, before)
 
 
-def test_mean_pools_are_used_on_cuda_under_deterministic_algorithms_only():
+def test_pools_take_the_matrix_form_on_cuda_under_deterministic_algorithms_only(monkeypatch):
+    """GridPool (cnn3 and tinycnn on images other than 32x32) and a replaced pool go through window_means
+    exactly where PyTorch would refuse the adaptive pool's backward; a CPU's numbers are kept as they were."""
+    import kdtune.engine.models as models
+
+    taken = []
+    monkeypatch.setattr(models, "window_means", lambda x, size: taken.append(size) or x[..., :size, :size])
+    x = torch.randn(1, 2, 8, 8)
     was = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(True)
-        assert needs_mean_pools(torch.device("cuda")) and not needs_mean_pools(torch.device("cpu"))
-        on_cpu = prepare(create_model("torchvision:resnet18"), torch.device("cpu"))
-        assert not any(isinstance(m, MeanPool) for m in on_cpu.modules())  # a CPU's numbers are kept as they were
+        models.GridPool(4)(x)  # a CPU tensor: the adaptive pool
+        assert taken == []
+        monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+        models.GridPool(4)(x)
+        models.AdaptiveAvgPool(2)(x)
+        assert taken == [4, 2]
         torch.use_deterministic_algorithms(False)
-        assert not needs_mean_pools(torch.device("cuda"))
+        models.GridPool(4)(x)
+        assert taken == [4, 2]
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def test_prepare_keeps_a_cpu_models_pools_under_deterministic_algorithms():
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        model = prepare(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(3)), torch.device("cpu"))
+        assert type(model[0]) is torch.nn.AdaptiveAvgPool2d
     finally:
         torch.use_deterministic_algorithms(was)
 

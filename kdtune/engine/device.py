@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kdtune.engine.errors import UserError
+from kdtune.engine.models import deterministic_pools
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -68,35 +69,9 @@ def autocast(precision: str, device: torch.device):
 def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     # channels_last: cuDNN's fastest NHWC kernels, and on the CPU oneDNN trains 20-60% faster in it
     # (measured with torch 2.14 on AVX-512; benchmarks/kd_throughput.py).
-    if needs_mean_pools(device):
-        mean_pools(model)
+    if device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
+        deterministic_pools(model)
     return model.to(device=device, memory_format=torch.channels_last)
-
-
-class MeanPool(nn.Module):
-    """nn.AdaptiveAvgPool2d(1) as a plain mean over the image, (B, C, H, W) -> (B, C, 1, 1): the same numbers to
-    float rounding, and a backward that is deterministic on CUDA, where the adaptive pool's has no deterministic
-    version and torch.use_deterministic_algorithms refuses it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(-2, -1), keepdim=True)
-
-
-def needs_mean_pools(device: torch.device) -> bool:
-    """Deterministic algorithms on CUDA: only there does an adaptive average pool stop a run (on a CPU its
-    numbers are kept as they were)."""
-    return device.type == "cuda" and torch.are_deterministic_algorithms_enabled()
-
-
-def mean_pools(model: nn.Module) -> nn.Module:
-    """Replace, in place, every nn.AdaptiveAvgPool2d to 1x1 (how torchvision's and timm's classifiers pool) by a
-    MeanPool, so that --deterministic trains those models on a GPU.  Pools hold no state: checkpoints and
-    state dicts are unchanged."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
-                setattr(parent, name, MeanPool())
-    return model
 
 
 def device_name(device: torch.device) -> str:

@@ -175,8 +175,7 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1, bias: bool = False) -> list
 
 
 class GlobalAvgPool(nn.Module):
-    """(B, C, H, W) -> (B, C): the mean over the image.  Written as a mean, not nn.AdaptiveAvgPool2d, whose CUDA
-    backward is non-deterministic (torch.use_deterministic_algorithms refuses it)."""
+    """(B, C, H, W) -> (B, C): the mean over the image."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
@@ -184,7 +183,7 @@ class GlobalAvgPool(nn.Module):
 
 class GridPool(nn.Module):
     """Average-pools to a `grid` x `grid` map; the identity when the map is that size already (a 32x32 input),
-    so that the usual case runs no pooling kernel at all (and none without a deterministic CUDA backward)."""
+    so that the usual case runs no pooling kernel at all."""
 
     def __init__(self, grid: int):
         super().__init__()
@@ -193,7 +192,63 @@ class GridPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] == (self.grid, self.grid):
             return x
-        return nn.functional.adaptive_avg_pool2d(x, self.grid)
+        return adaptive_avg_pool2d(x, self.grid)
+
+
+# ----------------------------------------------------------------------------- deterministic pooling on CUDA
+# nn.functional.adaptive_avg_pool2d has no deterministic CUDA backward (torch.use_deterministic_algorithms
+# refuses it), except to a 1x1 output, which PyTorch computes as a mean.  Its windows' means are also two
+# matrix products, whose backward is deterministic: that form is used on CUDA under deterministic algorithms.
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, size) -> torch.Tensor:
+    """nn.functional.adaptive_avg_pool2d, as window_means on CUDA under deterministic algorithms."""
+    if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return window_means(x, size)
+    return nn.functional.adaptive_avg_pool2d(x, size)
+
+
+def window_means(x: torch.Tensor, size) -> torch.Tensor:
+    """(..., H, W) -> (..., h, w): adaptive average pooling's windows (output row i averages input rows
+    floor(i H / h) to ceil((i + 1) H / h)) as `rows @ x @ cols^T`.  `size` as nn.AdaptiveAvgPool2d takes it
+    (None keeps that side)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    height, width = x.shape[-2:]
+    rows = _window_matrix(height if h is None else h, height, x)
+    cols = _window_matrix(width if w is None else w, width, x)
+    return torch.einsum("ih,...hw,jw->...ij", rows, x, cols)
+
+
+def _window_matrix(out: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """(out, n): row i holds 1/len over window i's inputs.  Built from aranges on the device: no host copy."""
+    i = torch.arange(out, device=like.device)
+    start, end = (i * n) // out, ((i + 1) * n + out - 1) // out
+    j = torch.arange(n, device=like.device)
+    inside = (j >= start[:, None]) & (j < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+class AdaptiveAvgPool(nn.Module):
+    """nn.AdaptiveAvgPool2d through adaptive_avg_pool2d: what deterministic_pools puts in its place."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return adaptive_avg_pool2d(x, self.output_size)
+
+
+def deterministic_pools(model: nn.Module) -> nn.Module:
+    """Replace, in place, every nn.AdaptiveAvgPool2d to more than 1x1 (torchvision's VGG and AlexNet pool to
+    7x7 and 6x6) by an AdaptiveAvgPool, so that --deterministic trains the model on a GPU.  Pools hold no state:
+    state dicts and checkpoints are unchanged.  A model that calls the functional form itself still stops
+    with PyTorch's error."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size not in (1, (1, 1)):
+                setattr(parent, name, AdaptiveAvgPool(child.output_size))
+    return model
 
 
 class BasicBlock(nn.Module):
