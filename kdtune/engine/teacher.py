@@ -449,19 +449,20 @@ class CachedTeacher:
 
     The cache is copied to the device whole, unless it is larger than DEVICE_CACHE_FRACTION of the device's
     memory (CIFAR-100 over 240 epochs is 2 GB, and every trial process holds its own copy) or `on_host` says
-    so: then it stays in pinned host memory and each epoch's slice is copied to the device when the epoch
-    first asks for it, asynchronously."""
+    so: then it stays where it is in host memory (shared between the trials of a node through Ray's object
+    store), and each epoch's slice is copied to the device when the epoch first asks for it, through one
+    epoch-sized pinned buffer, asynchronously.  Pinning the whole cache instead would give every trial its
+    own page-locked copy, which PyTorch's pinned allocator rounds up to a power of two."""
 
     def __init__(self, cache: LogitCache, splits: Splits, device: torch.device, on_host: bool | None = None):
         if cache.splits_key != splits.key:
             raise UserError(f"teacher-logit cache is for data splits {cache.splits_key}, not {splits.key}")
         self.device = device
         self.on_host = stays_on_host(cache.train, device) if on_host is None else on_host
-        if self.on_host:
-            self.train = cache.train.pin_memory() if device.type == "cuda" else cache.train
-        else:
-            self.train = cache.train.to(device)
+        self.train = cache.train if self.on_host else cache.train.to(device)
         self._epoch: tuple[int, torch.Tensor] | None = None  # the host path's slice on the device
+        self._staging = None  # the host path's buffer: one epoch's slice, pinned on CUDA
+        self._copied = None  # on CUDA, the event after the last copy out of the buffer
         self.val_logits = cache.val.to(device).float()
         self.test_logits = cache.test.to(device).float()
         self.aug_seed = cache.aug_seed
@@ -471,8 +472,23 @@ class CachedTeacher:
         if not self.on_host:
             return self.train[epoch, idx].float()
         if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, self.train[epoch].to(self.device, non_blocking=True))
+            self._epoch = (epoch, self._to_device(self.train[epoch]))
         return self._epoch[1][idx].float()
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """`host` on the device by way of the staging buffer; on a CPU the buffer itself (no later epoch reads
+        an earlier one's slice)."""
+        cuda = self.device.type == "cuda"
+        if self._staging is None:
+            self._staging = torch.empty(host.shape, dtype=host.dtype, pin_memory=cuda)
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous epoch's copy out of the buffer has finished
+        self._staging.copy_(host)
+        on_device = self._staging.to(self.device, non_blocking=True)
+        if cuda:
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        return on_device
 
     def true_class_probability(self, labels: torch.Tensor, temperature: float, epochs: int) -> float:
         """The mean softened true-class probability over the first `epochs` epochs' cached views."""
