@@ -319,7 +319,7 @@ def processes(device: torch.device, scale: Scale) -> dict:
     and 12 students; and the choice a temperature grid of 11 trials would get from them."""
     from kdtune.engine.fill import FillChoice, Probe, choose_fill, free_bytes, measure_processes, process_limit
 
-    probe = Probe(scale.student, 10, (32, 32), 128, "bf16" if device.type == "cuda" else "fp32", 3,
+    probe = Probe(scale.student, 10, (32, 32), 128, "auto", 3,
                   steps=scale.steps, threads=1, sys_path=tuple(sys.path))
     measured = [measure_processes(probe, device, count) for count in scale.processes]
     stacks = {m: measure_processes(dataclasses.replace(probe, members=m, mode="stack"), device, 1)

@@ -39,8 +39,11 @@ def fake_measure(ratios: dict):
 def test_cuda_keeps_bf16_and_a_cpu_without_native_bf16_keeps_fp32_without_measuring(monkeypatch):
     monkeypatch.setattr(speed, "measure", never)
     model, splits = create_model("tinycnn"), synthetic_splits(32, 8, 8)
+    monkeypatch.setattr(speed, "native_bf16", lambda device: True)
     assert speed.choose_precision(model, 16, splits, torch.device("cuda"), 1).precision == "bf16"
     monkeypatch.setattr(speed, "native_bf16", lambda device: False)
+    choice = speed.choose_precision(model, 16, splits, torch.device("cuda"), 1)
+    assert (choice.precision, choice.speedup) == ("fp32", None) and "no native bf16" in choice.why
     choice = speed.choose_precision(model, 16, splits, CPU, 1)
     assert (choice.precision, choice.speedup) == ("fp32", None) and "no native bf16" in choice.why
 
@@ -119,3 +122,15 @@ def test_kdtune_train_makes_auto_concrete_on_a_cpu_as_a_sweep_does(monkeypatch, 
     named = dataclasses.replace(config, precision="fp32")
     assert _auto_precision(named, splits, CPU, "train") is named  # a named precision is never second-guessed
     assert _auto_precision(config, splits, torch.device("cuda"), "train") is config  # CUDA: auto is bf16 already
+
+
+@pytest.mark.parametrize("capability, native", [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_auto_is_bf16_on_gpus_from_ampere_on_and_fp32_before(monkeypatch, capability, native):
+    """A V100 or T4 emulates bf16 (torch.cuda.is_bf16_supported() says yes): auto keeps fp32 there."""
+    from kdtune.engine import device as devices
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    assert devices.native_bf16(cuda) is native
+    assert devices.uses_bf16("auto", cuda) is native
+    assert devices.uses_bf16("bf16", cuda) and not devices.uses_bf16("fp32", cuda)

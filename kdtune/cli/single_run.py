@@ -114,7 +114,7 @@ def run_mode(
 
 def _auto_precision(config: RunConfig, splits, device, step: str) -> RunConfig:
     """`config` with --precision auto made concrete on a CPU (measured for its model and step, as a sweep does:
-    kdtune.engine.speed), the choice printed; a named precision, or CUDA's bf16, is kept."""
+    kdtune.engine.speed), the choice printed; a named precision, or auto on CUDA (bf16 where native), is kept."""
     if config.precision != "auto" or device.type != "cpu":
         return config
     from kdtune.engine.speed import choose_precision

@@ -69,8 +69,8 @@ def parse_args(argv):
     p.add_argument("--teacher-label-smoothing", type=smoothing, default=0.0,
                    help="label smoothing of the teacher, in [0, 1) (default: 0; part of its store key)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto (default) = bf16 on CUDA; on a CPU, bf16 where it is native and measured faster for "
-                        "the model, else fp32")
+                   help="auto (default) = bf16 on a GPU with native bf16 (Ampere or later); on a CPU, bf16 where "
+                        "it is native and measured faster for the model; else fp32")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_true",
                    help="the trained model's forward through torch.compile (on CUDA as CUDA graphs)")

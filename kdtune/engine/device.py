@@ -44,14 +44,20 @@ def configure(device: torch.device, deterministic: bool = False) -> None:
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
-    """auto = bf16 on CUDA (fast and accurate there), fp32 on CPU (bf16 is slower on most CPUs)."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """auto = bf16 on a GPU that computes it natively (fast and accurate there), else fp32 (on a CPU, unless
+    measured faster: kdtune.engine.speed.choose_precision)."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda" and native_bf16(device))
+
+
+# The first CUDA architecture (Ampere) with bf16 tensor cores; older GPUs emulate bf16 (cuDNN has no bf16
+# convolutions there), and torch.cuda.is_bf16_supported() counts the emulation.
+CUDA_BF16_CAPABILITY = (8, 0)
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 natively: a GPU that supports it, or a CPU with AVX512-BF16 or AMX."""
+    """Whether `device` computes bf16 natively: an Ampere or later GPU, or a CPU with AVX512-BF16 or AMX."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= CUDA_BF16_CAPABILITY
     try:
         with open("/proc/cpuinfo") as info:
             flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])

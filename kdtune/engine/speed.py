@@ -44,7 +44,9 @@ def choose_precision(model: torch.nn.Module, batch_size: int, splits, device: to
     """What `--precision auto` means for `model`'s `step` ("train" or "eval") on `device`; a measured choice is
     read from and written to `remember` (default: precision-choices.json in the cache folder)."""
     if device.type == "cuda":
-        return PrecisionChoice("bf16", None, "bf16 autocast on CUDA")
+        if native_bf16(device):
+            return PrecisionChoice("bf16", None, "bf16 autocast on a GPU with native bf16")
+        return PrecisionChoice("fp32", None, "this GPU has no native bf16 (before Ampere)")
     if not native_bf16(device):
         return PrecisionChoice("fp32", None, "this CPU has no native bf16")
     key = _choice_key(model, batch_size, splits, device, threads, step)

@@ -65,9 +65,8 @@ class DataShape:
 def probe(settings: SweepSettings, data: DataShape, resources: Resources, members: int) -> Probe:
     config = settings.student_config()
     return Probe(model=settings.student, classes=data.classes, image_size=data.image_size,
-                 batch_size=config.effective_batch_size, precision="bf16" if settings.precision == "auto"
-                 else settings.precision, members=members, threads=max(1, int(resources.cpus_per_trial)),
-                 recipe=settings.recipe, sys_path=tuple(sys.path))
+                 batch_size=config.effective_batch_size, precision=config.precision, members=members,
+                 threads=max(1, int(resources.cpus_per_trial)), recipe=settings.recipe, sys_path=tuple(sys.path))
 
 
 def decide(settings: SweepSettings, resources: Resources, data: DataShape, cpus_per_gpu: float,
