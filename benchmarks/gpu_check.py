@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from kdtune.engine.config import RunConfig  # noqa: E402
 from kdtune.engine.data import Splits, channel_stats  # noqa: E402
-from kdtune.engine.device import autocast, configure, device_name  # noqa: E402
+from kdtune.engine.device import CUBLAS_DETERMINISTIC, autocast, configure, device_name  # noqa: E402
 from kdtune.engine.errors import first_line  # noqa: E402
 from kdtune.engine.losses import kd_loss_terms  # noqa: E402
 from kdtune.engine.pack import train_pack  # noqa: E402
@@ -403,6 +403,9 @@ def main(argv=None) -> int:
         print("gpu_check: CUDA is not available here; use --device cpu --tiny to check the script", file=sys.stderr)
         return 2
     scale = TINY if args.tiny else FULL
+    # cuBLAS takes its workspace setting at first use, before the deterministic parts ask for it (as the kdtune
+    # command sets it before any work under --deterministic).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
     configure(device)
     splits = synthetic_splits(scale.images)
     summary: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "scale": "tiny" if args.tiny else "full"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -14,7 +15,7 @@ from kdtune.engine.data import Splits
 from kdtune.engine.device import resolve_device
 from kdtune.engine.errors import UserError
 from kdtune.engine.models import create_model
-from kdtune.engine.train import LiveTeacher, lr_factor, train
+from kdtune.engine.train import LiveTeacher, load_optimizer_state, lr_factor, train
 
 CPU = torch.device("cpu")
 TIMING_KEYS = ("epoch_s", "images_per_s")  # wall-clock measurements: never compared between runs
@@ -269,3 +270,32 @@ def test_onecycle_schedule():
     assert all(a < b for a, b in zip(values[:peak], values[1 : peak + 1]))
     assert all(a > b for a, b in zip(values[peak:-1], values[peak + 1 :]))
     assert values[-1] == 0.0
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.SGD])
+@pytest.mark.parametrize("saved_fused, built_fused", [(True, None), (None, True)])
+def test_optimizer_state_from_another_device_keeps_the_update_built_here(optimizer, saved_fused, built_fused):
+    """A checkpoint's optimiser groups carry the fused choice of the device that wrote them (fused on CUDA):
+    a resume keeps the choice made for its own device, and steps to the same parameters as an uninterrupted run."""
+    def model_and_optimizer(fused):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        kwargs = {"momentum": 0.9} if optimizer is torch.optim.SGD else {}
+        return model, optimizer(model.parameters(), lr=0.1, fused=fused, **kwargs)
+
+    def step(model, opt, seed):
+        torch.manual_seed(seed)
+        opt.zero_grad()
+        model(torch.randn(8, 4)).square().mean().backward()
+        opt.step()
+
+    writer, written = model_and_optimizer(saved_fused)
+    step(writer, written, 1)
+    reader, read = model_and_optimizer(built_fused)
+    reader.load_state_dict(copy.deepcopy(writer.state_dict()))  # as from a checkpoint file: no shared tensors
+    load_optimizer_state(read, copy.deepcopy(written.state_dict()))
+    assert read.param_groups[0]["fused"] == built_fused and read.param_groups[0]["lr"] == 0.1
+    step(writer, written, 2)
+    step(reader, read, 2)
+    for a, b in zip(writer.parameters(), reader.parameters()):
+        torch.testing.assert_close(a, b)

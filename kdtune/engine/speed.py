@@ -134,10 +134,10 @@ def measure(model: torch.nn.Module, batch_size: int, splits, device: torch.devic
 def _timed(step, steps: int, device: torch.device) -> float:
     step()  # warm-up: allocations, kernel selection
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
         step()
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - started) / steps

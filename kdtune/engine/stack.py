@@ -52,7 +52,15 @@ from kdtune.engine.device import autocast, prepare
 from kdtune.engine.errors import UserError
 from kdtune.engine.metrics import agreement, classification_metrics, fidelity_metrics
 from kdtune.engine.models import create_model
-from kdtune.engine.train import TeacherSignal, TrainResult, build_optimizer, check_teacher, lr_factor, training_views
+from kdtune.engine.train import (
+    TeacherSignal,
+    TrainResult,
+    build_optimizer,
+    check_teacher,
+    load_optimizer_state,
+    lr_factor,
+    training_views,
+)
 
 PACK_MODES = ("auto", "loop", "stack")
 MEMBER_FIELDS = ("seed", "temperature", "alpha")  # what members of one stack may differ in
@@ -341,7 +349,7 @@ def _restore(states: list[dict], stack: Stack, optimizer, scheduler, device: tor
         raise UserError(f"a stacked pack resumes from one epoch for all members; these checkpoints are after "
                         f"epochs {sorted(done)}")
     stack.load_member_state_dicts([s["model"] for s in states])
-    optimizer.load_state_dict(stack_optimizer_states([s["optimizer"] for s in states]))
+    load_optimizer_state(optimizer, stack_optimizer_states([s["optimizer"] for s in states]))
     scheduler.load_state_dict(states[0]["scheduler"])  # one schedule: every member's is the same
     # One generator for all: a stacked pack's members saved the same state; a loop pack's members differ, and
     # member 0's is as good as any (dropout masks are not the loop's anyway).

@@ -124,6 +124,19 @@ def build_optimizer(model: nn.Module, config: RunConfig, temperature: nn.Module 
     )
 
 
+# How an optimiser's update runs, chosen for the device it was built on (build_optimizer), not its state.
+IMPLEMENTATION_OPTIONS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)`, keeping how `optimizer` was built to run here: a checkpoint written on
+    another device type (a CPU trial resumed on a GPU) carries its own fused/foreach choice in each group, and
+    PyTorch would take it, and place Adam's step counts by it."""
+    groups = [{**saved, **{k: built[k] for k in IMPLEMENTATION_OPTIONS if k in built}}
+              for saved, built in zip(state["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
 def lr_factor(step: int, steps_per_epoch: int, config: RunConfig) -> float:
     """Learning-rate multiplier at optimiser step `step` (all schedules are stepped per batch)."""
     recipe = config.recipe_spec
@@ -218,7 +231,7 @@ def training_epochs(
         model.load_state_dict(resume["model"])
         if learned is not None:
             learned.load_state_dict(resume["temperature"])
-        optimizer.load_state_dict(resume["optimizer"])
+        load_optimizer_state(optimizer, resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         torch.set_rng_state(resume["rng"])
         if "cuda_rng" in resume and device.type == "cuda":
