@@ -18,8 +18,8 @@ Parts, each recording its own failure without hiding the others:
   processes     images/s of 1, 2, 4, 8 and 16 processes sharing the device (1, 2 with --tiny), each training
                 a trial's 3 seeds, and of one process stacking 6 and 12: what Ray's fractional GPUs and
                 stacked packs give, and the choice kdtune's GPU fill would make from them
-  host_syncs    synchronisations with the host in a training step (CUDA's sync debug mode), or on a CPU
-                the tensors built from Python values and the values read back
+  host_syncs    synchronisations with the host per training step and per epoch (CUDA's sync debug mode), or
+                on a CPU the tensors built from Python values and the values read back
 Every speed is measured side by side in the one run; nothing is estimated.  The JSON summary is rewritten
 after every part, so that a run stopped by a time limit keeps the parts it finished.
 """
@@ -332,7 +332,8 @@ def processes(device: torch.device, scale: Scale) -> dict:
 
 
 def host_syncs(device: torch.device, scale: Scale, splits: Splits, teacher: CachedTeacher) -> dict:
-    """Synchronisations in `scale.steps` epochs-worth of training steps."""
+    """Synchronisations in the training step, and in an epoch's set-up around the steps (its shuffled order and
+    augmentation draws copied to the device, its summed losses read back)."""
     from kdtune.engine import train as loop
 
     config = RunConfig(model=scale.student, epochs=1, recipe="strong", alpha=0.9, temperature=4.0, aug_seed=AUG_SEED,
@@ -373,17 +374,24 @@ def host_syncs(device: torch.device, scale: Scale, splits: Splits, teacher: Cach
             setattr(torch, name, counting(original))
         torch.Tensor.item = counting(item)
         what = "tensors built from Python values and values read back (a CPU has no synchronisation to count)"
+    runs = {}
     loop._train_epoch = epoch
     try:
-        train(config, splits, device, teacher=teacher)
+        for batch in (64, 32):
+            counted["calls"] = 0
+            train(dataclasses.replace(config, batch_size=batch), splits, device, teacher=teacher)
+            runs[batch] = (math.ceil(len(splits.train_labels) / batch), counted["calls"])
     finally:
         loop._train_epoch = real
         if device.type != "cuda":
             for name, original in originals.items():
                 setattr(torch, name, original)
             torch.Tensor.item = item
-    steps = math.ceil(len(splits.train_labels) / 64)
-    return {"counted": what, "steps": steps, "count": counted["calls"], "per_step": counted["calls"] / steps}
+    (steps, count), (more_steps, more) = runs[64], runs[32]
+    per_step = (more - count) / (more_steps - steps)
+    return {"counted": what, "steps": steps, "count": count, "per_step": per_step,
+            "per_epoch": count - per_step * steps,
+            "how": "an epoch at batch 64 and at batch 32: what the extra steps add is per step, the rest per epoch"}
 
 
 # ----------------------------------------------------------------------------- the command

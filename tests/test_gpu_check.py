@@ -41,6 +41,7 @@ def test_the_gpu_check_runs_every_part_on_a_cpu_without_ray_or_optuna(tmp_path):
     assert summary["processes"]["2"]["images_per_s"] > 0 and summary["processes"]["stacks"]["6"]["images_per_s"] > 0
     assert summary["processes"]["choice"]["trials_per_gpu"] in (1, 2)
     assert summary["host_syncs"]["count"] == 0 and summary["host_syncs"]["steps"] >= 4
+    assert summary["host_syncs"]["per_step"] == 0 and summary["host_syncs"]["per_epoch"] == 0
 
 
 def test_the_gpu_check_keeps_the_parts_it_finished_when_stopped_during_a_later_one(tmp_path, monkeypatch):
