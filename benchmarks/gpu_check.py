@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from kdtune.engine.config import RunConfig  # noqa: E402
 from kdtune.engine.data import Splits, channel_stats  # noqa: E402
-from kdtune.engine.device import CUBLAS_DETERMINISTIC, autocast, configure, device_name  # noqa: E402
+from kdtune.engine.device import CUBLAS_DETERMINISTIC, autocast, configure, device_name, native_bf16  # noqa: E402
 from kdtune.engine.errors import first_line  # noqa: E402
 from kdtune.engine.losses import kd_loss_terms  # noqa: E402
 from kdtune.engine.pack import train_pack  # noqa: E402
@@ -105,7 +105,7 @@ def environment(device: torch.device, scale: Scale, splits: Splits) -> dict:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         out.update(capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
-                   bf16=torch.cuda.is_bf16_supported())
+                   bf16=torch.cuda.is_bf16_supported(), native_bf16=native_bf16(device))
     return out
 
 
