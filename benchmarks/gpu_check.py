@@ -101,12 +101,26 @@ def environment(device: torch.device, scale: Scale, splits: Splits) -> dict:
     out = {"torch": torch.__version__, "python": platform.python_version(), "device": device_name(device),
            "device_type": device.type, "threads": torch.get_num_threads(), "cuda": torch.version.cuda,
            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-           "student": scale.student, "images": len(splits.train_labels)}
+           "student": scale.student, "images": len(splits.train_labels), "kdtune_commit": _commit()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         out.update(capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
                    bf16=torch.cuda.is_bf16_supported(), native_bf16=native_bf16(device))
     return out
+
+
+def _commit() -> str | None:
+    """The checkout's commit, so that figures name the code they measured (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
 
 
 def losses(device: torch.device) -> dict:
