@@ -175,6 +175,21 @@ def _cache(splits: Splits, device: torch.device, epochs: int) -> CachedTeacher:
     return CachedTeacher(cache, splits, device)
 
 
+def _trained_twice(config: RunConfig, splits: Splits, device: torch.device, teacher=None) -> tuple[dict, dict, float, float]:
+    """`config` trained twice: (the first run's final metrics, the second's, the first's wall seconds, the largest
+    difference between their parameters)."""
+    runs = []
+    for _ in range(2):
+        synced(device)
+        started = time.perf_counter()
+        result = train(config, splits, device, teacher=teacher)
+        synced(device)
+        runs.append((result.final, time.perf_counter() - started,
+                     [p.detach().float().cpu() for p in result.model.parameters()]))
+    (a, wall, pa), (b, _, pb) = runs
+    return a, b, wall, max(float((x - y).abs().max()) for x, y in zip(pa, pb))
+
+
 def distill(device: torch.device, scale: Scale, splits: Splits, teacher: CachedTeacher) -> dict:
     config = RunConfig(model=scale.student, epochs=scale.epochs, recipe="strong", alpha=0.9, temperature=4.0,
                        aug_seed=AUG_SEED)
@@ -182,22 +197,12 @@ def distill(device: torch.device, scale: Scale, splits: Splits, teacher: CachedT
     for deterministic in (False, True):
         configure(device, deterministic)
         try:
-            runs = []
-            for _ in range(2):
-                synced(device)
-                started = time.perf_counter()
-                result = train(config, splits, device, teacher=teacher)
-                synced(device)
-                runs.append((result.final, time.perf_counter() - started,
-                             [p.detach().float().cpu() for p in result.model.parameters()]))
-            (a, wall_a, pa), (b, _, pb) = runs
+            a, b, wall, difference = _trained_twice(config, splits, device, teacher)
             out["deterministic" if deterministic else "default"] = {
                 "val_acc": a["val_acc"], "test_acc": a["test_acc"], "test_agreement": a["test_agreement"],
-                "wall_s": wall_a, "equal_metrics": a["val_acc"] == b["val_acc"] and a["train_loss"] == b["train_loss"],
-                "max_parameter_difference": max(float((x - y).abs().max()) for x, y in zip(pa, pb))}
+                "wall_s": wall, "equal_metrics": a["val_acc"] == b["val_acc"] and a["train_loss"] == b["train_loss"],
+                "max_parameter_difference": difference}
         finally:
-            if deterministic:
-                torch.use_deterministic_algorithms(False)
             configure(device, False)
     return out
 
@@ -220,20 +225,11 @@ def deterministic_models(device: torch.device, scale: Scale) -> dict:
             splits = synthetic_splits(n, seed=1, size=size)
             config = RunConfig(model=spec, epochs=1, recipe="strong", alpha=0.0, aug_seed=AUG_SEED)
             try:
-                runs = []
-                for _ in range(2):
-                    synced(device)
-                    started = time.perf_counter()
-                    result = train(config, splits, device)
-                    synced(device)
-                    runs.append((time.perf_counter() - started, [p.detach().float().cpu() for p in result.model.parameters()]))
-                (wall, a), (_, b) = runs
-                difference = max(float((x - y).abs().max()) for x, y in zip(a, b))
+                _, _, wall, difference = _trained_twice(config, splits, device)
                 out[label] = {"equal": difference == 0.0, "max_parameter_difference": difference, "wall_s": wall}
             except Exception as error:
                 out[label] = {"error": f"{type(error).__name__}: {first_line(error)}"}
     finally:
-        torch.use_deterministic_algorithms(False)
         configure(device, False)
     failed = "; ".join(f"{k}: {v['error']}" for k, v in out.items() if "error" in v)
     return {**out, "ok": not failed, **({"error": failed} if failed else {})}  # each model's result kept

@@ -40,7 +40,7 @@ def configure(device: torch.device, deterministic: bool = False) -> None:
         torch.backends.cudnn.deterministic = deterministic
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
